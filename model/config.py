@@ -1,0 +1,107 @@
+"""Training configuration: one typed object, built from defaults, an optional file and CLI overrides."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from model.errors import ConfigError
+from model.heads import check_bits
+from model.objective import LossWeights, method_weights
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. The defaults give a good digit model (README benchmark).
+
+    ``batch_size`` is per domain and per process: one step sees ``batch_size`` source and ``batch_size``
+    target images in one shared forward pass (times the number of processes under DDP).
+    """
+
+    method: str = "metah"
+    bits: int = 64
+    backbone: str = "lenet"
+    backbone_weights: str | None = None
+    iterations: int = 1000
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_gamma: float = 10.0
+    lr_power: float = 0.75
+    weight_decay: float = 0.0
+    grl_alpha: float = 10.0
+    augment: bool = True
+    loss_weights: LossWeights | None = None
+    checkpoint_every: int = 200
+    log_every: int = 10
+    device: str = "auto"
+    eval_queries: int = 1000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> LossWeights:
+        """The explicit loss weights, or the method's preset."""
+        return self.loss_weights if self.loss_weights is not None else method_weights(self.method)
+
+    def validated(self) -> TrainConfig:
+        """Return self after checking every field a user can get wrong (raises ConfigError)."""
+        from model.backbones import backbone_names  # local: keep config importable without torchvision
+
+        method_weights(self.method)
+        check_bits(self.bits)
+        if self.backbone not in backbone_names():
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(backbone_names())}")
+        for name in ("iterations", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be at least 2 (the pairwise loss needs pairs)")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["loss_weights"] = self.weights.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
+        values = dict(data)
+        if isinstance(values.get("loss_weights"), dict):
+            try:
+                values["loss_weights"] = LossWeights(**values["loss_weights"])
+            except TypeError as exc:
+                raise ConfigError(f"invalid loss_weights: {exc}") from exc
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"invalid configuration: {exc}") from exc
+
+    def override(self, **changes: Any) -> TrainConfig:
+        """A copy with every non-None keyword applied."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_config_file(path: Path) -> TrainConfig:
+    """Read a ``.json`` or ``.toml`` file with any subset of :class:`TrainConfig`'s fields."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold an object of settings")
+    return TrainConfig.from_dict(data)

@@ -1,0 +1,106 @@
+"""The encoder artefact (CONTRACT §3): a frozen TorchScript module with its metadata inside.
+
+``torch.jit.load(path, _extra_files={"metah.json": ""})`` gives back the JSON metadata; nothing but torch
+is needed to run it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from model.errors import CheckpointError
+
+METADATA_FILE = "metah.json"
+REQUIRED_METADATA = ("bits", "input_size", "backbone", "method", "classes", "model_version", "created_at")
+
+
+@dataclass(frozen=True)
+class LoadedEncoder:
+    module: torch.jit.ScriptModule
+    metadata: dict[str, Any]
+
+    @property
+    def bits(self) -> int:
+        return int(self.metadata["bits"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        height, width = self.metadata["input_size"]
+        return int(height), int(width)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 over the module's parameters and buffers, in ``state_dict`` order."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def new_model_version(method: str, bits: int, module: nn.Module, created_at: datetime) -> str:
+    return f"{created_at:%Y%m%d-%H%M%S}-{method}-{bits}b-{weights_digest(module)[:8]}"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _script(encoder: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    try:
+        scripted = torch.jit.script(encoder)
+    except Exception:  # some third-party backbones are not scriptable; tracing is exact for them
+        scripted = torch.jit.trace(encoder, example, check_trace=False)
+    return torch.jit.freeze(scripted)
+
+
+def export_encoder(encoder: nn.Module, metadata: dict[str, Any], path: Path) -> None:
+    """Script, freeze and save ``encoder`` (a copy, on CPU, in eval mode) with ``metadata`` inside.
+
+    The write is atomic: a temporary file in the target folder is renamed over ``path``.
+    """
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"artefact metadata lacks {missing}")
+    frozen_input = copy.deepcopy(encoder).cpu().eval()
+    height, width = metadata["input_size"]
+    example = torch.rand(2, 3, int(height), int(width))
+    with torch.no_grad():
+        module = _script(frozen_input, example)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(metadata, sort_keys=True)})
+    os.replace(tmp, path)
+
+
+def load_encoder(path: Path, device: str | torch.device = "cpu") -> LoadedEncoder:
+    """Load an artefact written by :func:`export_encoder` and check its metadata.
+
+    Raises:
+        CheckpointError: missing file, not TorchScript, or metadata missing/invalid.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"model artefact {str(path)!r} does not exist")
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError/ValueError/... for non-TorchScript files
+        raise CheckpointError(f"{str(path)!r} is not a TorchScript encoder artefact ({exc})") from exc
+    try:
+        metadata = json.loads(extra[METADATA_FILE])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{str(path)!r} has unreadable metadata: {exc}") from exc
+    if not isinstance(metadata, dict) or any(key not in metadata for key in REQUIRED_METADATA):
+        raise CheckpointError(f"{str(path)!r} lacks metah metadata (one of {', '.join(REQUIRED_METADATA)})")
+    module.eval()
+    return LoadedEncoder(module, metadata)

@@ -1,0 +1,66 @@
+"""Build networks from a configuration, and rebuild the artefact from a checkpoint (``metah export``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from model.backbones import Backbone, build_backbone
+from model.checkpoint import load_checkpoint
+from model.config import TrainConfig
+from model.errors import CheckpointError
+from model.export import export_encoder, new_model_version, utc_now
+from model.network import MeTAHNet
+
+
+def load_backbone(config: TrainConfig) -> Backbone:
+    return build_backbone(config.backbone, Path(config.backbone_weights) if config.backbone_weights else None)
+
+
+def build_network(config: TrainConfig, backbone: Backbone, num_classes: int) -> MeTAHNet:
+    weights = config.weights
+    return MeTAHNet(
+        backbone,
+        config.bits,
+        num_classes,
+        classifier=weights.needs_classifier,
+        discriminator=weights.needs_discriminator,
+        max_steps=config.iterations,
+        grl_alpha=config.grl_alpha,
+    )
+
+
+def export_checkpoint(checkpoint_path: Path, out_path: Path) -> dict[str, Any]:
+    """Rebuild the network a checkpoint describes, load its weights and export the encoder artefact.
+
+    Returns the artefact's metadata. A checkpoint saved mid-run exports the encoder as it was then.
+    """
+    saved = load_checkpoint(checkpoint_path)
+    config = TrainConfig.from_dict(saved["config"]).validated()
+    classes = [str(name) for name in saved["classes"]]
+    # the backbone's weights come from the checkpoint, never from the pretrained file again
+    backbone = build_backbone(config.backbone)
+    net = build_network(config, backbone, len(classes))
+    try:
+        net.load_state_dict(saved["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {str(checkpoint_path)!r} does not match its own configuration") from exc
+    encoder = net.encoder()
+    created_at = utc_now()
+    previous: dict[str, Any] = dict(saved.get("metadata") or {})
+    metadata = {
+        **previous,
+        "bits": config.bits,
+        "input_size": list(backbone.input_size),
+        "backbone": config.backbone,
+        "method": config.method,
+        "classes": classes,
+        "model_version": previous.get("model_version")
+        or new_model_version(config.method, config.bits, encoder, created_at),
+        "created_at": previous.get("created_at") or created_at.isoformat(),
+        "metrics": previous.get("metrics", {}),
+        "config": config.to_dict(),
+        "step": int(saved["step"]),
+    }
+    export_encoder(encoder, metadata, out_path)
+    return metadata

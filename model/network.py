@@ -1,0 +1,103 @@
+"""The MeTAH network (training) and the encoder that is exported from it (serving).
+
+``MeTAHNet.forward`` always returns a :class:`NetOutput`, in train and eval mode alike; the only thing
+ever exported is :class:`Encoder`, which shares the normalisation, backbone and hash projection.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from model.backbones import Backbone
+from model.grl import GradientReverseLayer
+from model.heads import DomainDiscriminator, HashLayer
+
+
+class NetOutput(NamedTuple):
+    """Shape: codes ``[N, bits]`` in (-1, 1); class_logits ``[N, C]``; domain_logits ``[N]``."""
+
+    codes: torch.Tensor
+    class_logits: torch.Tensor | None
+    domain_logits: torch.Tensor | None
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel. Shape: ``[N, 3, H, W]`` → same."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Encoder(nn.Module):
+    """Images to binary codes: the exported artefact.
+
+    Shape:
+        x: float32 ``[N, 3, H, W]`` RGB in ``[0, 1]`` → float32 ``[N, bits]``, every value -1.0 or +1.0
+        (bit = value > 0; a pre-activation of exactly 0 maps to -1).
+    """
+
+    def __init__(self, normalize: Normalize, backbone: nn.Module, projection: nn.Linear) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.backbone = backbone
+        self.projection = projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.projection(self.backbone(self.normalize(x)))
+        return torch.where(z > 0, torch.ones_like(z), -torch.ones_like(z))
+
+
+class MeTAHNet(nn.Module):
+    """Backbone → hash layer, with the optional semantic classifier and GRL-guarded domain discriminator.
+
+    Args:
+        backbone: feature extractor and its input conventions.
+        bits: code length (16–128, multiple of 8).
+        num_classes: source classes (size of the classifier).
+        classifier: build the semantic-preservation classifier (MeTAH).
+        discriminator: build the domain discriminator behind a gradient reversal layer (TAH, MeTAH).
+        max_steps: length of the GRL schedule (the training iterations).
+
+    Shape:
+        x: float32 ``[N, 3, H, W]`` in ``[0, 1]`` → :class:`NetOutput`.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        bits: int,
+        num_classes: int,
+        *,
+        classifier: bool,
+        discriminator: bool,
+        max_steps: int,
+        grl_alpha: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.normalize = Normalize(backbone.mean, backbone.std)
+        self.backbone = backbone.module
+        self.hash = HashLayer(backbone.out_features, bits)
+        self.grl = GradientReverseLayer(max_steps, grl_alpha)
+        self.classifier = nn.Linear(bits, num_classes) if classifier else None
+        self.discriminator = DomainDiscriminator(bits) if discriminator else None
+
+    def forward(self, x: torch.Tensor) -> NetOutput:
+        codes = self.hash(self.backbone(self.normalize(x)))
+        class_logits = self.classifier(codes) if self.classifier is not None else None
+        domain_logits = self.discriminator(self.grl(codes)) if self.discriminator is not None else None
+        return NetOutput(codes, class_logits, domain_logits)
+
+    def encoder(self) -> Encoder:
+        """The exportable part, sharing this network's modules (no copy)."""
+        return Encoder(self.normalize, self.backbone, self.hash.linear)

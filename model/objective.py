@@ -1,0 +1,102 @@
+"""One objective for every method: the methods differ only in their loss weights.
+
+``source_only`` = pairwise + quantisation; ``tah`` = + adversarial; ``metah`` = + classification + entropy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from model.errors import ConfigError
+from model.losses import (
+    adversarial_loss,
+    classification_loss,
+    min_entropy_loss,
+    pairwise_t_loss,
+    quantization_loss,
+)
+from model.network import NetOutput
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    pairwise: float = 1.0
+    quantization: float = 0.1
+    adversarial: float = 0.0
+    classification: float = 0.0
+    entropy: float = 0.0
+    entropy_ramp: bool = True
+    balance_pairs: bool = True
+
+    @property
+    def uses_target(self) -> bool:
+        return self.adversarial > 0 or self.entropy > 0
+
+    @property
+    def needs_classifier(self) -> bool:
+        return self.classification > 0 or self.entropy > 0
+
+    @property
+    def needs_discriminator(self) -> bool:
+        return self.adversarial > 0
+
+    def to_dict(self) -> dict[str, float | bool]:
+        return asdict(self)
+
+
+METHODS: dict[str, LossWeights] = {
+    "source_only": LossWeights(),
+    "tah": LossWeights(adversarial=1.0),
+    "metah": LossWeights(adversarial=1.0, classification=1.0, entropy=0.3),
+}
+
+
+def method_weights(method: str) -> LossWeights:
+    try:
+        return METHODS[method]
+    except KeyError:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}") from None
+
+
+def compute_objective(
+    out: NetOutput, source_labels: torch.Tensor, weights: LossWeights, ramp: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of the loss terms for one shared forward pass over ``[source; target]``.
+
+    Args:
+        out: network output for the concatenated batch, source rows first.
+        source_labels: int64 ``[S]`` labels of the first ``S`` rows.
+        weights: the method's loss weights.
+        ramp: the GRL coefficient in ``[0, 1]``; scales the entropy weight when ``entropy_ramp``.
+
+    Returns:
+        the total loss (scalar tensor) and the unweighted value of every term, as floats.
+    """
+    n_source = source_labels.shape[0]
+    source_codes = out.codes[:n_source]
+    terms: dict[str, torch.Tensor] = {
+        "pairwise": pairwise_t_loss(source_codes, source_labels, balanced=weights.balance_pairs),
+        "quantization": quantization_loss(out.codes),
+    }
+    total = weights.pairwise * terms["pairwise"] + weights.quantization * terms["quantization"]
+    if weights.needs_discriminator:
+        if out.domain_logits is None:
+            raise ConfigError("the adversarial loss needs a network built with a discriminator")
+        is_source = torch.zeros_like(out.domain_logits)
+        is_source[:n_source] = 1.0
+        terms["adversarial"] = adversarial_loss(out.domain_logits, is_source)
+        total = total + weights.adversarial * terms["adversarial"]
+    if weights.needs_classifier:
+        if out.class_logits is None:
+            raise ConfigError("the classification and entropy losses need a network built with a classifier")
+        terms["classification"] = classification_loss(out.class_logits[:n_source], source_labels)
+        total = total + weights.classification * terms["classification"]
+        if weights.entropy > 0 and out.class_logits.shape[0] > n_source:
+            terms["entropy"] = min_entropy_loss(out.class_logits[n_source:])
+            entropy_weight = weights.entropy * (ramp if weights.entropy_ramp else 1.0)
+            total = total + entropy_weight * terms["entropy"]
+    values = {name: float(value.detach()) for name, value in terms.items()}
+    values["loss"] = float(total.detach())
+    return total, values

@@ -1,0 +1,58 @@
+"""The one image preprocessing of metah (CONTRACT §3), shared by training, evaluation and the service.
+
+decode → convert to RGB → resize the whole image to ``input_size`` with PIL's bilinear filter (no crop)
+→ scale to ``[0, 1]``. Normalisation happens inside the networks, never here.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from model.errors import DataError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def decode_image(source: Path | bytes, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one image file or byte string and resize it for an encoder.
+
+    Args:
+        source: a file path or the encoded bytes.
+        size: ``(H, W)`` of the encoder input.
+        max_pixels: refuse images whose declared size exceeds this many pixels (decompression bombs).
+
+    Returns:
+        uint8 ``[H, W, 3]`` RGB.
+
+    Raises:
+        DataError: when the input is not a decodable image or is too large.
+    """
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with Image.open(stream) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DataError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+            rgb = image.convert("RGB")
+            resized = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(resized, dtype=np.uint8)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"not a readable image: {exc}") from exc
+
+
+def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Turn a batch of decoded images into network input.
+
+    Shape:
+        images: uint8 ``[N, H, W, 3]`` (numpy, as from :func:`decode_image`) or ``[N, 3, H, W]`` (torch).
+        returns: float32 ``[N, 3, H, W]`` in ``[0, 1]``.
+    """
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2) if isinstance(images, np.ndarray) else images
+    return tensor.float().div_(255.0).contiguous()

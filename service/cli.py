@@ -1,0 +1,148 @@
+"""``metah`` command line (CONTRACT §2). Parses arguments, calls one function, prints the outcome.
+
+User mistakes (``model.errors.MetahError``) end with a one-line message and exit status 2; they never
+print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from model.errors import CheckpointError, ConfigError, DataError, MetahError
+
+EXIT_USAGE = 2
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="train an encoder on a labelled source and an unlabelled target folder")
+    p.add_argument("--source", type=Path, required=True, help="labelled source images, one sub-folder per class")
+    p.add_argument("--target", type=Path, required=True, help="unlabelled target images, any layout")
+    p.add_argument("--out", type=Path, required=True, help="run folder (model.pt, checkpoint.pt, metrics ...)")
+    p.add_argument("--method", choices=["metah", "tah", "source_only"], default=None)
+    p.add_argument("--bits", type=int, default=None, help="code length, 16-128, a multiple of 8 (default 64)")
+    p.add_argument("--backbone", default=None, help="lenet (default), resnet18, resnet50, efficientnet_lite0")
+    p.add_argument("--backbone-weights", default=None, help="local ImageNet weights file for resnet18/50")
+    p.add_argument("--iterations", type=int, default=None, help="optimisation steps (default 800)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per domain per step (default 64)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--config", type=Path, default=None, help="JSON or TOML file with training settings")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--eval-query", type=Path, default=None, help="labelled target queries (ImageFolder)")
+    p.add_argument("--eval-database", type=Path, default=None, help="labelled target database (ImageFolder)")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("evaluate", help="score an encoder artefact on labelled query and database folders")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--query", type=Path, required=True)
+    p.add_argument("--database", type=Path, required=True)
+    p.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    p.add_argument("--plot", type=Path, default=None, help="P-R curve PNG (default: next to --json, or ./pr_curve.png)")
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export", help="turn a training checkpoint into the encoder artefact")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metah", description="Cross-domain image retrieval with MeTAH hashing.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_export(sub)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from model.config import TrainConfig, load_config_file
+    from model.train import EvalSets, train
+
+    base = load_config_file(args.config) if args.config else TrainConfig()
+    config = base.override(
+        method=args.method,
+        bits=args.bits,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    result = train(
+        config,
+        args.source,
+        args.target,
+        args.out,
+        resume=args.resume,
+        eval_sets=EvalSets(args.eval_query, args.eval_database),
+    )
+    if result.metrics:
+        _print_evaluations(result.metrics["evaluation"])
+        print(f"model {result.model_version} written to {result.paths.model}")
+    return 0
+
+
+def _print_evaluations(evaluations: dict[str, dict[str, object]]) -> None:
+    for name, values in evaluations.items():
+        precision_at_k = values.get("precision_at_k", {})
+        at_k = " ".join(f"P@{k}={v:.4f}" for k, v in precision_at_k.items()) if isinstance(precision_at_k, dict) else ""
+        print(
+            f"{name:>18}: MAP@all={values['map_all']:.4f}  MAP@r2={values['map_radius2']:.4f}  "
+            f"P@r2={values['precision_radius2']:.4f}  {at_k}"
+        )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from model.evaluate import evaluate_artefact
+
+    plot = args.plot or (args.json.with_name(f"{args.json.stem}_pr.png") if args.json else Path("pr_curve.png"))
+    evaluation = evaluate_artefact(args.model, args.query, args.database, plot)
+    summary = evaluation.metrics.to_dict()
+    _print_evaluations({"query_vs_database": summary})
+    for line in evaluation.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {"model_version": evaluation.model_version, "skipped": list(evaluation.skipped), **summary}
+        args.json.write_text(json.dumps(report, indent=2))
+    print(f"P-R curve written to {plot}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from model.factory import export_checkpoint
+
+    metadata = export_checkpoint(args.checkpoint, args.out)
+    print(f"model {metadata['model_version']} ({metadata['bits']} bits) written to {args.out}")
+    return 0
+
+
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "export": run_export}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, CheckpointError, MetahError) as exc:
+        print(f"metah {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"metah {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The artefact round trip: identical codes, metadata inside, loads with nothing but torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.backbones import build_backbone
+from model.errors import CheckpointError
+from model.export import METADATA_FILE, export_encoder, load_encoder, new_model_version, utc_now
+from model.network import MeTAHNet
+
+
+def _net(bits: int = 16) -> MeTAHNet:
+    torch.manual_seed(0)
+    return MeTAHNet(build_backbone("lenet"), bits, 10, classifier=True, discriminator=True, max_steps=10).eval()
+
+
+def _metadata(net: MeTAHNet, bits: int) -> dict[str, object]:
+    created = utc_now()
+    return {
+        "bits": bits,
+        "input_size": [32, 32],
+        "backbone": "lenet",
+        "method": "metah",
+        "classes": [str(i) for i in range(10)],
+        "model_version": new_model_version("metah", bits, net.encoder(), created),
+        "created_at": created.isoformat(),
+        "metrics": {"target_vs_source": {"map_all": 0.5}},
+    }
+
+
+def test_round_trip_gives_identical_binary_codes_and_metadata(tmp_path: Path) -> None:
+    net = _net(24)
+    path = tmp_path / "model.pt"
+    export_encoder(net.encoder(), _metadata(net, 24), path)
+    loaded = load_encoder(path)
+    x = torch.rand(7, 3, 32, 32)
+    with torch.no_grad():
+        eager = net.encoder().eval()(x)
+        scripted = loaded.module(x)
+    assert scripted.dtype == torch.float32 and scripted.shape == (7, 24)
+    assert set(scripted.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(eager, scripted)
+    assert loaded.bits == 24 and loaded.input_size == (32, 32)
+    assert loaded.metadata["classes"][3] == "3"
+
+
+def test_codes_agree_with_the_sign_of_the_relaxed_codes(tmp_path: Path) -> None:
+    net = _net()
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        relaxed = net(x).codes
+        codes = net.encoder()(x)
+    assert torch.equal(codes > 0, relaxed > 0)
+
+
+def test_artefact_loads_with_bare_torch_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    net = _net()
+    path = tmp_path / "model.pt"
+    export_encoder(net.encoder(), _metadata(net, 16), path)
+    script = (
+        "import json, sys, torch\n"
+        f"extra = {{'{METADATA_FILE}': ''}}\n"
+        "m = torch.jit.load(sys.argv[1], _extra_files=extra)\n"
+        "meta = json.loads(extra['metah.json'])\n"
+        "out = m(torch.rand(2, 3, *meta['input_size']))\n"
+        "assert 'model' not in sys.modules and 'service' not in sys.modules\n"
+        "print(json.dumps({'shape': list(out.shape), 'values': sorted(set(out.flatten().tolist())), **meta}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-W", "ignore", "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    report = json.loads(done.stdout)
+    assert report["shape"] == [2, 16]
+    assert set(report["values"]) <= {-1.0, 1.0}
+    for key in (
+        "bits",
+        "input_size",
+        "backbone",
+        "method",
+        "classes",
+        "model_version",
+        "created_at",
+        "metrics",
+    ):
+        assert key in report
+
+
+def test_loading_garbage_is_a_clear_checkpoint_error(tmp_path: Path) -> None:
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a torchscript file")
+    with pytest.raises(CheckpointError, match="not a TorchScript"):
+        load_encoder(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_encoder(tmp_path / "missing.pt")
+    plain = torch.jit.script(torch.nn.Linear(2, 2))
+    torch.jit.save(plain, str(tmp_path / "plain.pt"))
+    with pytest.raises(CheckpointError, match="metadata"):
+        load_encoder(tmp_path / "plain.pt")
+
+
+def test_export_refuses_incomplete_metadata(tmp_path: Path) -> None:
+    net = _net()
+    with pytest.raises(ValueError, match="metadata"):
+        export_encoder(net.encoder(), {"bits": 16}, tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()

@@ -1,0 +1,95 @@
+"""Each loss against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.losses import (
+    adversarial_loss,
+    classification_loss,
+    min_entropy_loss,
+    pairwise_t_loss,
+    quantization_loss,
+)
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_pairwise_similar_and_dissimilar_pair_by_hand() -> None:
+    # bits = 2, ||h1 - h2||² = 4 → z = (2 / 2) / (1 + 4) = 0.2
+    codes = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    same = pairwise_t_loss(codes, torch.tensor([3, 3]))
+    different = pairwise_t_loss(codes, torch.tensor([3, 4]))
+    assert same.item() == pytest.approx(softplus(0.2) - 0.2, abs=1e-6)
+    assert different.item() == pytest.approx(softplus(0.2), abs=1e-6)
+
+
+def test_pairwise_identical_codes_of_same_class_cost_almost_nothing() -> None:
+    codes = torch.ones(3, 16)  # z = 16 / 2 = 8 for every pair
+    loss = pairwise_t_loss(codes, torch.tensor([0, 0, 0]))
+    assert loss.item() == pytest.approx(softplus(8.0) - 8.0, rel=1e-4)
+
+
+def test_pairwise_ignores_the_diagonal_and_averages_mixed_pairs() -> None:
+    codes = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
+    labels = torch.tensor([0, 0, 1])
+    # pairs (0,1),(1,0): same class, d² = 0, z = 1 → softplus(1) - 1
+    # pairs (0,2),(2,0),(1,2),(2,1): different class, d² = 8, z = 1/9 → softplus(1/9)
+    expected = (2 * (softplus(1.0) - 1.0) + 4 * softplus(1 / 9)) / 6
+    assert pairwise_t_loss(codes, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_pairwise_gradient_pulls_similar_pairs_together() -> None:
+    codes = torch.tensor([[0.5, 0.5], [-0.5, 0.5]], requires_grad=True)
+    pairwise_t_loss(codes, torch.tensor([1, 1])).backward()
+    assert codes.grad is not None
+    # descending the gradient moves the first code's x towards the second's (decreasing x)
+    assert codes.grad[0, 0] > 0 > codes.grad[1, 0]
+
+
+def test_pairwise_single_sample_is_zero_and_differentiable() -> None:
+    codes = torch.zeros(1, 8, requires_grad=True)
+    loss = pairwise_t_loss(codes, torch.tensor([0]))
+    loss.backward()
+    assert loss.item() == 0.0
+
+
+def test_quantization_is_zero_at_binary_values_and_log_cosh_1_at_zero() -> None:
+    assert quantization_loss(torch.tensor([[1.0, -1.0]])).item() == pytest.approx(0.0, abs=1e-7)
+    assert quantization_loss(torch.zeros(1, 4)).item() == pytest.approx(math.log(math.cosh(1.0)), abs=1e-6)
+    mixed = torch.tensor([[0.5, -1.0]])
+    assert quantization_loss(mixed).item() == pytest.approx(math.log(math.cosh(0.5)) / 2, abs=1e-6)
+
+
+def test_adversarial_is_binary_cross_entropy_on_logits() -> None:
+    logits = torch.tensor([0.0, 2.0, -1.0])
+    is_source = torch.tensor([1.0, 1.0, 0.0])
+    expected = (math.log(2) + softplus(-2.0) + softplus(-1.0)) / 3
+    assert adversarial_loss(logits, is_source).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_classification_is_cross_entropy() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) + math.log(2)) / 2
+    assert classification_loss(logits, torch.tensor([0, 1])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_entropy_of_uniform_and_confident_responses() -> None:
+    assert min_entropy_loss(torch.zeros(2, 10)).item() == pytest.approx(math.log(10), abs=1e-6)
+    assert min_entropy_loss(torch.tensor([[50.0, 0.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_entropy_gradient_makes_the_response_more_confident() -> None:
+    logits = torch.tensor([[1.0, 0.5, 0.0]], requires_grad=True)
+    min_entropy_loss(logits).backward()
+    assert logits.grad is not None
+    stepped = logits.detach() - 0.5 * logits.grad
+    before = torch.softmax(logits.detach(), 1).max().item()
+    after = torch.softmax(stepped, 1).max().item()
+    assert after > before
+    assert min_entropy_loss(stepped).item() < min_entropy_loss(logits.detach()).item()

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import TrainConfig, load_config_file
+from model.errors import ConfigError
+from model.network import NetOutput
+from model.objective import METHODS, LossWeights, compute_objective
+
+
+def test_methods_are_configurations_of_one_objective() -> None:
+    assert METHODS["source_only"] == LossWeights(pairwise=1.0, quantization=0.1)
+    assert METHODS["tah"] == LossWeights(pairwise=1.0, quantization=0.1, adversarial=1.0)
+    assert METHODS["metah"] == LossWeights(adversarial=1.0, classification=1.0, entropy=0.3)
+    assert not METHODS["source_only"].uses_target
+    assert METHODS["tah"].needs_discriminator and not METHODS["tah"].needs_classifier
+    assert METHODS["metah"].needs_discriminator and METHODS["metah"].needs_classifier
+
+
+def _output(n_source: int, n_target: int, classes: int = 3) -> NetOutput:
+    gen = torch.Generator().manual_seed(0)
+    n = n_source + n_target
+    return NetOutput(
+        torch.rand(n, 16, generator=gen) * 2 - 1,
+        torch.randn(n, classes, generator=gen),
+        torch.randn(n, generator=gen),
+    )
+
+
+def test_objective_terms_follow_the_method() -> None:
+    out, labels = _output(4, 4), torch.tensor([0, 1, 2, 0])
+    _, source_only = compute_objective(out, labels, METHODS["source_only"], ramp=1.0)
+    _, tah = compute_objective(out, labels, METHODS["tah"], ramp=1.0)
+    _, metah = compute_objective(out, labels, METHODS["metah"], ramp=1.0)
+    assert set(source_only) == {"pairwise", "quantization", "loss"}
+    assert set(tah) == {"pairwise", "quantization", "adversarial", "loss"}
+    assert set(metah) == {"pairwise", "quantization", "adversarial", "classification", "entropy", "loss"}
+    expected = (
+        metah["pairwise"]
+        + 0.1 * metah["quantization"]
+        + metah["adversarial"]
+        + metah["classification"]
+        + 0.3 * metah["entropy"]
+    )
+    assert metah["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_entropy_weight_is_ramped_by_the_grl_coefficient() -> None:
+    out, labels = _output(4, 4), torch.tensor([0, 1, 2, 0])
+    _, at_start = compute_objective(out, labels, METHODS["metah"], ramp=0.0)
+    _, halfway = compute_objective(out, labels, METHODS["metah"], ramp=0.5)
+    assert halfway["loss"] - at_start["loss"] == pytest.approx(0.15 * halfway["entropy"], rel=1e-4)
+    unramped = LossWeights(adversarial=1.0, classification=1.0, entropy=0.3, entropy_ramp=False)
+    _, fixed = compute_objective(out, labels, unramped, ramp=0.0)
+    assert fixed["loss"] - at_start["loss"] == pytest.approx(0.3 * fixed["entropy"], rel=1e-4)
+
+
+def test_objective_refuses_a_network_without_the_needed_head() -> None:
+    out = _output(2, 2)._replace(domain_logits=None)
+    with pytest.raises(ConfigError, match="discriminator"):
+        compute_objective(out, torch.tensor([0, 1]), METHODS["tah"], ramp=1.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bits": 12}, "multiple of 8"),
+        ({"bits": 256}, "multiple of 8"),
+        ({"method": "dann"}, "unknown method"),
+        ({"backbone": "vgg"}, "unknown backbone"),
+        ({"iterations": 0}, "iterations"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_invalid_settings_are_config_errors(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig().override(**change).validated()
+
+
+def test_config_files_json_and_toml(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({"bits": 32, "loss_weights": {"entropy": 0.2}}))
+    (tmp_path / "b.toml").write_text('method = "tah"\niterations = 10\n')
+    (tmp_path / "c.json").write_text('{"bitz": 32}')
+    (tmp_path / "d.json").write_text("{not json")
+    assert load_config_file(tmp_path / "a.json").weights.entropy == 0.2
+    assert load_config_file(tmp_path / "b.toml").method == "tah"
+    with pytest.raises(ConfigError, match="unknown configuration key"):
+        load_config_file(tmp_path / "c.json")
+    with pytest.raises(ConfigError, match="not valid"):
+        load_config_file(tmp_path / "d.json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config_file(tmp_path / "missing.json")
+
+
+def test_default_config_is_the_documented_recipe() -> None:
+    config = TrainConfig().validated()
+    assert (config.method, config.bits, config.backbone, config.iterations, config.batch_size) == (
+        "metah",
+        64,
+        "lenet",
+        1000,
+        64,
+    )
+    assert config.augment
+    assert config.to_dict()["loss_weights"] == {
+        "pairwise": 1.0, "quantization": 0.1, "adversarial": 1.0, "classification": 1.0, "entropy": 0.3,
+        "entropy_ramp": True, "balance_pairs": True,
+    }
