@@ -23,8 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 from model.config import TrainConfig, load_config_file
 from model.data import ImageSet, load_labelled_folder
@@ -284,6 +286,12 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None, help="JSON/TOML TrainConfig settings for every run")
     parser.add_argument("--throughput-repeats", type=int, default=7, help="0 skips the throughput measurement")
     parser.add_argument("--prepare-only", action="store_true", help="write the image folders and stop")
+    parser.add_argument(
+        "--throughput-run",
+        type=Path,
+        default=None,
+        help="run folder (model.pt + checkpoint.pt) for the throughput check",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs_path = args.out / "runs.jsonl"
@@ -330,27 +338,27 @@ def main() -> None:
         and r["seed"] in args.seeds
     ]
     rows = aggregate(selected)
-    throughput = {}
+    throughput: list[dict[str, float]] = []
     sample_run = next((r for r in selected if r["method"] == "metah" and r["bits"] == max(args.bits)), None)
-    if sample_run is not None and args.throughput_repeats > 0:
-        model_path = (
-            args.work
-            / "runs"
-            / sample_run["task"]
-            / f"{sample_run['bits']}b"
-            / "metah"
-            / f"seed{sample_run['seed']}"
-            / "model.pt"
+    run_dir = args.throughput_run
+    if run_dir is None and sample_run is not None:
+        run_dir = (
+            args.work / "runs" / sample_run["task"] / f"{sample_run['bits']}b" / "metah" / f"seed{sample_run['seed']}"
         )
-        if model_path.exists():
-            images = load_digits("usps").images[:256]
-            batch = torch.from_numpy(images).unsqueeze(1).repeat(1, 3, 1, 1)
-            batch = (
-                torch.nn.functional.interpolate(batch.float(), size=(32, 32), mode="bilinear").round().to(torch.uint8)
-            )
-            throughput = encoding_throughput(model_path, batch, args.throughput_repeats)
+    if run_dir is not None and (run_dir / "model.pt").exists() and args.throughput_repeats > 0:
+        images = np.stack(
+            [
+                np.asarray(Image.fromarray(a).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+                for a in load_digits("usps").images[:256]
+            ]
+        )
+        batch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        throughput = [
+            encoding_throughput(run_dir / "model.pt", batch[:size], args.throughput_repeats) for size in (1, 16, 256)
+        ]
     summary: dict[str, Any] = {
         "machine": machine(),
+        "run_machines": sorted({json.dumps(r.get("machine", {}), sort_keys=True) for r in selected}),
         "command": "scripts/bench_digits.py "
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
@@ -366,7 +374,11 @@ def main() -> None:
     md = [
         "# Digit benchmark",
         "",
-        f"Machine: {summary['machine']} · command: `{summary['command']}`",
+        f"Command: `{summary['command']}`",
+        "",
+        "Training runs ran on: " + "; ".join(summary["run_machines"]),
+        "",
+        f"This summary and the throughput check ran on: {json.dumps(summary['machine'])}",
         "",
         "## Target queries vs source database (domain-adaptive retrieval)",
         "",
@@ -380,7 +392,18 @@ def main() -> None:
         "",
         *[f"- {line}" for line in summary["targets"]],
         "",
-        f"Encoding throughput (artefact vs eager, same batch): {throughput}",
+        "## Encoding throughput: exported artefact vs eager model, same batch (CPU)",
+        "",
+        "| batch | eager img/s | artefact img/s | ratio | threads |",
+        "|---:|---:|---:|---:|---:|",
+        *[
+            "| "
+            + " | ".join(
+                str(t[key]) for key in ("batch", "eager_images_per_s", "artefact_images_per_s", "ratio", "threads")
+            )
+            + " |"
+            for t in throughput
+        ],
         "",
     ]
     (args.out / "results.md").write_text("\n".join(md))
@@ -389,7 +412,14 @@ def main() -> None:
         curves = {}
         for method in args.methods:
             run = next(
-                (r for r in selected if r["task"] == task and r["method"] == method and r["bits"] == max(args.bits)),
+                (
+                    r
+                    for r in selected
+                    if r["task"] == task
+                    and r["method"] == method
+                    and r["bits"] == max(args.bits)
+                    and r["seed"] == min(args.seeds)
+                ),
                 None,
             )
             if run is not None:
@@ -401,7 +431,7 @@ def main() -> None:
             plot_pr_curves(
                 curves,
                 args.out / f"pr_{task}_{max(args.bits)}b.png",
-                title=f"{task}, {max(args.bits)} bits, seed 0",
+                title=f"{task}, {max(args.bits)} bits, seed {min(args.seeds)}",
             )
     print((args.out / "results.md").read_text())
 
