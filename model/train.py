@@ -345,7 +345,6 @@ def _finish(trainer: Trainer, eval_sets: EvalSets, skipped: list[str], in_sync: 
     config, paths, group = trainer.config, trainer.paths, trainer.group
     if not group.is_main:
         return TrainResult(paths, {}, "", trainer.history)
-    train_seconds = seconds
     evaluations = trainer.evaluate(eval_sets)
     created_at = utc_now()
     encoder = trainer.net.encoder()
@@ -360,7 +359,7 @@ def _finish(trainer: Trainer, eval_sets: EvalSets, skipped: list[str], in_sync: 
         "world_size": group.world_size,
         "device": str(trainer.device),
         "ddp_parameters_in_sync": in_sync,
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": round(seconds, 2),
         "source_images": len(trainer.source),
         "target_images": 0 if trainer.target is None else len(trainer.target),
         "final_losses": trainer.history[-1] if trainer.history else {},

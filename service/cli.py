@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+# Before torch or faiss load: spinning OpenMP waits stall both when the other core is busy (docs/index.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from model.errors import CheckpointError, ConfigError, DataError, MetahError
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# OpenMP threads that spin while waiting stall FAISS and torch when the other core is busy (see docs/index.md);
+# this must be set before torch or faiss is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from dataclasses import dataclass
 from pathlib import Path
 

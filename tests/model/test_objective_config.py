@@ -108,6 +108,11 @@ def test_default_config_is_the_documented_recipe() -> None:
     )
     assert config.augment
     assert config.to_dict()["loss_weights"] == {
-        "pairwise": 1.0, "quantization": 0.1, "adversarial": 1.0, "classification": 1.0, "entropy": 0.3,
-        "entropy_ramp": True, "balance_pairs": True,
+        "pairwise": 1.0,
+        "quantization": 0.1,
+        "adversarial": 1.0,
+        "classification": 1.0,
+        "entropy": 0.3,
+        "entropy_ramp": True,
+        "balance_pairs": True,
     }
