@@ -40,7 +40,7 @@ def decode_image(source: Path | bytes, size: tuple[int, int], max_pixels: int = 
                 raise DataError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
             rgb = image.convert("RGB")
             resized = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(resized, dtype=np.uint8)
+            return np.array(resized, dtype=np.uint8)  # a writable copy, safe for torch.from_numpy
     except DataError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

@@ -1,0 +1,1 @@
+"""Alembic revisions (a package only so that installs ship them; Alembic reads the files itself)."""

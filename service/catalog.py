@@ -1,0 +1,109 @@
+"""Adding and deleting images: blob, database row and code in one transaction, then the index.
+
+Order of an ingest: probe (415/413) → already stored in this domain? (idempotent) → decode → encode → pack
+→ store the blob → commit image + code + change → update the index → acknowledge. A crash after the commit
+leaves the index behind the database, which the next start detects (the snapshot is stale) and repairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from migrations.models import Image
+from service import repository
+from service.errors import NotFoundError
+from service.pipeline import code_of, probe
+from service.runtime import Runtime
+from service.serving import ServingPair
+from service.storage import sha256_hex
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """The form fields of an upload (validated by the route)."""
+
+    domain: str = "database"
+    label: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    image: Image
+    created: bool
+
+
+def _existing(runtime: Runtime, digest: str, domain: str) -> Image | None:
+    with runtime.db.session() as session:
+        return repository.image_by_hash(session, digest, domain)
+
+
+def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> Ingested:
+    """Store an uploaded image; the same bytes in the same domain return the stored record unchanged."""
+    max_pixels = runtime.settings.max_pixels
+    info = probe(data, max_pixels)
+    digest = sha256_hex(data)
+    if (existing := _existing(runtime, digest, new.domain)) is not None:
+        return Ingested(existing, created=False)
+    code = code_of(pair.encoder, data, max_pixels)
+    with runtime.write_lock:
+        _, stored_path = runtime.store.put(data)
+        image = Image(
+            sha256=digest,
+            domain=new.domain,
+            label=new.label,
+            meta=new.metadata,
+            media_type=info.media_type,
+            size_bytes=len(data),
+            width=info.width,
+            height=info.height,
+            stored_path=stored_path,
+        )
+        with runtime.db.session() as session:
+            try:
+                change = repository.add_image(session, image, code.tobytes(), pair.model_version)
+                session.commit()
+            except IntegrityError:  # another process stored the same bytes in this domain meanwhile
+                session.rollback()
+                if (existing := _existing(runtime, digest, new.domain)) is not None:
+                    return Ingested(existing, created=False)
+                raise
+        if runtime.active is not None:
+            runtime.active.add([image.id], code[None], image.domain, model_version=pair.model_version, change=change)
+    return Ingested(image, created=True)
+
+
+def get_image(runtime: Runtime, image_id: int) -> Image:
+    with runtime.db.session() as session:
+        image = repository.image_by_id(session, image_id)
+    if image is None:
+        raise NotFoundError(f"image {image_id} does not exist", code="image_not_found")
+    return image
+
+
+def list_images(
+    runtime: Runtime, *, domain: str | None, label: str | None, limit: int, after: int | None
+) -> tuple[list[Image], int | None]:
+    """A page of images in id order and the cursor of the next page (``None`` on the last page)."""
+    with runtime.db.session() as session:
+        rows = repository.list_images(session, domain=domain, label=label, limit=limit + 1, after=after)
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+def delete(runtime: Runtime, image_id: int) -> None:
+    """Delete an image, its codes and (when no other domain holds the same bytes) its blob."""
+    with runtime.write_lock:
+        with runtime.db.session() as session:
+            image = repository.image_by_id(session, image_id)
+            if image is None:
+                raise NotFoundError(f"image {image_id} does not exist", code="image_not_found")
+            change = repository.delete_image(session, image)
+            session.commit()
+            blob_in_use = repository.hash_in_use(session, image.sha256)
+        if not blob_in_use:
+            runtime.store.delete(image.stored_path)
+        if runtime.active is not None:
+            runtime.active.remove([image_id], change=change)

@@ -1,0 +1,82 @@
+"""Upload → code, as stages: :func:`probe` (sniff, size check) → ``decode_image`` → :func:`encode` → pack.
+
+The only preprocessing is ``model.preprocess`` (CONTRACT §3); the only packing is ``index.pack_codes``.
+Everything here is CPU work: call it off the event loop.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from index import pack_codes
+from index.codes import Codes
+from model.export import LoadedEncoder
+from model.preprocess import decode_image, to_model_input
+from service.errors import PayloadTooLargeError, UnprocessableError, UnsupportedMediaTypeError
+
+# Raster formats accepted from clients. PIL is never asked to identify anything else (EPS and friends would
+# hand the bytes to external programs).
+ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the bytes are, from their content (never from a file name or a client's Content-Type)."""
+
+    media_type: str
+    width: int
+    height: int
+
+
+def probe(data: bytes, max_pixels: int) -> ImageInfo:
+    """Identify an accepted image format from the header and check its declared size, decoding no pixel.
+
+    Raises:
+        UnprocessableError: empty upload.
+        UnsupportedMediaTypeError: not one of :data:`ACCEPTED_FORMATS`.
+        PayloadTooLargeError: more than ``max_pixels`` pixels declared (decompression bomb).
+    """
+    if not data:
+        raise UnprocessableError("the uploaded image is empty", code="empty_image")
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            fmt, (width, height) = image.format or "", image.size
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLargeError(f"image dimensions are too large: {exc}", code="image_too_large") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        accepted = ", ".join(ACCEPTED_FORMATS)
+        raise UnsupportedMediaTypeError(f"not an image in an accepted format ({accepted})") from exc
+    if width < 1 or height < 1:
+        raise UnprocessableError(f"image has no pixels ({width}x{height})", code="unreadable_image")
+    if width * height > max_pixels:
+        raise PayloadTooLargeError(
+            f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels", code="image_too_large"
+        )
+    return ImageInfo(Image.MIME.get(fmt, "application/octet-stream"), width, height)
+
+
+def encode(encoder: LoadedEncoder, pixels: np.ndarray) -> Codes:
+    """Encode decoded images and pack them.
+
+    Shape:
+        pixels: uint8 ``[N, H, W, 3]`` at the encoder's ``input_size``.
+        returns: packed ``uint8 [N, bits // 8]``.
+    """
+    with torch.inference_mode():
+        output = encoder.module(to_model_input(pixels))
+    return pack_codes(output.numpy(), encoder.bits)
+
+
+def code_of(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> Codes:
+    """One upload's packed code ``uint8 [bits // 8]`` (bytes already probed).
+
+    Raises:
+        model.errors.DataError: the bytes do not decode (truncated, corrupt) → 422.
+    """
+    pixels = decode_image(data, encoder.input_size, max_pixels)
+    return encode(encoder, pixels[None].copy())[0]  # a writable batch of one (PIL's arrays are read-only)

@@ -1,0 +1,144 @@
+"""Queries on the tables of :mod:`migrations.models`. Plain functions taking a ``Session``; no HTTP here.
+
+The caller owns the transaction (commit or roll back); these functions only ``flush`` where ids are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from migrations.models import Change, Code, Image, ModelVersion
+
+ROW_CHUNK = 10_000
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def image_by_id(session: Session, image_id: int) -> Image | None:
+    return session.get(Image, image_id)
+
+
+def image_by_hash(session: Session, sha256: str, domain: str) -> Image | None:
+    return session.scalars(select(Image).where(Image.sha256 == sha256, Image.domain == domain)).one_or_none()
+
+
+def images_by_ids(session: Session, ids: Sequence[int]) -> dict[int, Image]:
+    if not ids:
+        return {}
+    return {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(list(ids))))}
+
+
+def list_images(
+    session: Session, *, domain: str | None, label: str | None, limit: int, after: int | None
+) -> list[Image]:
+    """Images in ascending id order after id ``after`` (keyset pagination), at most ``limit``."""
+    query = select(Image).order_by(Image.id).limit(limit)
+    if domain is not None:
+        query = query.where(Image.domain == domain)
+    if label is not None:
+        query = query.where(Image.label == label)
+    if after is not None:
+        query = query.where(Image.id > after)
+    return list(session.scalars(query))
+
+
+def add_image(session: Session, image: Image, code: bytes, model_version: str) -> int:
+    """Insert an image with its code and log the change; returns the change id (``image.id`` is set)."""
+    session.add(image)
+    session.flush()
+    session.add(Code(image_id=image.id, model_version=model_version, code=code))
+    return log_change(session, image.id, "add")
+
+
+def delete_image(session: Session, image: Image) -> int:
+    """Delete an image (its codes go with it) and log the change; returns the change id."""
+    session.execute(delete(Code).where(Code.image_id == image.id))
+    session.delete(image)
+    return log_change(session, image.id, "delete")
+
+
+def hash_in_use(session: Session, sha256: str) -> bool:
+    return session.scalar(select(func.count()).select_from(Image).where(Image.sha256 == sha256)) != 0
+
+
+# ------------------------------------------------------------------------------------------------- codes
+
+
+def code_of(session: Session, image_id: int, model_version: str) -> bytes | None:
+    return session.scalar(select(Code.code).where(Code.image_id == image_id, Code.model_version == model_version))
+
+
+def iter_codes(session: Session, model_version: str) -> Iterator[tuple[int, bytes, str]]:
+    """``(image id, packed code, domain)`` of every image encoded by ``model_version``, streamed."""
+    query = (
+        select(Code.image_id, Code.code, Image.domain)
+        .join(Image, Image.id == Code.image_id)
+        .where(Code.model_version == model_version)
+        .order_by(Code.image_id)
+        .execution_options(yield_per=ROW_CHUNK)
+    )
+    for image_id, code, domain in session.execute(query):
+        yield int(image_id), bytes(code), str(domain)
+
+
+# ----------------------------------------------------------------------------------------------- changes
+
+
+def log_change(session: Session, image_id: int, op: str) -> int:
+    change = Change(image_id=image_id, op=op)
+    session.add(change)
+    session.flush()
+    return change.id
+
+
+def last_change(session: Session) -> int:
+    """The id of the latest change (0 when none): what an index snapshot must reflect to be current."""
+    return int(session.scalar(select(func.max(Change.id))) or 0)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def active_model(session: Session) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.active.is_(True))).one_or_none()
+
+
+def model_by_version(session: Session, version: str) -> ModelVersion | None:
+    return session.get(ModelVersion, version)
+
+
+def list_models(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at, ModelVersion.version)))
+
+
+def add_model(
+    session: Session,
+    *,
+    version: str,
+    artefact_path: str,
+    bits: int,
+    metrics: dict[str, Any],
+    meta: dict[str, Any],
+    created_at: datetime | None = None,
+) -> ModelVersion:
+    model = ModelVersion(
+        version=version, artefact_path=artefact_path, bits=bits, metrics=metrics, meta=meta, active=False
+    )
+    if created_at is not None:
+        model.created_at = created_at
+    session.add(model)
+    session.flush()
+    return model
+
+
+def activate_model(session: Session, version: str) -> None:
+    """Mark ``version`` as the only active model (the caller commits)."""
+    session.execute(update(ModelVersion).where(ModelVersion.active.is_(True)).values(active=False))
+    session.flush()
+    session.execute(update(ModelVersion).where(ModelVersion.version == version).values(active=True))

@@ -1,0 +1,87 @@
+"""Searches: an upload or a stored image's code against the serving index, answered with database rows.
+
+A search is four calls: decode → encode → pack (:func:`service.pipeline.code_of`), ``index.search``,
+``repository.images_by_ids``, :func:`to_response`. Hits whose row is gone (deleted after the index was
+read) are dropped, so a deleted image is never returned.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from index import Hits
+from migrations.models import Image
+from service import repository
+from service.errors import ConflictError, NotFoundError
+from service.pipeline import code_of, probe
+from service.runtime import Runtime
+from service.schemas import Hit, SearchResponse, content_url
+from service.serving import ServingPair
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    k: int = 10
+    max_distance: int | None = None
+    domain: str | None = None
+
+
+def search_upload(runtime: Runtime, pair: ServingPair, data: bytes, query: SearchQuery) -> SearchResponse:
+    """The ``k`` stored images nearest to an uploaded one, in (distance, id) order."""
+    started = time.perf_counter()
+    probe(data, runtime.settings.max_pixels)
+    code = code_of(pair.encoder, data, runtime.settings.max_pixels)
+    hits = _search(pair, code, query, query.k)
+    with runtime.db.session() as session:
+        rows = repository.images_by_ids(session, hits.ids.tolist())
+    return to_response(pair, hits, rows, started, query.k)
+
+
+def search_similar(runtime: Runtime, pair: ServingPair, image_id: int, query: SearchQuery) -> SearchResponse:
+    """The ``k`` stored images nearest to stored image ``image_id`` (itself excluded), from its stored code."""
+    started = time.perf_counter()
+    with runtime.db.session() as session:
+        if repository.image_by_id(session, image_id) is None:
+            raise NotFoundError(f"image {image_id} does not exist", code="image_not_found")
+        stored = repository.code_of(session, image_id, pair.model_version)
+    if stored is None:
+        raise ConflictError(f"image {image_id} has no code of model {pair.model_version} yet", code="not_encoded")
+    hits = _search(pair, np.frombuffer(stored, np.uint8), query, query.k + 1)
+    keep = hits.ids != image_id
+    hits = Hits(hits.ids[keep], hits.distances[keep])
+    with runtime.db.session() as session:
+        rows = repository.images_by_ids(session, hits.ids.tolist())
+    return to_response(pair, hits, rows, started, query.k)
+
+
+def _search(pair: ServingPair, code: np.ndarray, query: SearchQuery, k: int) -> Hits:
+    return pair.index.search(
+        code, k, domain=query.domain, max_distance=query.max_distance, model_version=pair.model_version
+    )[0]
+
+
+def to_response(pair: ServingPair, hits: Hits, rows: dict[int, Image], started: float, k: int) -> SearchResponse:
+    out = []
+    for image_id, distance in hits.pairs():
+        image = rows.get(image_id)
+        if image is None:
+            continue
+        out.append(
+            Hit(
+                id=image_id,
+                distance=distance,
+                domain=image.domain,
+                label=image.label,
+                metadata=image.meta,
+                content_url=content_url(image_id),
+            )
+        )
+    return SearchResponse(
+        model_version=pair.model_version,
+        bits=pair.bits,
+        took_ms=round((time.perf_counter() - started) * 1000, 3),
+        hits=out[:k],
+    )

@@ -1,0 +1,91 @@
+"""What the service holds while it runs: settings, database, blob store and the serving pair.
+
+Opened in the app's lifespan (:func:`open_runtime`), never at import; tests get it from a real server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+import torch
+
+from index.errors import HashIndexError
+from migrations.runner import current_revision, head_revision
+from model.errors import CheckpointError
+from service.db import Database
+from service.errors import NotReadyError
+from service.registry import open_active_pair, save_snapshot
+from service.serving import ActivePair
+from service.settings import Settings
+from service.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    """The service's parts.
+
+    Attributes:
+        active: the serving (model, index) pair; ``None`` while no model is available (``problem`` says why:
+            the 503 that model-dependent requests get).
+        write_lock: serialises blob writes/deletes with the commits that reference them, and index writes,
+            within this process.
+        cpu: bounds concurrent CPU-heavy calls (decode, encode, search) to the number of cores.
+    """
+
+    settings: Settings
+    db: Database
+    store: BlobStore
+    active: ActivePair | None
+    problem: NotReadyError | None = None
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+    cpu: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(os.cpu_count() or 1))
+
+    async def run_cpu(self, function: Callable[..., T], *args: object) -> T:
+        """Run CPU work (decode, encode, search) in a worker thread, at most ``cpu`` at a time."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.cpu)
+
+    async def run_io(self, function: Callable[..., T], *args: object) -> T:
+        """Run blocking I/O (database, files) in a worker thread of the default pool."""
+        return await anyio.to_thread.run_sync(function, *args)
+
+    def close(self) -> None:
+        if self.active is not None:
+            try:
+                save_snapshot(self.settings, self.active.current)
+            except (OSError, HashIndexError) as exc:
+                log.warning("index snapshot not saved (the next start rebuilds it): %s", exc)
+        self.db.close()
+
+
+def open_runtime(settings: Settings) -> Runtime:
+    """Open the database and load the active model and its index (blocking: call it in a thread)."""
+    torch.set_num_threads(settings.torch_threads)  # single-image inference: more threads only add overhead
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.sqlalchemy_url)
+    store = BlobStore(settings.data_dir)
+    revision, head = current_revision(settings.sqlalchemy_url), head_revision()
+    if revision != head:
+        message = f"the database is at revision {revision}, this code needs {head}: run `metah migrate`"
+        log.error(message)
+        return Runtime(settings, db, store, None, NotReadyError(message, code="database_not_migrated"))
+    try:
+        pair = open_active_pair(settings, db)
+    except (CheckpointError, HashIndexError, OSError) as exc:
+        log.error("no model is served: %s", exc)
+        problem = NotReadyError(f"the active model cannot be loaded: {exc}", code="model_unavailable")
+        return Runtime(settings, db, store, None, problem)
+    if pair is None:
+        problem = NotReadyError("no model is registered: set METAH_MODEL or train one", code="no_model")
+        return Runtime(settings, db, store, None, problem)
+    return Runtime(settings, db, store, ActivePair(pair))

@@ -1,0 +1,120 @@
+"""Request and response models of the HTTP API (CONTRACT §4). Tables live in ``migrations/models.py``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from migrations.models import Image, ModelVersion
+
+DOMAIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# In query strings an empty value means "no filter" (``?domain=&label=``).
+DOMAIN_FILTER_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
+
+
+def content_url(image_id: int) -> str:
+    return f"/v1/images/{image_id}/content"
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ImagePublic(BaseModel):
+    id: int
+    sha256: str
+    domain: str
+    label: str | None
+    metadata: dict[str, Any]
+    media_type: str
+    size_bytes: int
+    width: int
+    height: int
+    created_at: datetime
+    content_url: str
+
+    @classmethod
+    def from_row(cls, image: Image) -> ImagePublic:
+        return cls(
+            id=image.id,
+            sha256=image.sha256,
+            domain=image.domain,
+            label=image.label,
+            metadata=image.meta,
+            media_type=image.media_type,
+            size_bytes=image.size_bytes,
+            width=image.width,
+            height=image.height,
+            created_at=image.created_at,
+            content_url=content_url(image.id),
+        )
+
+
+class ImagePage(BaseModel):
+    items: list[ImagePublic]
+    next: str | None = Field(description="pass as `after` for the next page; null on the last page")
+
+
+class Hit(BaseModel):
+    id: int
+    distance: int
+    domain: str
+    label: str | None
+    metadata: dict[str, Any]
+    content_url: str
+
+
+class SearchResponse(BaseModel):
+    model_version: str
+    bits: int
+    took_ms: float
+    hits: list[Hit]
+
+
+class Ready(BaseModel):
+    model_version: str
+    bits: int
+    indexed: int
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class ModelPublic(BaseModel):
+    version: str
+    bits: int
+    active: bool
+    method: str | None
+    backbone: str | None
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: ModelVersion) -> ModelPublic:
+        return cls(
+            version=row.version,
+            bits=row.bits,
+            active=row.active,
+            method=row.meta.get("method"),
+            backbone=row.meta.get("backbone"),
+            metrics=row.metrics,
+            created_at=row.created_at,
+        )
+
+
+class ModelList(BaseModel):
+    items: list[ModelPublic]
+    active: str | None
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entry documenting the error body for these statuses."""
+    return {status: {"model": ErrorBody} for status in statuses}

@@ -1,0 +1,91 @@
+"""The service's configuration (CONTRACT §5): one typed object read from ``METAH_*`` environment variables.
+
+Built by the caller (``metah serve``, tests) and passed to :func:`service.app.create_app`; never at import.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1). Wildcards (0.0.0.0, ::) are not loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Service settings.
+
+    Attributes:
+        data_dir: images (content-addressed), index snapshots and registered model artefacts.
+        database_url: SQLAlchemy URL; ``None`` = SQLite file ``data_dir/metah.db``.
+        api_key: required in ``X-API-Key`` on writes when set; without it only a loopback host is allowed.
+        model: encoder artefact registered (and activated) when the model registry is empty.
+        host, port: where ``metah serve`` listens.
+        max_upload_bytes: largest request body accepted (checked while the body streams in) → 413.
+        max_pixels: largest declared image size (width × height) accepted → 413; guards against
+            decompression bombs before any pixel is decoded.
+        max_metadata_bytes: largest ``metadata`` JSON object accepted on an image → 422.
+        torch_threads: intra-op threads for single-image inference in the server process.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="METAH_", extra="ignore", frozen=True)
+
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    api_key: SecretStr | None = None
+    model: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_upload_bytes: int = Field(default=20 * MiB, ge=1024)
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_metadata_bytes: int = Field(default=16 * 1024, ge=2)
+    torch_threads: int = Field(default=1, ge=1)
+
+    @field_validator("api_key", "database_url", "model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(text, str) and not text.strip() else value
+
+    @model_validator(mode="after")
+    def _refuse_open_writes(self) -> Settings:
+        if self.api_key is None and not is_loopback(self.host):
+            raise ValueError(
+                f"METAH_HOST={self.host} is not a loopback address: set METAH_API_KEY so that writes need a key"
+            )
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL in use (the SQLite default lives in the data dir)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'metah.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

@@ -1,0 +1,62 @@
+"""Content-addressed storage of original image bytes under ``data_dir/images``.
+
+A blob's path is derived from its SHA-256 alone (``images/ab/cd/abcd…``), never from a user-supplied name, so
+no upload can choose where it is written. Writes are atomic (temporary file, fsync, rename); writing bytes
+that are already stored is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+IMAGES = "images"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class BlobStore:
+    """Blobs keyed by SHA-256, stored under ``root`` (the data dir); paths in the DB are relative to it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    @staticmethod
+    def relative_path(digest: str) -> str:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
+        return f"{IMAGES}/{digest[:2]}/{digest[2:4]}/{digest}"
+
+    def path(self, relative: str) -> Path:
+        """The file of a stored path; refuses anything that is not a blob path of this store."""
+        digest = relative.rsplit("/", 1)[-1]
+        if relative != self.relative_path(digest):
+            raise ValueError(f"not a blob path: {relative!r}")
+        return self.root / relative
+
+    def put(self, data: bytes) -> tuple[str, str]:
+        """Store ``data``; returns ``(sha256, relative path)``."""
+        digest = sha256_hex(data)
+        relative = self.relative_path(digest)
+        target = self.root / relative
+        if target.is_file() and target.stat().st_size == len(data):
+            return digest, relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, relative
+
+    def delete(self, relative: str) -> None:
+        """Remove a blob (absent is fine)."""
+        self.path(relative).unlink(missing_ok=True)

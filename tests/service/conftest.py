@@ -1,0 +1,182 @@
+"""Fixtures of the HTTP API tests: a tiny real encoder, real uvicorn servers on 127.0.0.1 with a fresh SQLite
+file database per test, and real digit PNGs.
+
+Layers: ``api_artefact`` (session: one tiny trained model) → ``start_server`` (a factory: one server per call,
+all stopped at teardown) → ``server`` / ``client`` (the usual one) → ``digit_pngs`` (image bytes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from migrations.runner import upgrade
+from model.config import TrainConfig
+from model.train import train
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import DigitFolders
+
+API_KEY = "test-key-0123456789"
+MAX_UPLOAD = 256 * 1024
+MAX_PIXELS = 1_000_000
+STARTUP_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="session")
+def api_artefact(digits: DigitFolders, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16-bit encoder trained for a few seconds on the digit folders."""
+    out = tmp_path_factory.mktemp("api-model")
+    config = TrainConfig(iterations=30, batch_size=16, bits=16, eval_queries=20)
+    return train(config, digits.source, digits.target, out, show_progress=False).paths.model
+
+
+@pytest.fixture(scope="session")
+def digit_pngs(digits: DigitFolders) -> list[tuple[bytes, str]]:
+    """``(PNG bytes, label)`` of distinct USPS query digits, in a fixed order (labels cycle 0..9)."""
+    by_label = {folder.name: sorted(folder.glob("*.png")) for folder in sorted(digits.query.iterdir())}
+    out: list[tuple[bytes, str]] = []
+    seen: set[bytes] = set()
+    for i in range(max(len(files) for files in by_label.values())):
+        for label, files in by_label.items():
+            if i < len(files) and (data := files[i].read_bytes()) not in seen:
+                seen.add(data)
+                out.append((data, label))
+    return out
+
+
+@dataclass
+class LiveServer:
+    """A uvicorn server running the app in a thread of the test process."""
+
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def client(self, api_key: str | None = API_KEY) -> httpx.Client:
+        headers = {"X-API-Key": api_key} if api_key is not None else {}
+        client = httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=STARTUP_TIMEOUT_S)
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test server; every field is explicit so no METAH_* variable of the environment leaks in."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": f"sqlite:///{data_dir / 'metah.db'}",
+        "api_key": API_KEY,
+        "model": None,
+        "host": "127.0.0.1",
+        "port": 0,
+        "max_upload_bytes": MAX_UPLOAD,
+        "max_pixels": MAX_PIXELS,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def start_live_server(settings: Settings, *, migrate: bool = True) -> LiveServer:
+    if migrate:
+        upgrade(settings.sqlalchemy_url)
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    return LiveServer(settings, server, thread)
+
+
+StartServer = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, api_artefact: Path) -> Iterator[StartServer]:
+    """``start_server(data_dir=None, **settings)``: a running server (default: the test's own data dir, the
+    tiny model); every server started is stopped at teardown."""
+    running: list[LiveServer] = []
+
+    def start(data_dir: Path | None = None, *, migrate: bool = True, **overrides: Any) -> LiveServer:
+        overrides.setdefault("model", api_artefact)
+        live = start_live_server(make_settings(data_dir or tmp_path / "data", **overrides), migrate=migrate)
+        running.append(live)
+        return live
+
+    yield start
+    for live in running:
+        if live.thread.is_alive():
+            live.stop()
+
+
+@pytest.fixture
+def server(start_server: StartServer) -> LiveServer:
+    return start_server()
+
+
+@pytest.fixture
+def client(server: LiveServer) -> httpx.Client:
+    """A client that sends the API key."""
+    return server.client()
+
+
+@pytest.fixture
+def anonymous(server: LiveServer) -> httpx.Client:
+    """A client without an API key."""
+    return server.client(api_key=None)
+
+
+def post_image(
+    client: httpx.Client,
+    data: bytes,
+    *,
+    label: str | None = None,
+    domain: str | None = None,
+    metadata: str | None = None,
+    filename: str = "digit.png",
+) -> httpx.Response:
+    """``POST /v1/images`` with the given form fields (only those not ``None`` are sent)."""
+    form = {key: value for key, value in (("label", label), ("domain", domain), ("metadata", metadata)) if value}
+    return client.post("/v1/images", files={"image": (filename, data, "image/png")}, data=form)
+
+
+def search(client: httpx.Client, data: bytes, **params: Any) -> httpx.Response:
+    return client.post("/v1/search", files={"image": ("query.png", data, "image/png")}, params=params)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response has ``status`` and the contract's error body (and, if given, that ``code``)."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert isinstance(body["error"]["message"], str) and "Traceback" not in response.text
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body

@@ -1,0 +1,84 @@
+"""``POST /v1/search`` and ``/v1/images/{id}/similar`` against an exact Hamming oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from index import hamming_distances
+from model.export import load_encoder
+from service.pipeline import code_of
+from tests.service.conftest import MAX_PIXELS, post_image, search
+
+N_IMAGES = 24
+
+
+@pytest.fixture
+def stored(client: httpx.Client, digit_pngs: list[tuple[bytes, str]]) -> dict[int, bytes]:
+    """``{id: bytes}`` of N_IMAGES ingested digits, half in domain ``source``, half in ``target``."""
+    out = {}
+    for i, (data, label) in enumerate(digit_pngs[:N_IMAGES]):
+        response = post_image(client, data, label=label, domain="source" if i % 2 == 0 else "target")
+        assert response.status_code == 201, response.text
+        out[response.json()["id"]] = data
+    return out
+
+
+def _oracle(artefact: Path, stored: dict[int, bytes], query: bytes) -> list[tuple[int, int]]:
+    """``[(distance, id)]`` of every stored image, in (distance, id) order."""
+    encoder = load_encoder(artefact)
+    ids = sorted(stored)
+    codes = np.stack([code_of(encoder, stored[i], MAX_PIXELS) for i in ids])
+    distances = hamming_distances(code_of(encoder, query, MAX_PIXELS)[None], codes, encoder.bits)[0]
+    return sorted(zip(distances.tolist(), ids, strict=True))
+
+
+def test_search_orders_hits_by_distance_then_id(
+    client: httpx.Client, stored: dict[int, bytes], api_artefact: Path, digit_pngs: list[tuple[bytes, str]]
+) -> None:
+    query = digit_pngs[N_IMAGES + 1][0]
+    response = search(client, query, k=1000)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["bits"] == 16 and body["model_version"] and body["took_ms"] >= 0
+    got = [(hit["distance"], hit["id"]) for hit in body["hits"]]
+    assert got == _oracle(api_artefact, stored, query)
+    assert set(body["hits"][0]) == {"id", "distance", "domain", "label", "metadata", "content_url"}
+
+    top = search(client, query, k=5).json()["hits"]
+    assert [(h["distance"], h["id"]) for h in top] == got[:5]
+
+
+def test_a_stored_image_finds_itself_first(client: httpx.Client, stored: dict[int, bytes]) -> None:
+    first_id = min(stored)
+    hits = search(client, stored[first_id], k=3).json()["hits"]
+    assert (hits[0]["id"], hits[0]["distance"]) == (first_id, 0)
+    assert hits[0]["content_url"] == f"/v1/images/{first_id}/content"
+
+
+def test_domain_and_radius_filters(client: httpx.Client, stored: dict[int, bytes]) -> None:
+    query = stored[min(stored)]
+    everything = search(client, query, k=1000).json()["hits"]
+    target = search(client, query, k=1000, domain="target").json()["hits"]
+    assert target == [h for h in everything if h["domain"] == "target"]
+    assert search(client, query, domain="nowhere").json()["hits"] == []
+    near = search(client, query, k=1000, max_distance=2).json()["hits"]
+    assert near == [h for h in everything if h["distance"] <= 2]
+
+
+def test_similar_uses_the_stored_code_and_leaves_the_image_out(client: httpx.Client, stored: dict[int, bytes]) -> None:
+    image_id = sorted(stored)[3]
+    by_upload = [h for h in search(client, stored[image_id], k=1000).json()["hits"] if h["id"] != image_id]
+    similar = client.post(f"/v1/images/{image_id}/similar", params={"k": 1000})
+    assert similar.status_code == 200, similar.text
+    assert similar.json()["hits"] == by_upload
+    top = client.post(f"/v1/images/{image_id}/similar", params={"k": 4, "domain": "source"}).json()["hits"]
+    assert top == [h for h in by_upload if h["domain"] == "source"][:4]
+
+
+def test_search_on_an_empty_index_has_no_hits(client: httpx.Client, digit_pngs: list[tuple[bytes, str]]) -> None:
+    response = search(client, digit_pngs[0][0])
+    assert response.status_code == 200 and response.json()["hits"] == []
