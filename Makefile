@@ -13,8 +13,8 @@ install: $(STAMP)
 demo-model: install
 	$(PY) scripts/demo_model.py --out var/demo-model
 
-run: demo-model
-	@echo "Demo model ready in var/demo-model (the API and UI arrive with the service)."
+run: install
+	$(PY) -m scripts.run_demo
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy

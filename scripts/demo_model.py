@@ -31,21 +31,27 @@ def prepare_folders(work: Path) -> tuple[Path, Path]:
     return source_dir, target_dir
 
 
+def ensure_demo_model(out: Path, iterations: int | None = None) -> Path:
+    """Return ``out/model.pt``, training it first when it does not exist yet."""
+    model = out / "model.pt"
+    if model.exists():
+        print(f"demo model already prepared: {model}")
+        return model
+    source_dir, target_dir = prepare_folders(out / "data")
+    config = TrainConfig().override(iterations=iterations)
+    print(f"training the demo model ({config.method}, {config.bits} bits, {config.iterations} steps) ...")
+    result = train(config, source_dir, target_dir, out)
+    print(f"demo model {result.model_version} written to {model}")
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("var/demo-model"))
     parser.add_argument("--iterations", type=int, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = args.out / "model.pt"
-    if model.exists():
-        print(f"demo model already prepared: {model}")
-        return
-    source_dir, target_dir = prepare_folders(args.out / "data")
-    config = TrainConfig().override(iterations=args.iterations)
-    print(f"training the demo model ({config.method}, {config.bits} bits, {config.iterations} steps) ...")
-    result = train(config, source_dir, target_dir, args.out)
-    print(f"demo model {result.model_version} written to {model}")
+    ensure_demo_model(args.out, args.iterations)
 
 
 if __name__ == "__main__":
