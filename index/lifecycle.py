@@ -76,7 +76,9 @@ def load_or_rebuild(
         index = HashIndex.load(path, bits=bits, model_version=model_version, options=options, verify=verify)
         return index, LoadReport("snapshot", None, f"loaded {path}", time.perf_counter() - start)
     except SnapshotError as error:
-        log.warning("rebuilding the index from the database: %s", error)
+        # a first start has no snapshot yet: that is routine, anything else deserves a warning
+        level = logging.INFO if error.problem == "missing" else logging.WARNING
+        log.log(level, "rebuilding the index from the database: %s", error)
         if rows is not None:
             index = HashIndex.build(
                 rows(), bits=bits, model_version=model_version, options=options, last_change=last_change

@@ -18,13 +18,19 @@ from model.errors import DataError
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-def decode_image(source: Path | bytes, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    source: Path | bytes,
+    size: tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: tuple[str, ...] | None = None,
+) -> np.ndarray:
     """Decode one image file or byte string and resize it for an encoder.
 
     Args:
         source: a file path or the encoded bytes.
         size: ``(H, W)`` of the encoder input.
         max_pixels: refuse images whose declared size exceeds this many pixels (decompression bombs).
+        formats: PIL format names to try (e.g. ``("PNG", "JPEG")``); ``None`` tries every installed plugin.
 
     Returns:
         uint8 ``[H, W, 3]`` RGB.
@@ -34,7 +40,7 @@ def decode_image(source: Path | bytes, size: tuple[int, int], max_pixels: int = 
     """
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with Image.open(stream) as image:
+        with Image.open(stream, formats=formats) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise DataError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
