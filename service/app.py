@@ -7,29 +7,51 @@ active model and its index) in a worker thread and hands it to requests as lifes
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 
 from service.errors import install_error_handlers
+from service.jobs.process import WorkerProcesses
 from service.limits import BodySizeLimit
-from service.routes import health, images, models, search
-from service.runtime import open_runtime
+from service.routes import health, images, jobs, models, search
+from service.runtime import Runtime, open_runtime
 from service.settings import Settings
 
 API_VERSION = "1"
+
+log = logging.getLogger(__name__)
+
+
+async def _follow_changes(runtime: Runtime) -> None:
+    """Apply job workers' writes to the index every ``changes_poll_s`` (searches also catch up first)."""
+    while True:
+        await anyio.sleep(runtime.settings.changes_poll_s)
+        try:
+            await runtime.run_io(runtime.follow_activation)
+            await runtime.run_io(runtime.catch_up)
+        except Exception:
+            log.exception("applying the database changes to the index failed (retrying)")
 
 
 @asynccontextmanager
 async def _lifespan(settings: Settings, app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     runtime = await anyio.to_thread.run_sync(open_runtime, settings)
+    workers = WorkerProcesses(settings, settings.workers if runtime.problem is None else 0)
+    workers.start()
     try:
-        yield {"runtime": runtime}
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_follow_changes, runtime)
+            yield {"runtime": runtime}
+            tasks.cancel_scope.cancel()
     finally:
+        await anyio.to_thread.run_sync(workers.stop)
         await anyio.to_thread.run_sync(runtime.close)
 
 
@@ -42,7 +64,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=partial(_lifespan, settings),
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    for module in (health, search, images, models):
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_upload_bytes,
+        per_path={jobs.INGEST_PATH: settings.max_archive_bytes},
+    )
+    for module in (health, search, images, models, jobs):
         app.include_router(module.router)
     return app

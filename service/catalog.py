@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from migrations.models import Image
 from service import repository
 from service.errors import NotFoundError
-from service.pipeline import code_of, probe
+from service.pipeline import ImageInfo, code_of, probe
 from service.runtime import Runtime
 from service.serving import ServingPair
 from service.storage import sha256_hex
@@ -36,6 +36,21 @@ class Ingested:
     created: bool
 
 
+def image_row(digest: str, info: ImageInfo, size: int, stored_path: str, new: NewImage) -> Image:
+    """The row of a new image (bytes already probed and stored)."""
+    return Image(
+        sha256=digest,
+        domain=new.domain,
+        label=new.label,
+        meta=new.metadata,
+        media_type=info.media_type,
+        size_bytes=size,
+        width=info.width,
+        height=info.height,
+        stored_path=stored_path,
+    )
+
+
 def _existing(runtime: Runtime, digest: str, domain: str) -> Image | None:
     with runtime.db.session() as session:
         return repository.image_by_hash(session, digest, domain)
@@ -51,17 +66,7 @@ def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> I
     code = code_of(pair.encoder, data, max_pixels)
     with runtime.write_lock:
         _, stored_path = runtime.store.put(data)
-        image = Image(
-            sha256=digest,
-            domain=new.domain,
-            label=new.label,
-            meta=new.metadata,
-            media_type=info.media_type,
-            size_bytes=len(data),
-            width=info.width,
-            height=info.height,
-            stored_path=stored_path,
-        )
+        image = image_row(digest, info, len(data), stored_path, new)
         with runtime.db.session() as session:
             try:
                 change = repository.add_image(session, image, code.tobytes(), pair.model_version)

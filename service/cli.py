@@ -70,6 +70,15 @@ def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     sub.add_parser("migrate", help="apply the database migrations (METAH_DATABASE_URL, or SQLite in METAH_DATA_DIR)")
 
 
+def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser(
+        "worker",
+        help="a job worker (ingestion) sharing the database and data dir of the API",
+        description="Settings come from the environment (METAH_DATA_DIR, METAH_DATABASE_URL, ...). "
+        "Stops on SIGTERM/SIGINT; its running job goes back to the queue.",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metah", description="Cross-domain image retrieval with MeTAH hashing.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -79,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_serve(sub)
     _add_migrate(sub)
+    _add_worker(sub)
     return parser
 
 
@@ -201,12 +211,27 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_worker(args: argparse.Namespace) -> int:
+    settings = _service_settings()
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # before alembic is imported
+
+    from migrations.runner import current_revision, head_revision
+    from service.jobs.process import run_worker as work
+
+    revision, head = current_revision(settings.sqlalchemy_url), head_revision()
+    if revision != head:
+        raise ConfigError(f"the database is at revision {revision}, this code needs {head}: run `metah migrate`")
+    work(settings)
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
     "export": run_export,
     "serve": run_serve,
     "migrate": run_migrate,
+    "worker": run_worker,
 }
 
 

@@ -21,13 +21,14 @@ class _BodyTooLargeError(Exception):
 class BodySizeLimit:
     """Pure ASGI middleware: 413 for request bodies over ``max_bytes``."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, max_bytes: int) -> None:
         body = json.dumps(
-            error_body("payload_too_large", f"request body exceeds the limit of {self.max_bytes} bytes")
+            error_body("payload_too_large", f"request body exceeds the limit of {max_bytes} bytes")
         ).encode()
         await send(
             {
@@ -46,9 +47,10 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._refuse(send, max_bytes)
             return
 
         received = 0
@@ -60,7 +62,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     raise _BodyTooLargeError
             return message
@@ -70,7 +72,7 @@ class BodySizeLimit:
             if exceeded:  # the app answered after its body was cut off (e.g. a 400 for a broken form): replace it
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await self._refuse(send)
+                    await self._refuse(send, max_bytes)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -79,4 +81,4 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, guarded_send)
         except _BodyTooLargeError:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, max_bytes)

@@ -21,6 +21,7 @@ from migrations.runner import current_revision, head_revision
 from model.errors import CheckpointError
 from service.db import Database
 from service.errors import NotReadyError
+from service.follow import ChangeFollower
 from service.registry import open_active_pair, save_snapshot
 from service.serving import ActivePair
 from service.settings import Settings
@@ -48,6 +49,7 @@ class Runtime:
     store: BlobStore
     active: ActivePair | None
     problem: NotReadyError | None = None
+    follower: ChangeFollower | None = None
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     cpu: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(os.cpu_count() or 1))
 
@@ -58,6 +60,16 @@ class Runtime:
     async def run_io(self, function: Callable[..., T], *args: object) -> T:
         """Run blocking I/O (database, files) in a worker thread of the default pool."""
         return await anyio.to_thread.run_sync(function, *args)
+
+    def catch_up(self) -> None:
+        """Apply other processes' writes (job workers) to the serving index (see :mod:`service.follow`)."""
+        if self.follower is not None:
+            self.follower.catch_up()
+
+    def follow_activation(self) -> None:
+        """Serve the model the database marks active, if another process activated one."""
+        if self.follower is not None:
+            self.follower.follow_activation()
 
     def close(self) -> None:
         if self.active is not None:
@@ -88,4 +100,5 @@ def open_runtime(settings: Settings) -> Runtime:
     if pair is None:
         problem = NotReadyError("no model is registered: set METAH_MODEL or train one", code="no_model")
         return Runtime(settings, db, store, None, problem)
-    return Runtime(settings, db, store, ActivePair(pair))
+    active = ActivePair(pair)
+    return Runtime(settings, db, store, active, follower=ChangeFollower(settings, db, store, active))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from migrations.models import Image, ModelVersion
+from migrations.models import Image, Job, ModelVersion
 
 DOMAIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # In query strings an empty value means "no filter" (``?domain=&label=``).
@@ -113,6 +113,53 @@ class ModelPublic(BaseModel):
 class ModelList(BaseModel):
     items: list[ModelPublic]
     active: str | None
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class JobPublic(BaseModel):
+    id: int
+    kind: str
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    progress: Progress
+    errors: list[dict[str, Any]]
+    result: dict[str, Any]
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobPublic:
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            progress=Progress(done=job.progress_done, total=job.progress_total),
+            errors=job.errors,
+            result=job.result,
+            cancel_requested=job.cancel_requested,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class TrainingJobCreate(BaseModel):
+    source_domain: str = Field(pattern=DOMAIN_PATTERN, description="labelled images (labels become classes)")
+    target_domain: str = Field(pattern=DOMAIN_PATTERN, description="target-domain images (labels unused)")
+    bits: int = Field(default=64, ge=16, le=128, multiple_of=8)
+    method: Literal["metah", "tah", "source_only"] = "metah"
+    backbone: Literal["lenet", "resnet18", "resnet50", "efficientnet_lite0"] = "lenet"
+    iterations: int = Field(default=1000, ge=1, le=1_000_000)
+    activate: bool = False
+
+
+class JobCreated(BaseModel):
+    job_id: int
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -38,6 +38,15 @@ class Settings(BaseSettings):
             decompression bombs before any pixel is decoded.
         max_metadata_bytes: largest ``metadata`` JSON object accepted on an image → 422.
         torch_threads: intra-op threads for single-image inference in the server process.
+        workers: job worker processes ``metah serve`` starts as its children (0: none; run ``metah worker``).
+        max_archive_bytes: largest ingest archive upload (the request body limit of ``/v1/ingest-jobs``) → 413.
+        archive_max_members, archive_max_total_bytes, archive_max_ratio: limits on an archive's contents
+            (member count, total uncompressed size, uncompressed / compressed size); over any → the job fails.
+        ingest_batch_size: images decoded, encoded and committed together by an ingest job.
+        worker_poll_s: how often an idle worker looks for a queued job.
+        job_heartbeat_s, job_stale_after_s: a running job's heartbeat period, and the silence after which
+            a worker treats it as abandoned (its worker died) and queues it again.
+        changes_poll_s: how often the API applies other processes' writes (the ``changes`` log) to its index.
     """
 
     model_config = SettingsConfigDict(env_prefix="METAH_", extra="ignore", frozen=True)
@@ -52,6 +61,16 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=2)
     torch_threads: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=0, le=64)
+    max_archive_bytes: int = Field(default=1024 * MiB, ge=1024)
+    archive_max_members: int = Field(default=100_000, ge=1)
+    archive_max_total_bytes: int = Field(default=8 * 1024 * MiB, ge=1)
+    archive_max_ratio: float = Field(default=200.0, gt=0)
+    ingest_batch_size: int = Field(default=64, ge=1, le=4096)
+    worker_poll_s: float = Field(default=0.5, gt=0)
+    job_heartbeat_s: float = Field(default=5.0, gt=0)
+    job_stale_after_s: float = Field(default=60.0, gt=0)
+    changes_poll_s: float = Field(default=1.0, gt=0)
 
     @field_validator("api_key", "database_url", "model", mode="before")
     @classmethod
@@ -85,6 +104,10 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
+
+    @property
+    def archives_dir(self) -> Path:
+        return self.data_dir / "archives"
 
     @property
     def models_dir(self) -> Path:

@@ -7,9 +7,15 @@ all stopped at teardown) → ``server`` / ``client`` (the usual one) → ``digit
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +98,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "port": 0,
         "max_upload_bytes": MAX_UPLOAD,
         "max_pixels": MAX_PIXELS,
+        "workers": 0,  # tests that need a job worker start one
         **overrides,
     }
     return Settings(**values)
@@ -180,3 +187,59 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     if code is not None:
         assert body["error"]["code"] == code, body
     return body
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metah_environment(**values: str) -> dict[str, str]:
+    """This process's environment without any METAH_* variable, plus ``METAH_<key>`` for each keyword."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAH_")}
+    return {**env, "OMP_NUM_THREADS": "1", **{f"METAH_{k}": v for k, v in values.items()}}
+
+
+@dataclass
+class ServeRun:
+    """A real ``metah serve`` subprocess; ``output`` holds its whole log once the block has exited."""
+
+    process: subprocess.Popen[str]
+    client: httpx.Client
+    output: str = ""
+
+
+@contextmanager
+def running_metah_serve(env: dict[str, str], port: int) -> Iterator[ServeRun]:
+    """The real ``metah serve`` as a subprocess, ready (``/readyz`` 200); SIGTERM and wait on exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    run: ServeRun | None = None
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": API_KEY}, timeout=30) as client:
+            run = ServeRun(process, client)
+            deadline = time.monotonic() + 90
+            while True:
+                assert process.poll() is None, process.communicate()[0]
+                assert time.monotonic() < deadline, "metah serve did not come up"
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            yield run
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        if run is not None:
+            run.output = output

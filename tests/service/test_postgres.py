@@ -81,3 +81,17 @@ def test_ingest_search_delete_and_restart_on_postgres(
     assert client.get("/readyz").json()["indexed"] == 11
     assert client.get(f"/v1/images/{ids[5]}").json()["label"] == digit_pngs[5][1]
     assert client.get(f"/v1/images/{ids[3]}").status_code == 404
+
+
+def test_ingest_job_on_postgres(pg_url: str, start_server: StartServer, digit_pngs: list[tuple[bytes, str]]) -> None:
+    from tests.service.test_api_jobs import JOB_SETTINGS, WorkerThread, image_folder, submitted, wait_job, zip_of
+
+    server = start_server(database_url=pg_url, **JOB_SETTINGS)
+    client = server.client()
+    worker = WorkerThread(server).start()
+    try:
+        job = wait_job(client, submitted(client, zip_of(image_folder(digit_pngs, 20))))
+    finally:
+        worker.stop()
+    assert job["status"] == "succeeded" and job["result"]["created"] == 20, job
+    assert search(client, digit_pngs[0][0], max_distance=0).json()["hits"][0]["distance"] == 0

@@ -1,0 +1,89 @@
+"""Model activation: re-encode every stored image with a registered model, then mark it active.
+
+The job (worker): images in id order, a batch at a time: read the blobs → ``decode_image`` →
+:func:`service.pipeline.encode` → one transaction of ``codes`` rows for the new version (images that already
+have one are skipped, so a re-queued job resumes). Then one last pass for images stored meanwhile, and the
+registry row becomes active. The API notices the activation (:meth:`service.follow.ChangeFollower.
+follow_activation`), builds the new index from the ``codes`` table and swaps model and index together;
+searches are answered by the old pair until then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+from migrations.models import Code, Image, Job
+from model.errors import CheckpointError, DataError
+from model.preprocess import decode_image
+from service import repository
+from service.db import Database
+from service.jobs import queue
+from service.jobs.worker import JobContext, JobFailedError
+from service.pipeline import encode
+from service.registry import load_registered
+
+KIND = "activate"
+
+
+def running_activation(db: Database) -> int | None:
+    """The id of a queued or running activation job, if any."""
+    with db.session() as session:
+        return session.scalar(
+            select(Job.id).where(Job.kind == KIND, Job.status.in_([queue.QUEUED, queue.RUNNING])).limit(1)
+        )
+
+
+def _missing(session: Any, version: str, after: int, limit: int) -> list[tuple[int, str]]:
+    has_code = select(Code.image_id).where(Code.image_id == Image.id, Code.model_version == version).exists()
+    query = select(Image.id, Image.stored_path).where(Image.id > after, ~has_code).order_by(Image.id).limit(limit)
+    return [(int(i), str(p)) for i, p in session.execute(query)]
+
+
+def run_activation(context: JobContext) -> dict[str, Any]:
+    version = str(context.job.params["version"])
+    settings = context.settings
+    with context.db.session() as session:
+        row = repository.model_by_version(session, version)
+        total = int(session.scalar(select(func.count()).select_from(Image)) or 0)
+    if row is None:
+        raise JobFailedError(f"model {version} is not registered", code="model_not_found")
+    try:
+        encoder = load_registered(settings, row)
+    except (CheckpointError, OSError) as exc:
+        raise JobFailedError(f"model {version} cannot be loaded: {exc}", code="model_unavailable") from exc
+    encoded = done = 0
+    context.progress(0, total)
+    for _final in (False, True):  # the second pass takes the images stored while the first one ran
+        after = 0
+        while True:
+            with context.db.session() as session:
+                batch = _missing(session, version, after, settings.ingest_batch_size)
+            if not batch:
+                break
+            after = batch[-1][0]
+            ids, pixels = [], []
+            for image_id, stored_path in batch:
+                try:
+                    data = context.store.path(stored_path).read_bytes()
+                    pixels.append(decode_image(data, encoder.input_size, settings.max_pixels))
+                    ids.append(image_id)
+                except (OSError, ValueError, DataError) as exc:
+                    context.item_error(str(image_id), "unreadable_image", str(exc))
+            if ids:
+                codes = encode(encoder, np.stack(pixels))
+                with context.db.session() as session:
+                    session.add_all(
+                        Code(image_id=i, model_version=version, code=c.tobytes())
+                        for i, c in zip(ids, codes, strict=True)
+                    )
+                    session.commit()
+                encoded += len(ids)
+            done += len(batch)
+            context.progress(min(done, max(total, done)), max(total, done))
+    with context.db.session() as session:
+        repository.activate_model(session, version)
+        session.commit()
+    return {"version": version, "encoded": encoded}

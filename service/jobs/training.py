@@ -1,0 +1,82 @@
+"""Training jobs: stored images → temporary ImageFolders → :func:`model.train.train` → registered model.
+
+The source domain's labelled images become one sub-folder per label (unlabelled ones are left out); the
+target domain's images go into one flat folder. ``on_step`` reports the optimisation steps as the job's
+progress (and is where a cancel is noticed). The artefact is registered with its metrics; with ``activate``
+an activation job is queued for it.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from migrations.models import Image
+from model.config import TrainConfig
+from model.errors import ConfigError, DataError
+from model.train import train
+from service.jobs import activation, queue
+from service.jobs.worker import JobContext, JobFailedError
+from service.registry import register_artefact
+
+KIND = "train"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _folder_name(label: str) -> str:
+    """A file-system-safe, distinct-enough class folder name for a label."""
+    return _UNSAFE.sub("_", label)[:100] or "_"
+
+
+def export_domain(context: JobContext, domain: str, out: Path, *, labelled: bool) -> int:
+    """Write a domain's stored images under ``out`` (class sub-folders when ``labelled``); returns the count."""
+    query = select(Image.id, Image.label, Image.stored_path).where(Image.domain == domain).order_by(Image.id)
+    if labelled:
+        query = query.where(Image.label.is_not(None))
+    with context.db.session() as session:
+        rows = session.execute(query).all()
+    for image_id, label, stored_path in rows:
+        folder = out / _folder_name(str(label)) if labelled else out
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{image_id}.img").write_bytes(context.store.path(str(stored_path)).read_bytes())
+    return len(rows)
+
+
+def run_training(context: JobContext) -> dict[str, Any]:
+    params = context.job.params
+    config = TrainConfig(
+        method=str(params["method"]),
+        bits=int(params["bits"]),
+        backbone=str(params["backbone"]),
+        iterations=int(params["iterations"]),
+    )
+    with tempfile.TemporaryDirectory(prefix="metah-train-", dir=context.settings.data_dir) as tmp:
+        root = Path(tmp)
+        sources = export_domain(context, str(params["source_domain"]), root / "source", labelled=True)
+        targets = export_domain(context, str(params["target_domain"]), root / "target", labelled=False)
+        if not sources or not targets:
+            raise JobFailedError(
+                f"training needs labelled source images and target images (found {sources} and {targets})",
+                code="no_training_data",
+            )
+        context.progress(0, config.iterations)
+
+        def on_step(step: int, total: int) -> None:
+            if step % 5 == 0 or step == total:
+                context.progress(step, total)
+
+        try:
+            result = train(config, root / "source", root / "target", root / "run", on_step=on_step, show_progress=False)
+        except (ConfigError, DataError) as exc:
+            raise JobFailedError(str(exc), code="invalid_training") from exc
+        row = register_artefact(context.settings, context.db, result.paths.model, activate=False)
+    out: dict[str, Any] = {"version": row.version, "metrics": row.metrics, "sources": sources, "targets": targets}
+    if params.get("activate"):
+        with context.db.session() as session:
+            out["activation_job_id"] = queue.enqueue(session, activation.KIND, {"version": row.version}).id
+            session.commit()
+    return out
