@@ -247,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU variant it probes
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, DataError, CheckpointError, MetahError) as exc:
