@@ -20,8 +20,10 @@ from fastapi import FastAPI
 from service.errors import install_error_handlers
 from service.jobs.process import WorkerProcesses
 from service.limits import BodySizeLimit
+from service.observability import Metrics, RequestTimer
 from service.routes import health, images, jobs, models, search
-from service.runtime import Runtime, open_runtime
+from service.routes import metrics as observability_routes
+from service.runtime import Runtime, open_runtime, read_state
 from service.settings import Settings
 
 API_VERSION = "1"
@@ -41,8 +43,10 @@ async def _follow_changes(runtime: Runtime) -> None:
 
 
 @asynccontextmanager
-async def _lifespan(settings: Settings, app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+async def _lifespan(settings: Settings, metrics: Metrics, app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     runtime = await anyio.to_thread.run_sync(open_runtime, settings)
+    runtime.metrics = metrics
+    metrics.watch_state(partial(read_state, runtime))
     workers = WorkerProcesses(settings, settings.workers if runtime.problem is None else 0)
     workers.start()
     try:
@@ -61,14 +65,15 @@ def create_app(settings: Settings) -> FastAPI:
         title="metah",
         summary="Cross-domain image retrieval with MeTAH hashing",
         version=API_VERSION,
-        lifespan=partial(_lifespan, settings),
+        lifespan=partial(_lifespan, settings, metrics := Metrics()),
     )
     install_error_handlers(app)
+    app.add_middleware(RequestTimer, metrics=metrics)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_upload_bytes,
         per_path={jobs.INGEST_PATH: settings.max_archive_bytes},
     )
-    for module in (health, search, images, models, jobs):
+    for module in (health, search, images, models, jobs, observability_routes):
         app.include_router(module.router)
     return app

@@ -14,9 +14,10 @@ import numpy as np
 
 from index import Hits
 from migrations.models import Image
+from model.preprocess import decode_image
 from service import repository
 from service.errors import ConflictError, NotFoundError
-from service.pipeline import code_of, probe
+from service.pipeline import encode, probe
 from service.runtime import Runtime
 from service.schemas import Hit, SearchResponse, content_url
 from service.serving import ServingPair
@@ -32,10 +33,15 @@ class SearchQuery:
 def search_upload(runtime: Runtime, pair: ServingPair, data: bytes, query: SearchQuery) -> SearchResponse:
     """The ``k`` stored images nearest to an uploaded one, in (distance, id) order."""
     started = time.perf_counter()
-    probe(data, runtime.settings.max_pixels)
-    code = code_of(pair.encoder, data, runtime.settings.max_pixels)
-    hits = _search(pair, code, query, query.k)
-    with runtime.db.session() as session:
+    stage = runtime.metrics.stage
+    with stage("decode"):
+        probe(data, runtime.settings.max_pixels)
+        pixels = decode_image(data, pair.encoder.input_size, runtime.settings.max_pixels)
+    with stage("encode"):
+        code = encode(pair.encoder, pixels[None].copy())[0]
+    with stage("search"):
+        hits = _search(pair, code, query, query.k)
+    with stage("hydrate"), runtime.db.session() as session:
         rows = repository.images_by_ids(session, hits.ids.tolist())
     return to_response(pair, hits, rows, started, query.k)
 
@@ -49,10 +55,11 @@ def search_similar(runtime: Runtime, pair: ServingPair, image_id: int, query: Se
         stored = repository.code_of(session, image_id, pair.model_version)
     if stored is None:
         raise ConflictError(f"image {image_id} has no code of model {pair.model_version} yet", code="not_encoded")
-    hits = _search(pair, np.frombuffer(stored, np.uint8), query, query.k + 1)
+    with runtime.metrics.stage("search"):
+        hits = _search(pair, np.frombuffer(stored, np.uint8), query, query.k + 1)
     keep = hits.ids != image_id
     hits = Hits(hits.ids[keep], hits.distances[keep])
-    with runtime.db.session() as session:
+    with runtime.metrics.stage("hydrate"), runtime.db.session() as session:
         rows = repository.images_by_ids(session, hits.ids.tolist())
     return to_response(pair, hits, rows, started, query.k)
 

@@ -15,13 +15,17 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 import torch
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from index.errors import HashIndexError
+from migrations.models import Job
 from migrations.runner import current_revision, head_revision
 from model.errors import CheckpointError
 from service.db import Database
 from service.errors import NotReadyError
 from service.follow import ChangeFollower
+from service.observability import Metrics
 from service.registry import open_active_pair, save_snapshot
 from service.serving import ActivePair
 from service.settings import Settings
@@ -50,6 +54,7 @@ class Runtime:
     active: ActivePair | None
     problem: NotReadyError | None = None
     follower: ChangeFollower | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     cpu: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(os.cpu_count() or 1))
 
@@ -102,3 +107,15 @@ def open_runtime(settings: Settings) -> Runtime:
         return Runtime(settings, db, store, None, problem)
     active = ActivePair(pair)
     return Runtime(settings, db, store, active, follower=ChangeFollower(settings, db, store, active))
+
+
+def read_state(runtime: Runtime) -> tuple[int | None, dict[tuple[str, str], int]]:
+    """What ``/metrics`` reports at scrape time: the serving index's size and the jobs by kind and status."""
+    indexed = len(runtime.active.current.index) if runtime.active is not None else None
+    try:
+        with runtime.db.session() as session:
+            rows = session.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)).all()
+    except SQLAlchemyError:  # database down or not migrated: /readyz says so; metrics stay available
+        log.warning("job counts unavailable for /metrics", exc_info=True)
+        return indexed, {}
+    return indexed, {(str(kind), str(status)): int(count) for kind, status, count in rows}

@@ -1,0 +1,106 @@
+"""Prometheus metrics: one registry per app (no process globals), exposed at ``GET /metrics``.
+
+* ``metah_http_request_seconds{method, route, status}``: latency per route template (not per raw path);
+* ``metah_stage_seconds{stage}``: the search pipeline's stages: decode, encode, search, hydrate;
+* ``metah_indexed_images``: codes in the serving index; ``metah_jobs{kind, status}``: jobs by state,
+  both read at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# () → (indexed images or None, {(kind, status): count})
+StateReader = Callable[[], tuple[int | None, dict[tuple[str, str], int]]]
+
+
+class _StateCollector(Collector):
+    def __init__(self, read: StateReader) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        indexed, jobs = self.read()
+        size = GaugeMetricFamily("metah_indexed_images", "Codes in the serving index")
+        if indexed is not None:
+            size.add_metric([], indexed)
+        yield size
+        counts = GaugeMetricFamily("metah_jobs", "Jobs by kind and status", labels=["kind", "status"])
+        for (kind, status), count in sorted(jobs.items()):
+            counts.add_metric([kind, status], count)
+        yield counts
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=False))
+
+    def __post_init__(self) -> None:
+        self.request_seconds = Histogram(
+            "metah_http_request_seconds",
+            "HTTP request latency by route template",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "metah_stage_seconds",
+            "Search pipeline stage latency",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def watch_state(self, read: StateReader) -> None:
+        self.registry.register(_StateCollector(read))
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.labels(name).observe(time.perf_counter() - started)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestTimer:
+    """ASGI middleware observing every HTTP request's latency under its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.metrics.request_seconds.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )
