@@ -129,13 +129,6 @@ def load_unlabelled_folder(root: Path, size: tuple[int, int], what: str = "targe
     )
 
 
-def align_labels(image_set: ImageSet, classes: Sequence[str]) -> torch.Tensor:
-    """Re-express ``image_set``'s labels as indices into ``classes`` (by class name); unknown names → -1."""
-    lookup = {name: index for index, name in enumerate(classes)}
-    mapping = torch.tensor([lookup.get(name, -1) for name in image_set.classes], dtype=torch.int64)
-    return mapping[image_set.labels] if len(mapping) else image_set.labels.clone()
-
-
 def report_skipped(skipped: Iterable[SkippedFile]) -> list[str]:
     """Log one line per skipped file and return them (for the summary in metrics.json)."""
     lines = [f"{item.path}: {item.reason}" for item in skipped]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,19 @@ def build_network(config: TrainConfig, backbone: Backbone, num_classes: int) -> 
     )
 
 
-def export_checkpoint(checkpoint_path: Path, out_path: Path) -> dict[str, Any]:
-    """Rebuild the network a checkpoint describes, load its weights and export the encoder artefact.
+@dataclass(frozen=True)
+class RestoredRun:
+    """A checkpoint's network with its weights loaded, and what it was built from."""
 
-    Returns the artefact's metadata. A checkpoint saved mid-run exports the encoder as it was then.
-    """
+    saved: dict[str, Any]
+    config: TrainConfig
+    classes: list[str]
+    backbone: Backbone
+    net: MeTAHNet
+
+
+def restore_network(checkpoint_path: Path) -> RestoredRun:
+    """Rebuild the network a checkpoint describes and load its weights (CheckpointError on a mismatch)."""
     saved = load_checkpoint(checkpoint_path)
     config = TrainConfig.from_dict(saved["config"]).validated()
     classes = [str(name) for name in saved["classes"]]
@@ -45,7 +54,17 @@ def export_checkpoint(checkpoint_path: Path, out_path: Path) -> dict[str, Any]:
         net.load_state_dict(saved["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {str(checkpoint_path)!r} does not match its own configuration") from exc
-    encoder = net.encoder()
+    return RestoredRun(saved, config, classes, backbone, net)
+
+
+def export_checkpoint(checkpoint_path: Path, out_path: Path) -> dict[str, Any]:
+    """Rebuild the network a checkpoint describes, load its weights and export the encoder artefact.
+
+    Returns the artefact's metadata. A checkpoint saved mid-run exports the encoder as it was then.
+    """
+    restored = restore_network(checkpoint_path)
+    saved, config, classes, backbone = restored.saved, restored.config, restored.classes, restored.backbone
+    encoder = restored.net.encoder()
     created_at = utc_now()
     previous: dict[str, Any] = dict(saved.get("metadata") or {})
     metadata = {

@@ -221,15 +221,10 @@ def plot_map_bars(rows: list[dict[str, Any]], path: Path) -> None:
 
 def encoding_throughput(model_path: Path, images: torch.Tensor, repeats: int) -> dict[str, float]:
     """Images per second of the eager encoder vs the exported artefact, same batch, interleaved runs."""
-    from model.backbones import build_backbone
-    from model.factory import build_network
+    from model.factory import restore_network
 
     loaded = load_encoder(model_path)
-    config = TrainConfig.from_dict(loaded.metadata["config"])
-    saved = torch.load(model_path.with_name("checkpoint.pt"), map_location="cpu", weights_only=True)
-    net = build_network(config, build_backbone(config.backbone), len(loaded.metadata["classes"]))
-    net.load_state_dict(saved["model"])
-    eager = net.encoder().eval()
+    eager = restore_network(model_path.with_name("checkpoint.pt")).net.encoder().eval()
     timings: dict[str, list[float]] = {"eager": [], "artefact": []}
     with torch.inference_mode():
         for _ in range(2):  # warm-up
@@ -424,9 +419,9 @@ def main() -> None:
             )
             if run is not None:
                 pr = run["target_vs_source"]["pr_curve"]
-                precision = torch.tensor([float("nan") if p is None else p for p in pr["precision"]]).numpy()
-                recall = torch.tensor(pr["recall"]).numpy()
-                curves[method] = PRCurve(radius=torch.arange(len(recall)).numpy(), precision=precision, recall=recall)
+                precision = np.array([np.nan if p is None else p for p in pr["precision"]], dtype=np.float64)
+                recall = np.array(pr["recall"], dtype=np.float64)
+                curves[method] = PRCurve(radius=np.arange(len(recall)), precision=precision, recall=recall)
         if curves:
             plot_pr_curves(
                 curves,

@@ -72,11 +72,15 @@ def encode(encoder: LoadedEncoder, pixels: np.ndarray) -> Codes:
     return pack_codes(output.numpy(), encoder.bits)
 
 
-def code_of(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> Codes:
-    """One upload's packed code ``uint8 [bits // 8]`` (bytes already probed).
+def decode(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> np.ndarray:
+    """One upload's pixels, uint8 ``[H, W, 3]`` at the encoder's ``input_size`` (bytes already probed).
 
     Raises:
         model.errors.DataError: the bytes do not decode (truncated, corrupt) → 422.
     """
-    pixels = decode_image(data, encoder.input_size, max_pixels)
-    return encode(encoder, pixels[None].copy())[0]  # a writable batch of one (PIL's arrays are read-only)
+    return decode_image(data, encoder.input_size, max_pixels)
+
+
+def code_of(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> Codes:
+    """One upload's packed code ``uint8 [bits // 8]``: :func:`decode`, then :func:`encode` as a batch of one."""
+    return encode(encoder, decode(encoder, data, max_pixels)[None])[0]

@@ -14,10 +14,9 @@ import numpy as np
 
 from index import Hits
 from migrations.models import Image
-from model.preprocess import decode_image
 from service import repository
 from service.errors import ConflictError, NotFoundError
-from service.pipeline import encode, probe
+from service.pipeline import decode, encode, probe
 from service.runtime import Runtime
 from service.schemas import Hit, SearchResponse, content_url
 from service.serving import ServingPair
@@ -36,9 +35,9 @@ def search_upload(runtime: Runtime, pair: ServingPair, data: bytes, query: Searc
     stage = runtime.metrics.stage
     with stage("decode"):
         probe(data, runtime.settings.max_pixels)
-        pixels = decode_image(data, pair.encoder.input_size, runtime.settings.max_pixels)
+        pixels = decode(pair.encoder, data, runtime.settings.max_pixels)
     with stage("encode"):
-        code = encode(pair.encoder, pixels[None].copy())[0]
+        code = encode(pair.encoder, pixels[None])[0]
     with stage("search"):
         hits = _search(pair, code, query, query.k)
     with stage("hydrate"), runtime.db.session() as session:

@@ -1,6 +1,6 @@
 """Model activation: re-encode every stored image with a registered model, then mark it active.
 
-The job (worker): images in id order, a batch at a time: read the blobs → ``decode_image`` →
+The job (worker): images in id order, a batch at a time: read the blobs → :func:`service.pipeline.decode` →
 :func:`service.pipeline.encode` → one transaction of ``codes`` rows for the new version (images that already
 have one are skipped, so a re-queued job resumes). Then one last pass for images stored meanwhile, and the
 registry row becomes active. The API notices the activation (:meth:`service.follow.ChangeFollower.
@@ -17,12 +17,11 @@ from sqlalchemy import func, select
 
 from migrations.models import Code, Image, Job
 from model.errors import CheckpointError, DataError
-from model.preprocess import decode_image
 from service import repository
 from service.db import Database
 from service.jobs import queue
 from service.jobs.worker import JobContext, JobFailedError
-from service.pipeline import encode
+from service.pipeline import decode, encode
 from service.registry import load_registered
 
 KIND = "activate"
@@ -68,7 +67,7 @@ def run_activation(context: JobContext) -> dict[str, Any]:
             for image_id, stored_path in batch:
                 try:
                     data = context.store.path(stored_path).read_bytes()
-                    pixels.append(decode_image(data, encoder.input_size, settings.max_pixels))
+                    pixels.append(decode(encoder, data, settings.max_pixels))
                     ids.append(image_id)
                 except (OSError, ValueError, DataError) as exc:
                     context.item_error(str(image_id), "unreadable_image", str(exc))

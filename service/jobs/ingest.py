@@ -5,7 +5,7 @@ check from its content that it is a zip or tar (else 415), queue an ``ingest`` j
 
 The job (:func:`run_ingest`, in a worker): open the archive with limits (:mod:`service.jobs.archive`), plan the
 items (labels from a top-level ``manifest.csv`` ``path,label,domain``, else from ImageFolder sub-folders), then
-per batch: read → :func:`service.pipeline.probe` → already stored? → ``decode_image`` →
+per batch: read → :func:`service.pipeline.probe` → already stored? → :func:`service.pipeline.decode` →
 :func:`service.pipeline.encode` (one forward pass per batch) → blobs → one transaction of image rows, codes
 and ``changes`` rows. The same stages as a single upload, so both paths produce identical codes. Resubmitting
 the same archive finds every image already stored (same bytes, same domain) and creates nothing.
@@ -32,7 +32,6 @@ from sqlalchemy.exc import IntegrityError
 from migrations.models import Image, Job
 from model.errors import CheckpointError, DataError
 from model.export import LoadedEncoder
-from model.preprocess import decode_image
 from service import repository
 from service.catalog import NewImage, image_row
 from service.db import Database
@@ -40,7 +39,7 @@ from service.errors import PayloadTooLargeError, ServiceError, UnsupportedMediaT
 from service.jobs import queue
 from service.jobs.archive import Archive, ArchiveError, Limits, Member, MemberError, sniff
 from service.jobs.worker import JobContext, JobFailedError, Released
-from service.pipeline import ImageInfo, encode, probe
+from service.pipeline import ImageInfo, decode, encode, probe
 from service.registry import load_registered
 from service.schemas import DOMAIN_PATTERN
 from service.settings import Settings
@@ -253,7 +252,7 @@ class IngestJob:
             data = archive.read(item.member)
             info = probe(data, max_pixels)
             digest = sha256_hex(data)
-            pixels = decode_image(data, encoder.input_size, max_pixels)
+            pixels = decode(encoder, data, max_pixels)
         except MemberError as exc:
             context.item_error(item.member.name, exc.code, str(exc))
             return None
