@@ -152,12 +152,25 @@ class Change(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
+ACTIVATION_INDEX = "uq_jobs_one_activation"
+ONE_ACTIVATION_WHERE = "kind = 'activate' AND status IN ('queued', 'running')"
+
+
 class Job(Base):
     """A background job (ingest archive, training, model activation), claimed by a worker."""
 
     __tablename__ = "jobs"
     __table_args__ = (
         Index(None, "status", "id"),
+        # At most one activation queued or running, enforced by the database so concurrent requests (any
+        # number of API replicas) cannot both queue one: the loser gets 409.
+        Index(
+            ACTIVATION_INDEX,
+            "kind",
+            unique=True,
+            sqlite_where=text(ONE_ACTIVATION_WHERE),
+            postgresql_where=text(ONE_ACTIVATION_WHERE),
+        ),
         {"sqlite_autoincrement": True},
     )
 

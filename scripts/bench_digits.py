@@ -324,6 +324,9 @@ def main() -> None:
                     f"(target db {record['target_vs_target']['map_all']:.4f}) in {record['train_seconds']:.0f}s",
                     flush=True,
                 )
+    if args.prepare_only:
+        print(f"image folders written under {args.work}")
+        return
     selected = [
         r
         for r in runs.values()

@@ -7,6 +7,10 @@
 4. prints the URL and keeps serving until Ctrl-C.
 
 Running it again reuses the model, the database and the images, and is ready in seconds.
+
+With ``--url URL`` it only does step 3, against a service that already runs there (docker-compose.yml's
+``demo-library`` service): it waits until the service is ready, uploads the library when it holds no image yet,
+and exits. ``METAH_API_KEY`` from the environment goes into ``X-API-Key`` in both modes.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from model.datasets import load_digits, stratified_sample
 from scripts.demo_model import ensure_demo_model
 
 
-def wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_ready(client: httpx.Client, server: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Poll ``/readyz`` until it answers 200; ``server``: the process we started (``None``: a remote one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.poll() is not None:
+        if server is not None and server.poll() is not None:
             raise SystemExit(f"metah serve exited with status {server.returncode}")
         try:
             if client.get("/readyz").status_code == 200:
@@ -38,7 +43,7 @@ def wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], timeout: f
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"metah serve was not ready after {timeout:.0f} s")
+    raise SystemExit(f"metah at {client.base_url} was not ready after {timeout:.0f} s")
 
 
 def png_bytes(image: object) -> bytes:
@@ -65,23 +70,37 @@ def ingest_library(client: httpx.Client, per_class: int) -> int:
         return sum(status == 201 for status in pool.map(upload, uploads))
 
 
+def ensure_library(client: httpx.Client, per_class: int) -> None:
+    """Upload the demo library when the service holds no image yet."""
+    if client.get("/v1/images", params={"limit": 1}).json()["items"]:
+        print("the demo library is already there")
+        return
+    print("uploading the demo library (USPS and MNIST-M digits) ...")
+    print(f"{ingest_library(client, per_class)} images ingested")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path("var/demo-model"))
     parser.add_argument("--per-class", type=int, default=150, help="demo images per digit and domain")
+    parser.add_argument("--url", default=None, help="only upload the library to the metah already serving here")
+    parser.add_argument("--wait", type=float, default=600, help="with --url: seconds to wait for /readyz")
     args = parser.parse_args()
+    headers = {"X-API-Key": os.environ["METAH_API_KEY"]} if os.environ.get("METAH_API_KEY") else {}
+    if args.url:
+        with httpx.Client(base_url=args.url, headers=headers, timeout=60) as client:
+            wait_ready(client, None, timeout=args.wait)
+            ensure_library(client, args.per_class)
+        return
     model = ensure_demo_model(args.model_dir)
     env = {**os.environ, "METAH_MODEL": str(model.resolve())}
     host, port = env.setdefault("METAH_HOST", "127.0.0.1"), env.setdefault("METAH_PORT", "8000")
     url = f"http://{host}:{port}"
-    headers = {"X-API-Key": env["METAH_API_KEY"]} if env.get("METAH_API_KEY") else {}
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env)
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
             wait_ready(client, server, timeout=120)
-            if not client.get("/v1/images", params={"limit": 1}).json()["items"]:
-                print("uploading the demo library (USPS and MNIST-M digits) ...")
-                print(f"{ingest_library(client, args.per_class)} images ingested")
+            ensure_library(client, args.per_class)
             print(f"\nmetah is serving on {url}  (API docs: {url}/docs; Ctrl-C stops it)\n", flush=True)
         server.wait()
     except KeyboardInterrupt:

@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from service.errors import install_error_handlers
 from service.jobs.process import WorkerProcesses
 from service.limits import BodySizeLimit
-from service.observability import Metrics, RequestTimer
-from service.routes import health, images, jobs, models, search
+from service.observability import Metrics, RequestObserver
+from service.routes import health, images, jobs, models, search, ui
 from service.routes import metrics as observability_routes
 from service.runtime import Runtime, open_runtime, read_state
 from service.settings import Settings
@@ -68,12 +68,12 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=partial(_lifespan, settings, metrics := Metrics()),
     )
     install_error_handlers(app)
-    app.add_middleware(RequestTimer, metrics=metrics)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_upload_bytes,
         per_path={jobs.INGEST_PATH: settings.max_archive_bytes},
     )
-    for module in (health, search, images, models, jobs, observability_routes):
+    app.add_middleware(RequestObserver, metrics=metrics)  # outermost: refused bodies are observed too
+    for module in (health, search, images, models, jobs, observability_routes, ui):
         app.include_router(module.router)
     return app

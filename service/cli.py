@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.errors import CheckpointError, ConfigError, DataError, MetahError
+from service.logs import configure as configure_logs
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -200,6 +201,8 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = _service_settings()  # before the heavy imports: a bad setting fails at once
+    configure_logs(settings.log_format, logging.getLogger().level)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # before alembic is imported
 
     import uvicorn
 
@@ -207,12 +210,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if settings.is_sqlite:
         _migrate(settings.sqlalchemy_url)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # log_config=None keeps the configuration above; RequestObserver writes the access lines (with request ids).
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
 
 
 def run_worker(args: argparse.Namespace) -> int:
     settings = _service_settings()
+    configure_logs(settings.log_format, logging.getLogger().level)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # before alembic is imported
 
     from migrations.runner import current_revision, head_revision
@@ -244,9 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in PASSIVE_OPENMP_COMMANDS:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch or faiss is first imported
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logs("text", logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU variant it probes
     try:
         return COMMANDS[args.command](args)

@@ -18,6 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.logs import REQUEST_ID_HEADER, access_log, bind, request_id_of
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -76,8 +78,10 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class RequestTimer:
-    """ASGI middleware observing every HTTP request's latency under its route template."""
+class RequestObserver:
+    """ASGI middleware, outermost: binds the request id (:mod:`service.logs`), returns it as ``X-Request-ID``,
+    observes the latency under the route template and writes one access line, for every HTTP request (a body
+    refused while streaming included)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -87,20 +91,35 @@ class RequestTimer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = request_id_of(scope)
         started = time.perf_counter()
         status = 500
 
-        async def record_status(message: Message) -> None:
+        async def tag_response(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
             await send(message)
 
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.metrics.request_seconds.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - started
-            )
+        with bind(request_id=request_id):
+            try:
+                await self.app(scope, receive, tag_response)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = getattr(scope.get("route"), "path", None)  # the router fills it in on the way down
+                method = scope["method"]
+                self.metrics.request_seconds.labels(method, route or "unmatched", str(status)).observe(elapsed)
+                access_log.info(
+                    "%s %s %d",
+                    method,
+                    scope["path"],
+                    status,
+                    extra={
+                        "method": method,
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                )

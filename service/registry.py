@@ -24,6 +24,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A training run's figures (model/train.py writes them beside model.pt), served by GET /v1/models/{v}/plots/{name}.
+PLOT_FILES = ("loss_curves.png", "pr_curve.png")
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -45,7 +48,8 @@ def artefact_file(settings: Settings, row: ModelVersion) -> Path:
 
 
 def register_artefact(settings: Settings, db: Database, source: Path, *, activate: bool) -> ModelVersion:
-    """Copy an artefact into ``data_dir/models/<version>/model.pt`` and add it to the registry (idempotent).
+    """Copy an artefact into ``data_dir/models/<version>/model.pt`` (with the run's plots found beside it) and add
+    it to the registry (idempotent).
 
     Raises:
         CheckpointError: not a metah encoder artefact.
@@ -54,11 +58,13 @@ def register_artefact(settings: Settings, db: Database, source: Path, *, activat
     version = str(encoder.metadata["model_version"])
     relative = Path("models") / _file_name(version) / "model.pt"
     target = settings.data_dir / relative
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".model.pt.{uuid.uuid4().hex}.tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+    for name in ("model.pt", *PLOT_FILES):  # the run's figures, when present, go beside the artefact
+        origin, copy = (source, target) if name == "model.pt" else (source.with_name(name), target.with_name(name))
+        if origin.is_file() and not copy.is_file():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            tmp = copy.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
+            shutil.copyfile(origin, tmp)
+            os.replace(tmp, copy)
     metadata = dict(encoder.metadata)
     metrics = metadata.pop("metrics", {}) or {}
     with db.session() as session:

@@ -9,10 +9,10 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from migrations.models import Change, Code, Image, ModelVersion
+from migrations.models import Change, Code, Image, Job, ModelVersion
 
 ROW_CHUNK = 10_000
 
@@ -90,7 +90,18 @@ def iter_codes(session: Session, model_version: str) -> Iterator[tuple[int, byte
 # ----------------------------------------------------------------------------------------------- changes
 
 
+# Followers read the ``changes`` log by id (``WHERE id > cursor``), so ids must become visible in order. SQLite
+# has one writer at a time, so they do. PostgreSQL hands out sequence values at insert time: a transaction that
+# took id 11 could commit after another one's id 12, and a follower already past 12 would never see 11. A
+# transaction-scoped advisory lock, taken before the id and held until commit, keeps commits in id order
+# (writes are short batches; reads never take it).
+CHANGES_LOCK_KEY = 0x6D65746168  # "metah"
+
+
 def log_change(session: Session, image_id: int, op: str) -> int:
+    """Append to the changes log (in the caller's transaction; see ``CHANGES_LOCK_KEY``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHANGES_LOCK_KEY})
     change = Change(image_id=image_id, op=op)
     session.add(change)
     session.flush()
@@ -142,3 +153,16 @@ def activate_model(session: Session, version: str) -> None:
     session.execute(update(ModelVersion).where(ModelVersion.active.is_(True)).values(active=False))
     session.flush()
     session.execute(update(ModelVersion).where(ModelVersion.version == version).values(active=True))
+
+
+# -------------------------------------------------------------------------------------------------- jobs
+
+
+def list_jobs(session: Session, *, kind: str | None, status: str | None, limit: int) -> list[Job]:
+    """The newest ``limit`` jobs (descending id), optionally of one kind and in one status."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if status is not None:
+        query = query.where(Job.status == status)
+    return list(session.scalars(query))

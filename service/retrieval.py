@@ -1,8 +1,8 @@
 """Searches: an upload or a stored image's code against the serving index, answered with database rows.
 
 A search is four calls: decode → encode → pack (:func:`service.pipeline.code_of`), ``index.search``,
-``repository.images_by_ids``, :func:`to_response`. Hits whose row is gone (deleted after the index was
-read) are dropped, so a deleted image is never returned.
+``repository.images_by_ids``, :func:`to_response` (which also reports the query's code). Hits whose row is
+gone (deleted after the index was read) are dropped, so a deleted image is never returned.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index import Hits
+from index import Hits, unpack_codes
 from migrations.models import Image
 from service import repository
 from service.errors import ConflictError, NotFoundError
 from service.pipeline import decode, encode, probe
 from service.runtime import Runtime
-from service.schemas import Hit, SearchResponse, content_url
+from service.schemas import Hit, QueryCode, SearchResponse, content_url
 from service.serving import ServingPair
 
 
@@ -42,7 +42,7 @@ def search_upload(runtime: Runtime, pair: ServingPair, data: bytes, query: Searc
         hits = _search(pair, code, query, query.k)
     with stage("hydrate"), runtime.db.session() as session:
         rows = repository.images_by_ids(session, hits.ids.tolist())
-    return to_response(pair, hits, rows, started, query.k)
+    return to_response(pair, code, hits, rows, started, query.k)
 
 
 def search_similar(runtime: Runtime, pair: ServingPair, image_id: int, query: SearchQuery) -> SearchResponse:
@@ -54,13 +54,14 @@ def search_similar(runtime: Runtime, pair: ServingPair, image_id: int, query: Se
         stored = repository.code_of(session, image_id, pair.model_version)
     if stored is None:
         raise ConflictError(f"image {image_id} has no code of model {pair.model_version} yet", code="not_encoded")
+    code = np.frombuffer(stored, np.uint8)
     with runtime.metrics.stage("search"):
-        hits = _search(pair, np.frombuffer(stored, np.uint8), query, query.k + 1)
+        hits = _search(pair, code, query, query.k + 1)
     keep = hits.ids != image_id
     hits = Hits(hits.ids[keep], hits.distances[keep])
     with runtime.metrics.stage("hydrate"), runtime.db.session() as session:
         rows = repository.images_by_ids(session, hits.ids.tolist())
-    return to_response(pair, hits, rows, started, query.k)
+    return to_response(pair, code, hits, rows, started, query.k)
 
 
 def _search(pair: ServingPair, code: np.ndarray, query: SearchQuery, k: int) -> Hits:
@@ -69,7 +70,15 @@ def _search(pair: ServingPair, code: np.ndarray, query: SearchQuery, k: int) -> 
     )[0]
 
 
-def to_response(pair: ServingPair, hits: Hits, rows: dict[int, Image], started: float, k: int) -> SearchResponse:
+def describe_code(code: np.ndarray, bits: int) -> QueryCode:
+    """A packed code ``uint8 [bits // 8]`` as hex (the packed bytes) and as a string of 0/1 (bit 0 first)."""
+    unpacked = unpack_codes(code[None], bits)[0]
+    return QueryCode(bits=bits, code_hex=code.tobytes().hex(), code_bits="".join(map(str, unpacked.tolist())))
+
+
+def to_response(
+    pair: ServingPair, code: np.ndarray, hits: Hits, rows: dict[int, Image], started: float, k: int
+) -> SearchResponse:
     out = []
     for image_id, distance in hits.pairs():
         image = rows.get(image_id)
@@ -89,5 +98,6 @@ def to_response(pair: ServingPair, hits: Hits, rows: dict[int, Image], started: 
         model_version=pair.model_version,
         bits=pair.bits,
         took_ms=round((time.perf_counter() - started) * 1000, 3),
+        query=describe_code(code, pair.bits),
         hits=out[:k],
     )

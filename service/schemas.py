@@ -71,10 +71,19 @@ class Hit(BaseModel):
     content_url: str
 
 
+class QueryCode(BaseModel):
+    """The query's binary code: bit ``i`` is 1 when the encoder's output ``i`` is > 0, packed MSB first."""
+
+    bits: int
+    code_hex: str = Field(description="the packed code (`bits / 8` bytes, most significant bit first) in hex")
+    code_bits: str = Field(description="the code as `bits` characters 0/1, bit 0 first")
+
+
 class SearchResponse(BaseModel):
     model_version: str
     bits: int
     took_ms: float
+    query: QueryCode
     hits: list[Hit]
 
 
@@ -115,6 +124,10 @@ class ModelList(BaseModel):
     active: str | None
 
 
+JobKind = Literal["ingest", "train", "activate"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
 class Progress(BaseModel):
     done: int
     total: int
@@ -146,6 +159,10 @@ class JobPublic(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
         )
+
+
+class JobList(BaseModel):
+    items: list[JobPublic] = Field(description="newest first")
 
 
 class TrainingJobCreate(BaseModel):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,8 @@ class Settings(BaseSettings):
         job_heartbeat_s, job_stale_after_s: a running job's heartbeat period, and the silence after which
             a worker treats it as abandoned (its worker died) and queues it again.
         changes_poll_s: how often the API applies other processes' writes (the ``changes`` log) to its index.
+        log_format: ``json`` (one object per line, with the request or job id) or ``text`` (``metah serve``
+            and ``metah worker``; other commands always log text).
     """
 
     model_config = SettingsConfigDict(env_prefix="METAH_", extra="ignore", frozen=True)
@@ -71,6 +74,7 @@ class Settings(BaseSettings):
     job_heartbeat_s: float = Field(default=5.0, gt=0)
     job_stale_after_s: float = Field(default=60.0, gt=0)
     changes_poll_s: float = Field(default=1.0, gt=0)
+    log_format: Literal["json", "text"] = "json"
 
     @field_validator("api_key", "database_url", "model", mode="before")
     @classmethod

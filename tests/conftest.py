@@ -8,6 +8,8 @@ import os
 # this must be set before torch or faiss is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from model.datasets import load_digits, stratified_sample, write_image_folder
+from service.logs import StderrHandler
 
 torch.set_num_threads(1)
 
@@ -44,3 +47,12 @@ def make_digit_folders(root: Path, per_class: int, seed: int = 0) -> DigitFolder
 def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitFolders:
     """About 300 MNIST source and 300 USPS target images (+ labelled USPS queries)."""
     return make_digit_folders(tmp_path_factory.mktemp("digits"), per_class=30)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_log_handler() -> Iterator[None]:
+    """Tests that call ``service.cli.main`` in-process install the CLI's stderr handler; remove it afterwards so
+    later tests' logs stay in pytest's capture."""
+    yield
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, StderrHandler)]

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from migrations.models import Code, Image, Job
 from model.errors import CheckpointError, DataError
@@ -25,6 +26,25 @@ from service.pipeline import decode, encode
 from service.registry import load_registered
 
 KIND = "activate"
+
+
+class ActivationRunningError(Exception):
+    """An activation job is already queued or running."""
+
+
+def enqueue_activation(db: Database, version: str) -> int:
+    """Queue activating ``version``. The partial unique index ``uq_jobs_one_activation`` makes "none is queued
+    or running" and the insert one atomic step across threads, processes and API replicas."""
+    with db.session() as session:
+        try:
+            job_id = queue.enqueue(session, KIND, {"version": version}).id
+            session.commit()
+            return job_id
+        except IntegrityError as exc:
+            session.rollback()
+            raise ActivationRunningError(
+                f"activation job {running_activation(db)} is already queued or running"
+            ) from exc
 
 
 def running_activation(db: Database) -> int | None:

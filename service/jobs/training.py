@@ -19,7 +19,7 @@ from migrations.models import Image
 from model.config import TrainConfig
 from model.errors import ConfigError, DataError
 from model.train import train
-from service.jobs import activation, queue
+from service.jobs import activation
 from service.jobs.worker import JobContext, JobFailedError
 from service.registry import register_artefact
 
@@ -76,7 +76,8 @@ def run_training(context: JobContext) -> dict[str, Any]:
         row = register_artefact(context.settings, context.db, result.paths.model, activate=False)
     out: dict[str, Any] = {"version": row.version, "metrics": row.metrics, "sources": sources, "targets": targets}
     if params.get("activate"):
-        with context.db.session() as session:
-            out["activation_job_id"] = queue.enqueue(session, activation.KIND, {"version": row.version}).id
-            session.commit()
+        try:
+            out["activation_job_id"] = activation.enqueue_activation(context.db, row.version)
+        except activation.ActivationRunningError as exc:
+            context.errors.append({"code": "activation_running", "message": f"not activated: {exc}"})
     return out

@@ -17,6 +17,7 @@ from typing import Any
 from migrations.models import Job
 from service.db import Database
 from service.jobs import queue
+from service.logs import bind
 from service.settings import Settings
 from service.storage import BlobStore
 
@@ -94,7 +95,8 @@ class Worker:
         job = queue.claim(self.db, token)
         if job is None:
             return False
-        self._run(JobContext(self.settings, self.db, self.store, job, token, self.stopping))
+        with bind(job_id=job.id, job_kind=job.kind):
+            self._run(JobContext(self.settings, self.db, self.store, job, token, self.stopping))
         return True
 
     def _run(self, context: JobContext) -> None:

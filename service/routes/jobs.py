@@ -1,17 +1,28 @@
-"""Jobs: ``POST /v1/ingest-jobs`` (queue an archive), ``GET /v1/jobs/{id}``, ``POST /v1/jobs/{id}/cancel``."""
+"""Jobs: ``POST /v1/ingest-jobs`` (queue an archive), ``GET /v1/jobs`` (newest first), ``GET /v1/jobs/{id}``,
+``POST /v1/jobs/{id}/cancel``."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Path, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile, status
 
+from migrations.models import Job
 from service import repository
 from service.deps import MAX_ID, RuntimeDep, WriteAccess
 from service.errors import ConflictError, NotFoundError
 from service.jobs import activation, ingest, queue, training
 from service.runtime import Runtime
-from service.schemas import DOMAIN_PATTERN, JobCreated, JobPublic, TrainingJobCreate, errors
+from service.schemas import (
+    DOMAIN_PATTERN,
+    JobCreated,
+    JobKind,
+    JobList,
+    JobPublic,
+    JobStatus,
+    TrainingJobCreate,
+    errors,
+)
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -73,9 +84,27 @@ def queue_activation(runtime: Runtime, version: str) -> int:
     with runtime.db.session() as session:
         if repository.model_by_version(session, version) is None:
             raise NotFoundError(f"model {version} is not registered", code="model_not_found")
-    if (running := activation.running_activation(runtime.db)) is not None:
-        raise ConflictError(f"activation job {running} is already queued or running", code="activation_running")
-    return enqueue(runtime, activation.KIND, {"version": version})
+    try:
+        return activation.enqueue_activation(runtime.db, version)
+    except activation.ActivationRunningError as exc:
+        raise ConflictError(str(exc), code="activation_running") from exc
+
+
+@router.get("/jobs", responses=errors(422))
+async def list_jobs(
+    runtime: RuntimeDep,
+    kind: Annotated[JobKind | None, Query(description="only jobs of this kind")] = None,
+    state: Annotated[JobStatus | None, Query(alias="status", description="only jobs in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> JobList:
+    """The newest jobs first, optionally of one kind and in one state."""
+    rows = await runtime.run_io(list_job_rows, runtime, kind, state, limit)
+    return JobList(items=[JobPublic.from_row(row) for row in rows])
+
+
+def list_job_rows(runtime: Runtime, kind: str | None, status: str | None, limit: int) -> list[Job]:
+    with runtime.db.session() as session:
+        return repository.list_jobs(session, kind=kind, status=status, limit=limit)
 
 
 @router.get("/jobs/{job_id}", responses=errors(404, 422))

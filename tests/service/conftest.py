@@ -1,8 +1,10 @@
-"""Fixtures of the HTTP API tests: a tiny real encoder, real uvicorn servers on 127.0.0.1 with a fresh SQLite
-file database per test, and real digit PNGs.
+"""Fixtures of the HTTP API tests: a tiny real encoder, real uvicorn servers on 127.0.0.1 with a fresh database
+per test, and real digit PNGs.
 
-Layers: ``api_artefact`` (session: one tiny trained model) → ``start_server`` (a factory: one server per call,
-all stopped at teardown) → ``server`` / ``client`` (the usual one) → ``digit_pngs`` (image bytes).
+Layers: ``api_artefact`` (session: one tiny trained model) → ``database_url`` (every server test runs twice: on
+a SQLite file, and on a fresh PostgreSQL database when ``METAH_TEST_POSTGRES_URL`` names a server, as
+``.ci/run`` does) → ``start_server`` (a factory: one server per call, all stopped at teardown) → ``server`` /
+``client`` (the usual one) → ``digit_pngs`` (image bytes).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +27,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from migrations.runner import upgrade
 from model.config import TrainConfig
@@ -35,6 +41,8 @@ API_KEY = "test-key-0123456789"
 MAX_UPLOAD = 256 * 1024
 MAX_PIXELS = 1_000_000
 STARTUP_TIMEOUT_S = 30
+# A role allowed to create databases, e.g. postgresql+psycopg://metah:metah@127.0.0.1:5432/postgres.
+POSTGRES_ADMIN_URL = os.environ.get("METAH_TEST_POSTGRES_URL")
 
 
 @pytest.fixture(scope="session")
@@ -122,17 +130,46 @@ def start_live_server(settings: Settings, *, migrate: bool = True) -> LiveServer
     return LiveServer(settings, server, thread)
 
 
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped (with any connection left) afterwards."""
+    if not POSTGRES_ADMIN_URL:
+        pytest.skip("METAH_TEST_POSTGRES_URL is not set")
+    name = f"metah_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The database of the test's servers: ``None`` (a SQLite file in the data dir), or a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
 StartServer = Callable[..., LiveServer]
 
 
 @pytest.fixture
-def start_server(tmp_path: Path, api_artefact: Path) -> Iterator[StartServer]:
+def start_server(tmp_path: Path, api_artefact: Path, database_url: str | None) -> Iterator[StartServer]:
     """``start_server(data_dir=None, **settings)``: a running server (default: the test's own data dir, the
-    tiny model); every server started is stopped at teardown."""
+    tiny model, the test's database); every server started is stopped at teardown."""
     running: list[LiveServer] = []
 
     def start(data_dir: Path | None = None, *, migrate: bool = True, **overrides: Any) -> LiveServer:
         overrides.setdefault("model", api_artefact)
+        if database_url is not None:
+            overrides.setdefault("database_url", database_url)
         live = start_live_server(make_settings(data_dir or tmp_path / "data", **overrides), migrate=migrate)
         running.append(live)
         return live
@@ -215,12 +252,16 @@ class ServeRun:
 
 @contextmanager
 def running_metah_serve(env: dict[str, str], port: int) -> Iterator[ServeRun]:
-    """The real ``metah serve`` as a subprocess, ready (``/readyz`` 200); SIGTERM and wait on exit."""
+    """The real ``metah serve`` as a subprocess, ready (``/readyz`` 200); SIGTERM and wait on exit.
+
+    Its log goes to a file, not a pipe: a pipe nobody reads fills up and stalls the server's logging.
+    """
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve"],
         env=env,
         cwd=REPO,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -230,7 +271,9 @@ def running_metah_serve(env: dict[str, str], port: int) -> Iterator[ServeRun]:
             run = ServeRun(process, client)
             deadline = time.monotonic() + 90
             while True:
-                assert process.poll() is None, process.communicate()[0]
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"metah serve exited with {process.returncode}:\n{log.read()}")
                 assert time.monotonic() < deadline, "metah serve did not come up"
                 try:
                     if client.get("/readyz").status_code == 200:
@@ -240,6 +283,8 @@ def running_metah_serve(env: dict[str, str], port: int) -> Iterator[ServeRun]:
             yield run
     finally:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        log.seek(0)
         if run is not None:
-            run.output = output
+            run.output = log.read()
+        log.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -46,9 +47,16 @@ def test_serve_on_an_empty_data_dir(tmp_path: Path, api_artefact: Path, digit_pn
     data_dir = tmp_path / "var"
     env = metah_environment(DATA_DIR=str(data_dir), MODEL=str(api_artefact), PORT=str(port), API_KEY=API_KEY)
     with running_metah_serve(env, port) as run:
+        run.client.headers["X-Request-ID"] = "cli-test-1"
         assert post_image(run.client, digit_pngs[0][0]).status_code == 201
         assert run.client.get("/v1/models").json()["active"]
     output = run.output
     assert run.process.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal after shutdown
     assert "Application shutdown complete" in output and "Traceback" not in output
+    # METAH_LOG_FORMAT defaults to json: every line of the server and of its worker child is one JSON object.
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), output
+    entries = [json.loads(line) for line in lines]
+    [upload] = [e for e in entries if e["logger"] == "metah.access" and e["path"] == "/v1/images"]
+    assert upload["request_id"] == "cli-test-1" and upload["status"] == 201 and upload["method"] == "POST"
     assert (data_dir / "metah.db").is_file() and list((data_dir / "index").glob("*.mhix"))

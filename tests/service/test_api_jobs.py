@@ -322,6 +322,34 @@ def test_serve_runs_its_worker_process(tmp_path: Path, api_artefact: Path, digit
     assert "job worker started" in output and "worker stopped" in output and "Traceback" not in output
 
 
+class SearchLoop:
+    """Searches one image over and over in a thread: ``(status, model_version, bits, nearest distance)`` each."""
+
+    def __init__(self, live: LiveServer, image: bytes) -> None:
+        self.client = live.client()
+        self.image = image
+        self.answers: list[tuple[int, str | None, int | None, int | None]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="search-loop", daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            response = search(self.client, self.image, k=3, domain="usps")
+            body = response.json() if response.status_code == 200 else {}
+            nearest = body["hits"][0]["distance"] if body.get("hits") else None
+            self.answers.append((response.status_code, body.get("model_version"), body.get("bits"), nearest))
+            time.sleep(0.02)
+
+    def start(self) -> SearchLoop:
+        self.thread.start()
+        return self
+
+    def stop(self) -> list[tuple[int, str | None, int | None, int | None]]:
+        self.done.set()
+        self.thread.join(timeout=30)
+        return self.answers
+
+
 def test_train_then_activate_swaps_model_and_index(
     live: LiveServer, jobs_client: httpx.Client, worker: WorkerThread, digits: DigitFolders, digit_pngs: PNGs
 ) -> None:
@@ -330,8 +358,9 @@ def test_train_then_activate_swaps_model_and_index(
         assert wait_job(jobs_client, submitted(jobs_client, archive, domain=domain))["status"] == "succeeded"
     old = jobs_client.get("/readyz").json()
     total = count_images(jobs_client)
+    searching = SearchLoop(live, digit_pngs[0][0]).start()  # searches run throughout training and the swap
 
-    body = {"source_domain": "mnist", "target_domain": "usps", "bits": 16, "iterations": 10, "activate": True}
+    body = {"source_domain": "mnist", "target_domain": "usps", "bits": 32, "iterations": 10, "activate": True}
     response = jobs_client.post("/v1/training-jobs", json=body)
     assert response.status_code == 202, response.text
     trained = wait_job(jobs_client, response.json()["job_id"])
@@ -354,6 +383,17 @@ def test_train_then_activate_swaps_model_and_index(
     assert found["model_version"] == version and found["hits"] and found["hits"][0]["distance"] == 0
     assert jobs_client.get("/v1/models").json()["active"] == version
 
+    answers = searching.stop()
+    assert {status for status, _, _, _ in answers} == {200}  # no 5xx, no 503 while the pair was swapped
+    versions = [answer_version for _, answer_version, _, _ in answers]
+    assert versions[0] == old["model_version"] and versions[-1] == version, sorted(set(versions))
+    switch = versions.index(version)
+    assert set(versions[:switch]) == {old["model_version"]} and set(versions[switch:]) == {version}
+    # Each answer comes from one pair: the old 16-bit model with its index, or the new 32-bit one with its own;
+    # the stored copy of the query is found at distance 0 either way.
+    assert {(v, bits) for _, v, bits, _ in answers} == {(old["model_version"], 16), (version, 32)}
+    assert {nearest for _, _, _, nearest in answers} == {0}
+
 
 def test_activation_requests_are_checked(live: LiveServer, jobs_client: httpx.Client) -> None:
     version = jobs_client.get("/readyz").json()["model_version"]
@@ -362,3 +402,27 @@ def test_activation_requests_are_checked(live: LiveServer, jobs_client: httpx.Cl
     assert first.status_code == 202
     assert_error(jobs_client.post(f"/v1/models/{version}/activate"), 409, "activation_running")
     assert_error(jobs_client.post("/v1/training-jobs", json={"source_domain": "a", "bits": 12}), 422)
+
+
+def test_concurrent_activation_requests_queue_exactly_one(live: LiveServer) -> None:
+    version = live.client().get("/readyz").json()["model_version"]
+    requests = 8
+    barrier = threading.Barrier(requests)
+    statuses: list[int] = []
+
+    def activate() -> None:
+        client = live.client()
+        barrier.wait()
+        response = client.post(f"/v1/models/{version}/activate")  # no worker runs: the winner stays queued
+        if response.status_code == 409:
+            assert_error(response, 409, "activation_running")
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=activate) for _ in range(requests)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(statuses) == [202] + [409] * (requests - 1)
+    queued = live.client().get("/v1/jobs", params={"kind": "activate"}).json()["items"]
+    assert [job["status"] for job in queued] == ["queued"]

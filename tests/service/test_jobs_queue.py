@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect, select, text
 
-from migrations.models import Job
+from migrations.models import ACTIVATION_INDEX, Job
 from migrations.runner import downgrade, upgrade
+from service import repository
 from service.db import Database
-from service.jobs import queue
+from service.jobs import activation, queue
 from service.jobs.worker import JobContext, Worker
 from tests.service.conftest import make_settings
 from tests.service.test_postgres import pg_url  # noqa: F401 - the fixture, for the PostgreSQL case
@@ -80,3 +81,61 @@ def test_migration_0002_downgrades_to_0001(tmp_path: Path) -> None:
         assert new <= {c["name"] for c in inspect(engine).get_columns("jobs")}
     finally:
         engine.dispose()
+
+
+def test_migration_0003_keeps_the_oldest_of_duplicate_activations(db_url: str) -> None:
+    upgrade(db_url, "0002")  # before the index two racing requests could both queue an activation
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            for status in ("succeeded", "queued", "running", "queued"):
+                connection.execute(
+                    text(
+                        "INSERT INTO jobs (kind, status, progress_done, progress_total, errors, params, result, "
+                        "created_at, updated_at, cancel_requested, attempts) VALUES ('activate', :s, 0, 0, '[]', "
+                        "'{}', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, false, 0)"
+                    ),
+                    {"s": status},
+                )
+        upgrade(db_url)
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT status FROM jobs ORDER BY id")).scalars().all()
+        assert rows == ["succeeded", "queued", "cancelled", "cancelled"]
+        assert ACTIVATION_INDEX in {index["name"] for index in inspect(engine).get_indexes("jobs")}
+        db = Database(db_url)
+        try:
+            with pytest.raises(activation.ActivationRunningError, match="already queued or running"):
+                activation.enqueue_activation(db, "v2")
+        finally:
+            db.close()
+        downgrade(db_url, "0002")
+        assert ACTIVATION_INDEX not in {index["name"] for index in inspect(engine).get_indexes("jobs")}
+    finally:
+        engine.dispose()
+
+
+def test_changes_become_visible_in_id_order(db_url: str) -> None:
+    """A writer that logs a change while another's is uncommitted waits, so no follower can skip an id."""
+    upgrade(db_url)
+    db = Database(db_url)
+    try:
+        with db.session() as first:
+            first_id = repository.log_change(first, 1, "add")  # uncommitted
+            second_ids: list[int] = []
+
+            def second_writer() -> None:
+                with db.session() as second:
+                    second_ids.append(repository.log_change(second, 2, "add"))
+                    second.commit()
+
+            thread = threading.Thread(target=second_writer)
+            thread.start()
+            thread.join(timeout=0.5)
+            assert thread.is_alive() and not second_ids  # it waits for the first transaction
+            first.commit()
+        thread.join(timeout=30)
+        assert second_ids and second_ids[0] > first_id
+        with db.session() as session:
+            assert repository.last_change(session) == second_ids[0]
+    finally:
+        db.close()

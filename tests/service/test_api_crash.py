@@ -1,0 +1,152 @@
+"""kill -9 of ``metah serve`` and its worker child in the middle of a bulk ingestion, while single uploads
+stream in; after a restart nothing acknowledged is lost, nothing is duplicated, the interrupted job resumes
+and the index holds exactly the database's images. Runs on SQLite and on PostgreSQL (``database_url``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from migrations.runner import upgrade
+from service.jobs import queue
+from tests.conftest import DigitFolders
+from tests.service.conftest import (
+    API_KEY,
+    free_port,
+    metah_environment,
+    post_image,
+    running_metah_serve,
+    search,
+)
+from tests.service.test_api_jobs import submitted, wait_job, zip_of
+
+CRASH_SETTINGS = {
+    "WORKER_POLL_S": "0.05",
+    "JOB_HEARTBEAT_S": "0.2",
+    "JOB_STALE_AFTER_S": "2",
+    "CHANGES_POLL_S": "0.2",
+    "INGEST_BATCH_SIZE": "4",
+}
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux ``/proc``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+class Uploader:
+    """Single uploads in a thread until stopped; keeps the acknowledged ones (2xx) as ``(id, sha256)``."""
+
+    def __init__(self, base_url: str, images: list[bytes]) -> None:
+        self.client = httpx.Client(base_url=base_url, headers={"X-API-Key": API_KEY}, timeout=10)
+        self.images = images
+        self.acknowledged: list[tuple[int, str]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="uploader", daemon=True)
+
+    def _run(self) -> None:
+        for data in self.images:
+            if self.done.is_set():
+                return
+            try:
+                response = post_image(self.client, data, domain="usps")
+            except httpx.TransportError:
+                return  # the server is gone: this upload was never acknowledged
+            if response.is_success:
+                self.acknowledged.append((response.json()["id"], hashlib.sha256(data).hexdigest()))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+        self.client.close()
+
+
+def all_images(client: httpx.Client) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    after: int | None = None
+    while True:
+        page = client.get("/v1/images", params={"limit": 500, **({"after": after} if after else {})}).json()
+        items += page["items"]
+        if page["next"] is None:
+            return items
+        after = page["next"]
+
+
+def test_kill_9_during_bulk_ingestion_loses_and_duplicates_nothing(
+    tmp_path: Path,
+    api_artefact: Path,
+    digits: DigitFolders,
+    digit_pngs: list[tuple[bytes, str]],
+    database_url: str | None,
+) -> None:
+    archive_files = sorted(digits.source.rglob("*.png"))
+    archive = zip_of([(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in archive_files])
+    archive_hashes = {hashlib.sha256(p.read_bytes()).hexdigest() for p in archive_files}
+    port = free_port()
+    values = {"DATA_DIR": str(tmp_path / "var"), "MODEL": str(api_artefact), "PORT": str(port), "API_KEY": API_KEY}
+    if database_url is not None:
+        upgrade(database_url)  # against PostgreSQL, migrations are an explicit step
+        values["DATABASE_URL"] = database_url
+    env = metah_environment(**values, **CRASH_SETTINGS)
+
+    with running_metah_serve(env, port) as run:
+        job_id = submitted(run.client, archive, domain="mnist")
+        uploader = Uploader(str(run.client.base_url), [data for data, _ in digit_pngs])
+        uploader.thread.start()
+        job = wait_job(run.client, job_id, until=lambda j: j["progress"]["done"] >= 40 or j["status"] in queue.FINISHED)
+        assert job["status"] == "running" and job["progress"]["done"] < len(archive_files), job
+        victims = [run.process.pid, *children_of(run.process.pid)]
+        assert len(victims) == 2, victims  # the API and its one worker
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        run.process.wait(timeout=30)
+        uploader.stop()
+    assert uploader.acknowledged, "no single upload was acknowledged before the crash"
+    for pid in victims[1:]:
+        deadline = time.monotonic() + 30
+        while pid in children_of(1) or (Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)):
+            assert time.monotonic() < deadline, f"worker {pid} survived kill -9"
+            time.sleep(0.05)
+
+    with running_metah_serve(env, port) as run:
+        job = wait_job(run.client, job_id)
+        assert job["status"] == "succeeded", job
+        assert job["progress"]["done"] == job["progress"]["total"] == len(archive_files)
+        images = all_images(run.client)
+        pairs = [(image["domain"], image["sha256"]) for image in images]
+        assert len(pairs) == len(set(pairs)), "an image was stored twice"
+        assert {sha for domain, sha in pairs if domain == "mnist"} == archive_hashes
+        stored = {image["id"]: image["sha256"] for image in images}
+        for image_id, sha in uploader.acknowledged:
+            assert stored.get(image_id) == sha, f"acknowledged image {image_id} was lost"
+        deadline = time.monotonic() + 10  # the API applies the worker's last writes within changes_poll_s
+        while (indexed := run.client.get("/readyz").json()["indexed"]) != len(images):
+            assert time.monotonic() < deadline, (indexed, len(images))
+            time.sleep(0.1)
+        for image_id, _ in uploader.acknowledged[-3:]:
+            data = run.client.get(f"/v1/images/{image_id}/content").content
+            hits = search(run.client, data, k=50, max_distance=0, domain="usps").json()["hits"]
+            assert image_id in {hit["id"] for hit in hits}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

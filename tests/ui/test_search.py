@@ -1,0 +1,164 @@
+"""The search page in a real browser: upload, drop and draw a query; its code; hits; "more like this";
+rejected files answered with the API's own message."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+
+import httpx
+from playwright.sync_api import Page, expect
+
+from tests.ui.conftest import REPO, LiveServer, PNGs, open_ui, screenshot, upload
+
+DOCS_SCREENSHOT = REPO / "docs" / "ui-search.png"
+
+
+def api_message(live: LiveServer, data: bytes, name: str, **params: int) -> str:
+    """The error message the API itself gives for searching with these bytes."""
+    response = live.client().post("/v1/search", files={"image": (name, data)}, params=params)
+    assert response.status_code >= 400, response.text
+    return str(response.json()["error"]["message"])
+
+
+def test_upload_shows_the_code_and_the_hits_then_more_like_this(
+    page: Page, library_server: LiveServer, digit_pngs: PNGs
+) -> None:
+    open_ui(page, library_server)
+    expect(page.locator("#server-status")).to_contain_text("16 bits · 60 images")
+    page.fill("#opt-k", "12")
+    page.fill("#opt-domain", "usps")
+    page.set_input_files("#search-file", upload(digit_pngs[3][0]))
+
+    hits = page.locator("#hits .hit")
+    expect(hits).to_have_count(12)
+    expect(hits.first.locator(".distance")).to_have_text("d = 0")  # the stored copy of the query comes first
+    expect(hits.first.locator(".label")).to_have_text(f"label {digit_pngs[3][1]}")
+    expect(page.locator("#hits .hit .domain")).to_have_text(["usps"] * 12)
+    expect(page.locator("#query-bits")).to_have_text(_bits_pattern(16))
+    expect(page.locator("#query-hex")).to_have_text(_hex_pattern(16))
+    expect(page.locator("#query-meta")).to_contain_text("16 bits · 12 hits")
+    for thumbnail in page.locator("#hits img").all():  # every thumbnail loaded (content_url works)
+        expect(thumbnail).to_have_js_property("complete", True)
+        assert thumbnail.evaluate("image => image.naturalWidth") > 0
+    shot = screenshot(page, "search")
+    if os.environ.get("METAH_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+    distances = [int(text.removeprefix("d = ")) for text in page.locator("#hits .distance").all_inner_texts()]
+    assert distances == sorted(distances)
+
+    chosen = hits.nth(4)
+    chosen_id = chosen.get_attribute("data-id")
+    chosen.get_by_role("button", name="More like this").click()
+    expect(page.locator("#query-title")).to_have_text(f"More like image #{chosen_id}")
+    expect(hits).to_have_count(12)
+    assert chosen_id not in [hits.nth(i).get_attribute("data-id") for i in range(12)]
+    expect(page.locator("#query-bits")).to_have_text(_bits_pattern(16))
+
+
+def test_a_dropped_file_is_searched(page: Page, library_server: LiveServer, digit_pngs: PNGs) -> None:
+    open_ui(page, library_server, api_key=None)  # searching needs no key
+    page.fill("#opt-k", "5")
+    page.fill("#opt-radius", "0")
+    transfer = page.evaluate_handle(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+            return transfer;
+        }""",
+        base64.b64encode(digit_pngs[0][0]).decode(),
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    expect(page.locator("#query-title")).to_have_text("Uploaded dropped.png")
+    hits = page.locator("#hits .hit")
+    expect(hits.first).to_be_visible()
+    assert 1 <= hits.count() <= 5
+    expect(page.locator("#hits .distance")).to_have_text(["d = 0"] * hits.count())  # Hamming radius 0
+
+
+def test_a_drawn_digit_is_searched(page: Page, library_server: LiveServer) -> None:
+    open_ui(page, library_server, api_key=None)
+    page.click("#draw-search")
+    expect(page.locator("#search-error")).to_have_text("Draw a digit on the canvas first.")
+
+    for ink in ("white", "black"):
+        page.select_option("#draw-ink", ink)
+        _draw_a_seven(page)
+        page.click("#draw-search")
+        expect(page.locator("#query-title")).to_have_text("Drawing")
+        expect(page.locator("#search-error")).to_be_hidden()
+        expect(page.locator("#hits .hit")).to_have_count(12)
+        expect(page.locator("#query-preview")).to_have_attribute("src", _starts_with("data:image/png"))
+        screenshot(page, f"draw-{ink}")
+    assert page.evaluate(_CORNER_PIXEL) == [255, 255, 255]  # black-on-white: the background is white
+
+
+def test_rejected_files_show_the_api_message(page: Page, library_server: LiveServer, digit_pngs: PNGs) -> None:
+    open_ui(page, library_server)
+    error = page.locator("#search-error")
+
+    text = b"just some notes, not an image"
+    page.set_input_files("#search-file", upload(text, "notes.txt", "text/plain"))
+    expect(error).to_have_text(api_message(library_server, text, "notes.txt"))
+    expect(error).to_contain_text("not an image in an accepted format")
+
+    big = digit_pngs[0][0] + bytes(300 * 1024)  # over the test server's 256 KiB upload limit
+    page.set_input_files("#search-file", upload(big, "big.png"))
+    expect(error).to_have_text(api_message(library_server, big, "big.png"))
+
+    page.fill("#opt-k", "0")
+    page.set_input_files("#search-file", upload(digit_pngs[0][0]))
+    expect(error).to_have_text(api_message(library_server, digit_pngs[0][0], "q.png", k=0))
+    expect(error).to_contain_text("k")
+
+    page.fill("#opt-k", "3")
+    page.set_input_files("#search-file", upload(digit_pngs[0][0]))
+    expect(error).to_be_hidden()
+    expect(page.locator("#hits .hit")).to_have_count(3)
+    screenshot(page, "search-after-errors")
+
+
+def test_the_ui_is_served_without_any_outside_request(page: Page, library_server: LiveServer) -> None:
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    open_ui(page, library_server)
+    for tab in ("library", "models", "search"):
+        page.click(f"[data-tab={tab}]")
+        expect(page.locator(f"[data-panel={tab}]")).to_be_visible()
+    outside = [url for url in requested if not url.startswith((library_server.base_url, "data:", "blob:"))]
+    assert outside == []
+    assert httpx.get(f"{library_server.base_url}/").headers["content-security-policy"]
+
+
+_CORNER_PIXEL = """() => [
+    ...document.getElementById("draw-canvas").getContext("2d").getImageData(2, 2, 1, 1).data
+].slice(0, 3)"""
+
+
+def _draw_a_seven(page: Page) -> None:
+    box = page.locator("#draw-canvas").bounding_box()
+    assert box is not None
+    x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+    page.click("#draw-clear")
+    page.mouse.move(x + 0.25 * w, y + 0.2 * h)
+    page.mouse.down()
+    page.mouse.move(x + 0.75 * w, y + 0.2 * h, steps=8)
+    page.mouse.move(x + 0.45 * w, y + 0.85 * h, steps=10)
+    page.mouse.up()
+
+
+def _bits_pattern(bits: int) -> re.Pattern[str]:
+    """The code as the page shows it: groups of 8 bits separated by spaces."""
+    return re.compile(rf"^[01]{{8}}( [01]{{8}}){{{bits // 8 - 1}}}$")
+
+
+def _hex_pattern(bits: int) -> re.Pattern[str]:
+    return re.compile(rf"^[0-9a-f]{{{bits // 4}}}$")
+
+
+def _starts_with(prefix: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(prefix))
