@@ -65,6 +65,7 @@ def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> I
         return Ingested(existing, created=False)
     code = code_of(pair.encoder, data, max_pixels)
     with runtime.write_lock:
+        fresh = not runtime.store.exists(digest)
         _, stored_path = runtime.store.put(data)
         image = image_row(digest, info, len(data), stored_path, new)
         with runtime.db.session() as session:
@@ -75,6 +76,10 @@ def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> I
                 session.rollback()
                 if (existing := _existing(runtime, digest, new.domain)) is not None:
                     return Ingested(existing, created=False)
+                raise
+            except BaseException:  # the database is down, the disk is full…: no row, so no file either
+                if fresh:
+                    runtime.store.delete(stored_path)
                 raise
         if runtime.active is not None:
             runtime.active.add([image.id], code[None], image.domain, model_version=pair.model_version, change=change)

@@ -57,6 +57,9 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
         return digest, relative
 
+    def exists(self, digest: str) -> bool:
+        return (self.root / self.relative_path(digest)).is_file()
+
     def delete(self, relative: str) -> None:
         """Remove a blob (absent is fine)."""
         self.path(relative).unlink(missing_ok=True)
