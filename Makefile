@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench-digits demo-model clean
+.PHONY: install run test lint typecheck bench bench-digits demo-model clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV); $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -r requirements-dev.txt && $(PY) -m pip install -q --no-deps -e . && touch $(STAMP)
@@ -21,6 +21,9 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+bench: install
+	$(PY) -m scripts.bench_service --out benchmarks/service
 
 bench-digits: install
 	$(PY) scripts/bench_digits.py --out benchmarks/digits

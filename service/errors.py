@@ -7,6 +7,7 @@ exception is logged and answered with a generic 500 without a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -88,6 +89,10 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
+# No space left on the device, or over the user's quota: a full disk, whatever the file system calls it.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def to_service_error(exc: Exception) -> ServiceError | None:
     """The HTTP meaning of an error raised by ``model/`` or ``index/`` (``None``: not a client's fault)."""
     if isinstance(exc, ServiceError):
@@ -100,6 +105,11 @@ def to_service_error(exc: Exception) -> ServiceError | None:
         return UnprocessableError(str(exc), code="invalid_code")
     if isinstance(exc, CheckpointError | HashIndexError):
         return NotReadyError(str(exc), code="model_unavailable")
+    if (isinstance(exc, OSError) and exc.errno in DISK_FULL) or (
+        isinstance(exc, OperationalError) and "disk is full" in str(exc)  # SQLITE_FULL
+    ):
+        log.error("storage full: %s", exc)
+        return NotReadyError("the server's storage is full: nothing was stored", code="storage_full")
     if isinstance(exc, OperationalError):
         log.warning("database unavailable: %s", exc)
         return NotReadyError("the database is unavailable", code="database_unavailable")
@@ -116,7 +126,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
     error = to_service_error(exc)
-    assert error is not None
+    if error is None:  # an OSError other than a full disk
+        return await _on_unexpected(request, exc)
     headers = {"WWW-Authenticate": "X-API-Key"} if error.status == 401 else None
     return error_response(error.status, error.code, error.message, headers)
 
@@ -140,7 +151,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``."""
-    for family in (ServiceError, DataError, CheckpointError, HashIndexError, OperationalError):
+    for family in (ServiceError, DataError, CheckpointError, HashIndexError, OperationalError, OSError):
         app.add_exception_handler(family, _on_service_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)

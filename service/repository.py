@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from migrations.models import Change, Code, Image, Job, ModelVersion
@@ -26,6 +26,15 @@ def image_by_id(session: Session, image_id: int) -> Image | None:
 
 def image_by_hash(session: Session, sha256: str, domain: str) -> Image | None:
     return session.scalars(select(Image).where(Image.sha256 == sha256, Image.domain == domain)).one_or_none()
+
+
+def stored_keys(session: Session, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which ``(sha256, domain)`` pairs are stored already (one query for a whole batch)."""
+    if not keys:
+        return set()
+    query = select(Image.sha256, Image.domain).where(Image.sha256.in_(sorted({sha for sha, _ in keys})))
+    wanted = set(keys)
+    return {(str(sha), str(domain)) for sha, domain in session.execute(query) if (sha, domain) in wanted}
 
 
 def images_by_ids(session: Session, ids: Sequence[int]) -> dict[int, Image]:
@@ -54,6 +63,21 @@ def add_image(session: Session, image: Image, code: bytes, model_version: str) -
     session.flush()
     session.add(Code(image_id=image.id, model_version=model_version, code=code))
     return log_change(session, image.id, "add")
+
+
+def add_images(session: Session, images: Sequence[Image], codes: Sequence[bytes], model_version: str) -> int:
+    """:func:`add_image` for a batch of new (transient) rows, as three multi-row INSERTs without the ORM's
+    per-object bookkeeping; returns the last change id."""
+    columns = [attr.key for attr in Image.__mapper__.column_attrs if attr.key not in ("id", "created_at")]
+    values = [{key: getattr(image, key) for key in columns} for image in images]
+    ids = list(session.scalars(insert(Image).returning(Image.id, sort_by_parameter_order=True), values))
+    session.execute(
+        insert(Code),
+        [{"image_id": i, "model_version": model_version, "code": code} for i, code in zip(ids, codes, strict=True)],
+    )
+    _lock_changes(session)
+    changes = session.scalars(insert(Change).returning(Change.id), [{"image_id": i, "op": "add"} for i in ids])
+    return max(changes)
 
 
 def delete_image(session: Session, image: Image) -> int:
@@ -98,10 +122,14 @@ def iter_codes(session: Session, model_version: str) -> Iterator[tuple[int, byte
 CHANGES_LOCK_KEY = 0x6D65746168  # "metah"
 
 
-def log_change(session: Session, image_id: int, op: str) -> int:
-    """Append to the changes log (in the caller's transaction; see ``CHANGES_LOCK_KEY``)."""
+def _lock_changes(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHANGES_LOCK_KEY})
+
+
+def log_change(session: Session, image_id: int, op: str) -> int:
+    """Append to the changes log (in the caller's transaction; see ``CHANGES_LOCK_KEY``)."""
+    _lock_changes(session)
     change = Change(image_id=image_id, op=op)
     session.add(change)
     session.flush()

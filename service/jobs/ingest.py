@@ -267,32 +267,30 @@ class IngestJob:
     def _ingest_batch(
         self, context: JobContext, archive: Archive, encoder: LoadedEncoder, batch: Sequence[Item], tally: Tally
     ) -> None:
-        ready: list[Prepared] = []
-        seen: set[tuple[str, str]] = set()
+        prepared = [p for item in batch if (p := self._prepare(context, archive, encoder, item)) is not None]
+        tally.failed += len(batch) - len(prepared)
         with context.db.session() as session:
-            for item in batch:
-                prepared = self._prepare(context, archive, encoder, item)
-                if prepared is None:
-                    tally.failed += 1
-                    continue
-                key = (prepared.digest, item.new.domain)
-                if key in seen or repository.image_by_hash(session, *key) is not None:
-                    tally.existing += 1
-                    continue
-                seen.add(key)
-                ready.append(prepared)
+            stored = repository.stored_keys(session, [(p.digest, p.item.new.domain) for p in prepared])
+        ready: list[Prepared] = []
+        for candidate in prepared:
+            key = (candidate.digest, candidate.item.new.domain)
+            if key in stored:
+                tally.existing += 1
+                continue
+            stored.add(key)  # the same bytes twice in one archive count once
+            ready.append(candidate)
         if not ready:
             return
         codes = encode(encoder, np.stack([p.pixels for p in ready]))
-        rows = []
-        for prepared in ready:
-            _, stored_path = context.store.put(prepared.data)
-            rows.append(image_row(prepared.digest, prepared.info, len(prepared.data), stored_path, prepared.item.new))
+        paths = context.store.put_many([p.data for p in ready])
+        rows = [
+            image_row(p.digest, p.info, len(p.data), stored_path, p.item.new)
+            for p, stored_path in zip(ready, paths, strict=True)
+        ]
         version = str(encoder.metadata["model_version"])
         with context.db.session() as session:
             try:
-                for row, code in zip(rows, codes, strict=True):
-                    repository.add_image(session, row, code.tobytes(), version)
+                repository.add_images(session, rows, [code.tobytes() for code in codes], version)
                 session.commit()
                 tally.created += len(rows)
                 return

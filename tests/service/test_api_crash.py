@@ -5,10 +5,13 @@ and the index holds exactly the database's images. Runs on SQLite and on Postgre
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import signal
+import subprocess
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +153,65 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def kill_serve_and_worker(process: subprocess.Popen[str]) -> None:
+    victims = [process.pid, *children_of(process.pid)]
+    assert len(victims) == 2, victims  # the API and its one worker
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_state(pid) not in ("gone", "Z") for pid in victims[1:]):
+        assert time.monotonic() < deadline, f"the worker survived kill -9: {victims[1:]}"
+        time.sleep(0.05)
+
+
+def test_kill_9_during_training_then_during_activation(
+    tmp_path: Path, api_artefact: Path, digits: DigitFolders, digit_pngs: list[tuple[bytes, str]]
+) -> None:
+    """Each interrupted job is queued again when its heartbeat goes silent, runs again and succeeds; the new
+    model then serves every stored image."""
+    mnist = zip_of([(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in sorted(digits.source.rglob("*.png"))])
+    usps = zip_of([(f"{label}/{i}.png", data) for i, (data, label) in enumerate(digit_pngs)])
+    port = free_port()
+    values = {"DATA_DIR": str(tmp_path / "var"), "MODEL": str(api_artefact), "PORT": str(port), "API_KEY": API_KEY}
+    env = metah_environment(**values, **CRASH_SETTINGS)
+    body = {"source_domain": "mnist", "target_domain": "usps", "bits": 32, "iterations": 120}
+
+    with running_metah_serve(env, port) as run:
+        for archive, domain in ((mnist, "mnist"), (usps, "usps")):
+            assert wait_job(run.client, submitted(run.client, archive, domain=domain))["status"] == "succeeded"
+        total = len(all_images(run.client))
+        train_id = run.client.post("/v1/training-jobs", json=body).json()["job_id"]
+        job = wait_job(
+            run.client,
+            train_id,
+            until=lambda j: j["progress"]["done"] >= 10 or j["status"] in queue.FINISHED,
+        )
+        assert job["status"] == "running", job
+        kill_serve_and_worker(run.process)
+
+    with running_metah_serve(env, port) as run:
+        trained = wait_job(run.client, train_id)
+        assert trained["status"] == "succeeded" and trained["result"]["sources"] == len(digits_in(mnist)), trained
+        version = trained["result"]["version"]
+        activation_id = run.client.post(f"/v1/models/{version}/activate").json()["job_id"]
+        wait_job(run.client, activation_id, until=lambda j: j["status"] != "queued")
+        kill_serve_and_worker(run.process)
+
+    with running_metah_serve(env, port) as run:
+        activated = wait_job(run.client, activation_id)
+        assert activated["status"] == "succeeded", activated
+        deadline = time.monotonic() + 30
+        while (ready := run.client.get("/readyz").json())["model_version"] != version:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.1)
+        assert ready["bits"] == 32 and ready["indexed"] == total == len(all_images(run.client))
+        data = digit_pngs[0][0]
+        assert search(run.client, data, max_distance=0, domain="usps").json()["hits"][0]["distance"] == 0
+
+
+def digits_in(archive: bytes) -> list[str]:
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        return [name for name in opened.namelist() if name.endswith(".png")]

@@ -83,7 +83,7 @@ def _shut(sock: socket.socket) -> None:
 @pytest.fixture
 def database_url() -> None:
     """Not run once per backend: this test is about PostgreSQL and brings its own database."""
-    return None
+    return
 
 
 @pytest.fixture

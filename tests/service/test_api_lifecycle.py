@@ -99,3 +99,22 @@ def test_everything_survives_a_restart(
     assert _index_source(caplog) == "rebuilt"
     assert third.get("/readyz").json()["indexed"] == 5
     assert search(third, query, k=100).json()["hits"] == before["hits"]
+
+
+def test_a_missing_model_artefact_is_refused_with_a_clear_message(
+    start_server: StartServer, tmp_path: Path, digit_pngs: list[tuple[bytes, str]]
+) -> None:
+    data_dir = tmp_path / "data"
+    first = start_server(data_dir)
+    image_id = post_image(first.client(), digit_pngs[0][0]).json()["id"]
+    version = first.client().get("/readyz").json()["model_version"]
+    first.stop()
+    artefact = data_dir / "models" / version / "model.pt"
+    artefact.unlink()
+
+    client = start_server(data_dir, model=None).client()  # up, but not ready, and saying why
+    assert client.get("/healthz").status_code == 200
+    body = assert_error(client.get("/readyz"), 503, "model_unavailable")
+    assert version in body["error"]["message"] and "model.pt" in body["error"]["message"]
+    assert_error(search(client, digit_pngs[0][0]), 503, "model_unavailable")
+    assert client.get(f"/v1/images/{image_id}").status_code == 200  # the stored data is still served

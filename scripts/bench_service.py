@@ -1,0 +1,947 @@
+"""Benchmark the HTTP service against in-process baselines run in the same invocation (issue 6, "Performance").
+
+Every HTTP number is set against the same work done in this process on the same images, measured minutes apart
+(searches interleaved one by one), so a busy machine shifts both sides:
+
+1. **Encoding**: the exported TorchScript artefact (scripted + frozen) vs the eager network rebuilt from
+   ``checkpoint.pt``, same batch, batch sizes 1…512, at one torch thread (the service's) and at all of them.
+2. **Bulk ingestion**: a zip of real digit PNGs (``data/digits``, USPS + MNIST-M, ``manifest.csv``) sent to
+   ``POST /v1/ingest-jobs`` of a real ``metah serve`` (fresh data dir, SQLite, ``METAH_WORKERS=1``), timed
+   until the job has succeeded; vs ``service.pipeline`` probe → decode → encode (batches of
+   ``METAH_INGEST_BATCH_SIZE``) in-process. Then single ``POST /v1/images`` uploads, one after another, vs
+   :func:`service.pipeline.code_of` per image.
+3. **Single search**: ``POST /v1/search`` (k=10) vs probe → decode → encode → ``HashIndex.search`` in-process
+   on an index holding the same codes; the hits' distances must agree.
+4. **Concurrency**: 1, 8 and 32 client threads (one ``httpx.Client`` each) for a bounded time at the stored
+   count; and the in-process search path at 100k and 1M codes resampled from the real stored codes (the server
+   cannot be filled that far from outside in minutes). Also the server's RSS per stored image.
+
+    nice -n 10 .venv/bin/python -m scripts.bench_service --out benchmarks/service
+    .venv/bin/python -m scripts.bench_service --quick --out var/bench-service-quick
+
+Results: ``OUT/results.json`` (every number, machine, date, command) and ``OUT/results.md``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# libgomp reads this once when it loads (metah serve sets the same; see docs/index.md, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import io
+import itertools
+import json
+import platform
+import re
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from index import HashIndex
+from index.threads import available_cpus
+from model.datasets import load_digits
+from model.export import LoadedEncoder, load_encoder
+from model.factory import restore_network
+from model.preprocess import to_model_input
+from scripts.demo_model import ensure_demo_model
+from service.pipeline import code_of, decode, encode, probe
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH_SIZES = (1, 8, 32, 128, 512)
+CLIENTS = (1, 8, 32)
+INGEST_RATIO_TARGET = 0.7
+SEARCH_OVERHEAD_TARGET_MS = 5.0
+K = 10
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0–100, linear interpolation) of ``samples``; NaN when there are none."""
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), q)) if len(samples) else float("nan")
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """Count, median, p99 and mean of latencies given in seconds, in milliseconds."""
+    return {
+        "count": len(seconds),
+        "median_ms": percentile(seconds, 50) * 1e3,
+        "p99_ms": percentile(seconds, 99) * 1e3,
+        "mean_ms": float(np.mean(seconds)) * 1e3 if len(seconds) else float("nan"),
+    }
+
+
+def ratio(measured: float, baseline: float) -> float:
+    """``measured / baseline`` (NaN when the baseline is 0)."""
+    return measured / baseline if baseline else float("nan")
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def size_label(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1_000}k" if n % 1_000 == 0 else str(n)
+
+
+def parse_size(text: str) -> int:
+    """``100k`` → 100_000, ``1M`` → 1_000_000."""
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1].lower(), 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+MEMORY_FIELDS = ("VmRSS", "RssAnon", "RssFile")
+
+
+def memory_kib(pid: int | str = "self") -> dict[str, int]:
+    """``VmRSS`` (resident), ``RssAnon`` (heap, private) and ``RssFile`` (mapped files: libraries, shared between
+    processes through the page cache) of a process (Linux), in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in MEMORY_FIELDS:
+            out[key] = int(value.split()[0])
+    return out
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    return memory_kib(pid)["VmRSS"]
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+STAGE_LINE = re.compile(r'^metah_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$')
+
+
+def stage_totals(exposition: str) -> dict[str, dict[str, float]]:
+    """``{stage: {"sum": s, "count": n}}`` from the Prometheus text of ``GET /metrics``."""
+    out: dict[str, dict[str, float]] = {}
+    for line in exposition.splitlines():
+        if match := STAGE_LINE.match(line):
+            kind, stage, value = match.groups()
+            out.setdefault(stage, {})[kind] = float(value)
+    return out
+
+
+def stage_means_ms(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean milliseconds per observation of each stage between two scrapes."""
+    means = {}
+    for stage, totals in after.items():
+        old = before.get(stage, {})
+        count = totals.get("count", 0.0) - old.get("count", 0.0)
+        if count > 0:
+            means[stage] = (totals.get("sum", 0.0) - old.get("sum", 0.0)) / count * 1e3
+    return means
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [
+            ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln
+        ]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu,
+        "cpus_available": available_cpus(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "httpx": httpx.__version__,
+        "niceness": os.nice(0),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A real digit as PNG bytes, with its label and domain."""
+
+    data: bytes
+    label: str
+    domain: str
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def digit_uploads(domain: str, indices: Sequence[int], seen: set[bytes]) -> list[Upload]:
+    """PNGs of ``data/digits`` images; bytes already in ``seen`` are skipped (the service would dedupe them)."""
+    digits = load_digits(domain)
+    out = []
+    for i in indices:
+        data = png_bytes(digits.images[i])
+        if data not in seen:
+            seen.add(data)
+            out.append(Upload(data, str(int(digits.labels[i])), domain))
+    return out
+
+
+def image_sets(bulk: int, singles: int, queries: int) -> tuple[list[Upload], list[Upload], list[Upload]]:
+    """Distinct real digits: the zip's (USPS + MNIST-M, as many MNIST-M as half the zip or all there are), the
+    single uploads' (MNIST) and the queries' (the last USPS and MNIST-M images, never stored)."""
+    seen: set[bytes] = set()
+    usps, mnist_m = len(load_digits("usps")), len(load_digits("mnist_m"))
+    q_usps = queries // 2
+    query_sets = (
+        digit_uploads("usps", range(usps - q_usps, usps), seen),
+        digit_uploads("mnist_m", range(mnist_m - (queries - q_usps), mnist_m), seen),
+    )
+    colour = min(bulk // 2, mnist_m - (queries - q_usps))
+    grey = min(bulk - colour, usps - q_usps)
+    bulk_sets = (digit_uploads("usps", range(grey), seen), digit_uploads("mnist_m", range(colour), seen))
+    return interleave(*bulk_sets), digit_uploads("mnist", range(singles), seen), interleave(*query_sets)
+
+
+def interleave(*groups: list[Upload]) -> list[Upload]:
+    return [u for row in itertools.zip_longest(*groups) for u in row if u is not None]
+
+
+def zip_archive(uploads: Sequence[Upload]) -> bytes:
+    """A zip of the PNGs (stored: PNG is compressed already) with ``manifest.csv`` (path, label, domain)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        lines = ["path,label,domain"]
+        for i, upload in enumerate(uploads):
+            name = f"{upload.domain}/{i:06d}.png"
+            archive.writestr(name, upload.data)
+            lines.append(f"{name},{upload.label},{upload.domain}")
+        archive.writestr("manifest.csv", "\n".join(lines) + "\n")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------- 1. encoding
+
+
+def encoding_sweep(
+    model_path: Path, pixels: np.ndarray, repeats: int, thread_counts: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Images/s of the eager network vs the exported artefact, same batch, interleaved timings (median)."""
+    artefact = load_encoder(model_path).module
+    eager = restore_network(model_path.with_name("checkpoint.pt")).net.encoder().eval()
+    rows = []
+    default_threads = torch.get_num_threads()
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for batch_size in BATCH_SIZES:
+            batch = to_model_input(pixels[:batch_size])
+            loops = max(1, 512 // batch_size)  # each timing covers at least 512 images
+            timings: dict[str, list[float]] = {"eager": [], "artefact": []}
+            with torch.inference_mode():
+                same = torch.equal(eager(batch) > 0, artefact(batch) > 0)
+                for _ in range(repeats + 1):  # the first round warms up
+                    for name, module in (("eager", eager), ("artefact", artefact)):
+                        started = time.perf_counter()
+                        for _ in range(loops):
+                            module(batch)
+                        timings[name].append(time.perf_counter() - started)
+            eager_rate = loops * batch_size / float(np.median(timings["eager"][1:]))
+            artefact_rate = loops * batch_size / float(np.median(timings["artefact"][1:]))
+            rows.append(
+                {
+                    "threads": threads,
+                    "batch": batch_size,
+                    "eager_images_per_s": eager_rate,
+                    "artefact_images_per_s": artefact_rate,
+                    "ratio": ratio(artefact_rate, eager_rate),
+                    "same_bits": bool(same),
+                }
+            )
+            print(f"  encode threads={threads} batch={batch_size}: {rows[-1]}", flush=True)
+    torch.set_num_threads(default_threads)
+    return rows
+
+
+# ------------------------------------------------------------------------------- the metah serve process
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    client: httpx.Client
+    api_key: str
+    base_url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        """:func:`memory_kib` of the API process (``api``) and of its job workers (``worker0``, …)."""
+        out = {"api": memory_kib(self.pid)}
+        for i, child in enumerate(children_of(self.pid)):
+            out[f"worker{i}"] = memory_kib(child)
+        return out
+
+
+@contextmanager
+def metah_serve(data_dir: Path, model: Path, workers: int, log_path: Path) -> Iterator[Server]:
+    """A real ``metah serve`` on loopback with a fresh data dir, logging to ``log_path``; SIGTERM and wait on
+    exit."""
+    port, api_key = free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAH_")}
+    env.update(
+        METAH_DATA_DIR=str(data_dir),
+        METAH_MODEL=str(model.resolve()),
+        METAH_HOST="127.0.0.1",
+        METAH_PORT=str(port),
+        METAH_WORKERS=str(workers),
+        METAH_API_KEY=api_key,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"], env=env, cwd=REPO, stdout=log, stderr=log
+        )
+    try:
+        with httpx.Client(base_url=base_url, headers={"X-API-Key": api_key}, timeout=120) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"metah serve exited with {process.returncode}: see {log_path}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"metah serve was not ready after 120 s: see {log_path}")
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            yield Server(process, client, api_key, base_url, log_path)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def indexed(server: Server) -> int:
+    return int(server.client.get("/readyz").json()["indexed"])
+
+
+# ------------------------------------------------------------------------------------- 2. ingestion
+
+
+def ingest_in_process(
+    encoder: LoadedEncoder, uploads: Sequence[Upload], batch_size: int, max_pixels: int
+) -> dict[str, Any]:
+    """probe → decode per image, encode per batch; returns the rate and the codes (``uint8 [N, B]``)."""
+    started = time.perf_counter()
+    parts = []
+    for start in range(0, len(uploads), batch_size):
+        pixels = []
+        for upload in uploads[start : start + batch_size]:
+            probe(upload.data, max_pixels)
+            pixels.append(decode(encoder, upload.data, max_pixels))
+        parts.append(encode(encoder, np.stack(pixels)))
+    seconds = time.perf_counter() - started
+    return {"images": len(uploads), "seconds": seconds, "images_per_s": len(uploads) / seconds, "codes": parts}
+
+
+def ingest_job_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str, Any]:
+    """Send one zip to ``POST /v1/ingest-jobs``; time until the job has succeeded and until the API's index
+    holds the images (``/readyz`` ``indexed``)."""
+    archive = zip_archive(uploads)
+    before = indexed(server)
+    started = time.perf_counter()
+    response = server.client.post(
+        "/v1/ingest-jobs", files={"archive": ("digits.zip", archive, "application/zip")}, data={"domain": "digits"}
+    )
+    response.raise_for_status()
+    accepted = time.perf_counter() - started
+    job_id = response.json()["job_id"]
+    job: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal job
+        job = server.client.get(f"/v1/jobs/{job_id}").json()
+        return job["status"] in ("succeeded", "failed", "cancelled")
+
+    wait_for(finished, timeout=1800, what=f"ingest job {job_id}")
+    succeeded = time.perf_counter() - started
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"ingest job {job_id} ended {job['status']}: {job['errors'][:5]}")
+    created = int(job["result"]["created"])
+    wait_for(lambda: indexed(server) >= before + created, timeout=300, what="the API index to follow the job")
+    in_index = time.perf_counter() - started
+    created_at, started_at, finished_at = (
+        datetime.fromisoformat(job[key]) if job.get(key) else None
+        for key in ("created_at", "started_at", "finished_at")
+    )
+    processing = (finished_at - started_at).total_seconds() if started_at and finished_at else None
+    queued = (started_at - created_at).total_seconds() if created_at and started_at else None
+    return {
+        "images": len(uploads),
+        "archive_bytes": len(archive),
+        "result": job["result"],
+        "item_errors": len(job["errors"]),
+        "upload_accepted_s": accepted,
+        "succeeded_s": succeeded,
+        "in_api_index_s": in_index,
+        "job_queued_s": queued,
+        "job_processing_s": processing,
+        "images_per_s": created / succeeded,
+        "images_per_s_job_processing": created / processing if processing else None,
+    }
+
+
+def single_uploads_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str, Any]:
+    """``POST /v1/images`` one after another; all must be 201."""
+    latencies, statuses = [], []
+    started = time.perf_counter()
+    for upload in uploads:
+        t0 = time.perf_counter()
+        response = server.client.post(
+            "/v1/images",
+            files={"image": ("digit.png", upload.data, "image/png")},
+            data={"domain": upload.domain, "label": upload.label},
+        )
+        latencies.append(time.perf_counter() - t0)
+        statuses.append(response.status_code)
+    seconds = time.perf_counter() - started
+    return {
+        "images": len(uploads),
+        "seconds": seconds,
+        "images_per_s": len(uploads) / seconds,
+        "created": statuses.count(201),
+        "errors": sum(s >= 400 for s in statuses),
+        "latency": latency_summary(latencies),
+    }
+
+
+def singles_in_process(encoder: LoadedEncoder, uploads: Sequence[Upload], max_pixels: int) -> dict[str, Any]:
+    """probe + :func:`service.pipeline.code_of` per image (a batch of one), as the single-upload route does."""
+    latencies, codes = [], []
+    started = time.perf_counter()
+    for upload in uploads:
+        t0 = time.perf_counter()
+        probe(upload.data, max_pixels)
+        codes.append(code_of(encoder, upload.data, max_pixels))
+        latencies.append(time.perf_counter() - t0)
+    seconds = time.perf_counter() - started
+    return {
+        "images": len(uploads),
+        "seconds": seconds,
+        "images_per_s": len(uploads) / seconds,
+        "latency": latency_summary(latencies),
+        "codes": codes,
+    }
+
+
+# --------------------------------------------------------------------------------------- 3. search
+
+
+def search_in_process(encoder: LoadedEncoder, index: HashIndex, data: bytes, max_pixels: int) -> list[int]:
+    """The search route's CPU work without HTTP or the database: probe → decode → encode → index search."""
+    probe(data, max_pixels)
+    code = encode(encoder, decode(encoder, data, max_pixels)[None])[0]
+    hits = index.search(code, K, model_version=index.model_version)[0]
+    return [int(d) for d in hits.distances]
+
+
+def search_over_http(client: httpx.Client, data: bytes) -> httpx.Response:
+    return client.post("/v1/search", files={"image": ("query.png", data, "image/png")}, params={"k": K})
+
+
+def single_searches(
+    server: Server, encoder: LoadedEncoder, index: HashIndex, queries: Sequence[Upload], max_pixels: int
+) -> dict[str, Any]:
+    """Each query over HTTP then in-process, interleaved; the distance lists must agree."""
+    for query in queries[:5]:  # warm-up
+        search_over_http(server.client, query.data)
+        search_in_process(encoder, index, query.data, max_pixels)
+    scrape_before = stage_totals(server.client.get("/metrics").text)
+    http, local, mismatches, errors, took, noop = [], [], 0, 0, [], []
+    for query in queries:
+        t0 = time.perf_counter()
+        response = search_over_http(server.client, query.data)
+        http.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        expected = search_in_process(encoder, index, query.data, max_pixels)
+        local.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        server.client.get("/healthz")  # the floor: a route that does nothing, same connection
+        noop.append(time.perf_counter() - t0)
+        if response.status_code != 200:
+            errors += 1
+            continue
+        body = response.json()
+        took.append(body["took_ms"] / 1e3)
+        mismatches += [hit["distance"] for hit in body["hits"]] != expected
+    scrape_after = stage_totals(server.client.get("/metrics").text)
+    out: dict[str, Any] = {
+        "queries": len(queries),
+        "http": latency_summary(http),
+        "in_process": latency_summary(local),
+        "server_took_ms": latency_summary(took),
+        "healthz": latency_summary(noop),
+        "server_stage_mean_ms": stage_means_ms(scrape_before, scrape_after),
+        "errors": errors,
+        "distance_mismatches": mismatches,
+    }
+    out["median_overhead_ms"] = out["http"]["median_ms"] - out["in_process"]["median_ms"]
+    out["p99_overhead_ms"] = out["http"]["p99_ms"] - out["in_process"]["p99_ms"]
+    return out
+
+
+# ---------------------------------------------------------------------------------- 4. concurrency
+
+
+Call = Callable[[int], bool]
+
+
+def load_test(
+    open_call: Callable[[], AbstractContextManager[Call]], clients: int, duration_s: float, max_requests: int
+) -> dict[str, Any]:
+    """``clients`` threads calling ``call(i)`` back to back until ``duration_s`` or ``max_requests`` in all.
+
+    Returns QPS over the whole run, latency percentiles and the count of errors (``False`` or an exception).
+    """
+    samples: list[tuple[float, bool]] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    counter = itertools.count()
+    barrier = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client() -> None:
+        local: list[tuple[float, bool]] = []
+        with open_call() as call:
+            barrier.wait()
+            while (i := next(counter)) < max_requests and time.perf_counter() < deadline[0]:
+                t0 = time.perf_counter()
+                try:
+                    ok = call(i)
+                except Exception as exc:  # an error to count, not to stop on
+                    ok = False
+                    with lock:
+                        failures.append(repr(exc))
+                local.append((time.perf_counter() - t0, ok))
+        with lock:
+            samples.extend(local)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + duration_s
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    latencies = [s for s, _ in samples]
+    return {
+        "clients": clients,
+        "requests": len(samples),
+        "seconds": elapsed,
+        "qps": len(samples) / elapsed,
+        **{f"latency_{k}": v for k, v in latency_summary(latencies).items() if k != "count"},
+        "errors": sum(not ok for _, ok in samples),
+        "first_failures": failures[:3],
+    }
+
+
+def http_caller(server: Server, queries: Sequence[Upload]) -> Callable[[], AbstractContextManager[Call]]:
+    @contextmanager
+    def open_call() -> Iterator[Call]:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            yield lambda i: search_over_http(client, queries[i % len(queries)].data).status_code == 200
+
+    return open_call
+
+
+def local_caller(
+    encoder: LoadedEncoder, index: HashIndex, queries: Sequence[Upload], max_pixels: int
+) -> Callable[[], AbstractContextManager[Call]]:
+    @contextmanager
+    def open_call() -> Iterator[Call]:
+        yield lambda i: len(search_in_process(encoder, index, queries[i % len(queries)].data, max_pixels)) > 0
+
+    return open_call
+
+
+def build_index(model_version: str, bits: int, ids: np.ndarray, codes: np.ndarray, domains: Sequence[str]) -> HashIndex:
+    domain_array = np.asarray(domains)
+    batches = [(ids[domain_array == d], codes[domain_array == d], str(d)) for d in sorted(set(domains))]
+    return HashIndex.build_from_batches(batches, bits=bits, model_version=model_version)
+
+
+def scaled_index(
+    model_version: str, bits: int, codes: np.ndarray, domains: Sequence[str], n: int, seed: int
+) -> tuple[HashIndex, dict[str, float]]:
+    """``n`` (code, domain) pairs drawn with replacement from the real stored ones; build time and memory."""
+    pick = np.random.default_rng(seed).integers(0, len(codes), size=n)
+    rss = rss_kib()
+    started = time.perf_counter()
+    index = build_index(
+        model_version, bits, np.arange(n, dtype=np.int64), codes[pick], np.asarray(domains)[pick].tolist()
+    )
+    info = {
+        "build_s": time.perf_counter() - started,
+        "index_bytes_per_code": index.memory_bytes() / n,
+        "rss_bytes_per_code": (rss_kib() - rss) * 1024 / n,
+    }
+    return index, info
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None or value != value else f"{value:,.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "# Service benchmark: HTTP vs in-process, same images, same run",
+        "",
+        f"Machine: {m['cpu']}, {m['cpus_available']} CPUs, {m['memory_gib']} GiB; Python {m['python']}, torch "
+        f"{m['torch']}, faiss {m['faiss']}; niceness {m['niceness']}; load average {m['load_average_at_start']} "
+        f"at start, {results['load_average_at_end']} at end.",
+        f"Date: {results['date']}. Wall time: {results['wall_seconds']:.0f} s. Model: {results['model']}.",
+        f"Command: `{results['command']}`",
+        "",
+        "Client, server and job worker share the same CPUs (loopback): every HTTP figure includes the client's own "
+        "CPU time. The in-process baselines run at one torch thread, as the service does (`METAH_TORCH_THREADS=1`).",
+        "",
+        "## Targets",
+        "",
+        *[f"- {line}" for line in results["targets"]],
+        "",
+        "## 1. Encoding: exported artefact vs eager model, same batch",
+        "",
+        "| torch threads | batch | eager img/s | artefact img/s | artefact / eager | same bits |",
+        "|---:|---:|---:|---:|---:|---|",
+        *[
+            f"| {r['threads']} | {r['batch']} | {fmt(r['eager_images_per_s'], 0)} | "
+            f"{fmt(r['artefact_images_per_s'], 0)} | {r['ratio']:.2f} | {r['same_bits']} |"
+            for r in results["encoding"]
+        ],
+    ]
+    ing = results.get("ingestion")
+    if ing:
+        job, base, singles, single_base = ing["job"], ing["in_process"], ing["singles"], ing["singles_in_process"]
+        lines += [
+            "",
+            "## 2. Ingestion",
+            "",
+            "| path | images | seconds | img/s | vs in-process batches |",
+            "|---|---:|---:|---:|---:|",
+            f"| in-process probe → decode → encode, batches of {ing['batch_size']} | {base['images']} | "
+            f"{base['seconds']:.2f} | {fmt(base['images_per_s'])} | 1.00 |",
+            f"| `POST /v1/ingest-jobs` zip, until the job succeeded | {job['result']['created']} | "
+            f"{job['succeeded_s']:.2f} | {fmt(job['images_per_s'])} | {ing['job_ratio']:.2f} |",
+            f"| … the job's own processing (started → finished) | {job['result']['created']} | "
+            f"{fmt(job['job_processing_s'], 2)} | {fmt(job['images_per_s_job_processing'])} | "
+            f"{fmt(ing['job_processing_ratio'], 2)} |",
+            f"| in-process probe + `code_of`, one image at a time | {single_base['images']} | "
+            f"{single_base['seconds']:.2f} | {fmt(single_base['images_per_s'])} | "
+            f"{ratio(single_base['images_per_s'], base['images_per_s']):.2f} |",
+            f"| `POST /v1/images`, one after another | {singles['images']} | {singles['seconds']:.2f} | "
+            f"{fmt(singles['images_per_s'])} | {ing['singles_ratio']:.2f} |",
+            "",
+            f"Zip of {job['archive_bytes'] / 1024:,.0f} KiB: accepted (202) after {job['upload_accepted_s']:.2f} s; "
+            f"queued {fmt(job['job_queued_s'], 2)} s before a worker took it; "
+            f"job succeeded after {job['succeeded_s']:.2f} s; in the API's index after {job['in_api_index_s']:.2f} s. "
+            f"Job result {job['result']}, {job['item_errors']} item errors. Single uploads: "
+            f"{singles['created']} created, {singles['errors']} errors, latency median "
+            f"{singles['latency']['median_ms']:.1f} ms, p99 {singles['latency']['p99_ms']:.1f} ms (in-process "
+            f"{single_base['latency']['median_ms']:.2f} / {single_base['latency']['p99_ms']:.2f} ms); "
+            f"{ing['singles_vs_single_in_process']:.2f}× the one-at-a-time in-process rate.",
+        ]
+    search = results.get("search")
+    if search:
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in search["server_stage_mean_ms"].items())
+        lines += [
+            "",
+            f"## 3. Single search (k={K}), {search['queries']} queries at {results['stored']:,} stored images",
+            "",
+            "| path | median ms | p99 ms | mean ms |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| {name} | {s['median_ms']:.2f} | {s['p99_ms']:.2f} | {s['mean_ms']:.2f} |"
+                for name, s in (
+                    ("in-process probe → decode → encode → index search", search["in_process"]),
+                    ("`POST /v1/search` (client wall time)", search["http"]),
+                    ("… the server's own `took_ms` (the route's function)", search["server_took_ms"]),
+                    ("`GET /healthz` (a route doing nothing: HTTP + framework floor)", search["healthz"]),
+                )
+            ],
+            "",
+            f"Overhead of HTTP + service: median {search['median_overhead_ms']:.2f} ms, p99 "
+            f"{search['p99_overhead_ms']:.2f} ms. Server stage means (ms, from `/metrics`): {stages}. "
+            f"Errors {search['errors']}; hits whose distances differ from the in-process search: "
+            f"{search['distance_mismatches']}.",
+        ]
+    conc = results.get("concurrency", [])
+    if conc:
+        lines += [
+            "",
+            "## 4. Concurrent searches",
+            "",
+            "| path | stored codes | clients | requests | QPS | p50 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            *[
+                f"| {r['path']} | {size_label(r['stored'])} | {r['clients']} | {r['requests']} | {fmt(r['qps'])} | "
+                f"{r['latency_median_ms']:.2f} | {r['latency_p99_ms']:.2f} | {r['errors']} |"
+                for r in conc
+            ],
+            "",
+            "`http`: `POST /v1/search` on the real server holding the ingested digits. `in-process`: probe → decode "
+            "→ encode → `HashIndex.search` in this process (no HTTP, no database), on the real codes and, beyond "
+            "what was ingested, on codes drawn with replacement from the real stored codes (same domains). Its tail at "
+            "8 and 32 threads is Python threads of one process taking turns on the GIL (the service bounds its CPU "
+            "work to one thread per core instead).",
+        ]
+        for info in results.get("scaled_indexes", []):
+            lines.append(
+                f"- {size_label(info['n'])} resampled codes: index built in {info['build_s']:.2f} s, "
+                f"{info['index_bytes_per_code']:.0f} B/code in the index, {info['rss_bytes_per_code']:.0f} B/code RSS."
+            )
+    memory = results.get("memory")
+    if memory:
+        lines += [
+            "",
+            "## Memory of `metah serve`",
+            "",
+            "| process | when | VmRSS MiB | RssAnon MiB | RssFile MiB |",
+            "|---|---|---:|---:|---:|",
+            *[
+                f"| {process} | {when.replace('_', ' ')} | "
+                + " | ".join(f"{values.get(key, 0) / 1024:.0f}" for key in MEMORY_FIELDS)
+                + " |"
+                for when, snapshot in memory["snapshots"].items()
+                for process, values in snapshot.items()
+            ],
+            "",
+            f"Growth of the API process while {memory['ingested']:,} images were ingested (and indexed): "
+            f"{memory['api_rss_bytes_per_image']:.0f} bytes VmRSS, {memory['api_anon_bytes_per_image']:.0f} bytes "
+            f"RssAnon per stored image (the index itself: {memory['index_bytes_per_code']:.0f} bytes per code). "
+            "`import torch` alone is most of the base: RssFile is the mapped torch "
+            "libraries.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    out = []
+    if ing := results.get("ingestion"):
+        value = ing["job_ratio"]
+        out.append(
+            f"bulk ingestion over HTTP {value:.2f}× the in-process decode+encode rate "
+            f"(≥ {INGEST_RATIO_TARGET}×): {verdict(value >= INGEST_RATIO_TARGET)}"
+        )
+    if search := results.get("search"):
+        value = search["median_overhead_ms"]
+        out.append(
+            f"single search median overhead {value:.2f} ms (≤ {SEARCH_OVERHEAD_TARGET_MS} ms): "
+            f"{verdict(value <= SEARCH_OVERHEAD_TARGET_MS)}"
+        )
+        out.append(
+            f"search results identical to in-process ({search['distance_mismatches']} mismatches, "
+            f"{search['errors']} errors): {verdict(search['distance_mismatches'] == 0 and search['errors'] == 0)}"
+        )
+    if conc := results.get("concurrency"):
+        errors = sum(r["errors"] for r in conc)
+        out.append(f"errors under concurrent load {errors} (= 0): {verdict(errors == 0)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+@dataclass(frozen=True)
+class Plan:
+    bulk: int
+    singles: int
+    queries: int
+    encode_repeats: int
+    http_seconds: float
+    local_seconds: float
+    max_requests: int
+    scale_sizes: list[int]
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    if args.quick:
+        return Plan(200, 20, 20, 2, 1.5, 1.0, 2_000, [20_000])
+    return Plan(
+        args.bulk,
+        args.singles,
+        args.queries,
+        args.encode_repeats,
+        args.seconds,
+        args.local_seconds,
+        args.max_requests,
+        [parse_size(s) for s in args.scale_sizes.split(",") if s],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="write OUT/results.json and OUT/results.md")
+    parser.add_argument("--model-dir", type=Path, default=Path("var/demo-model"), help="demo model (trained if absent)")
+    parser.add_argument("--work", type=Path, default=Path("var/bench-service"), help="server data dir and log")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: a few hundred images, ~1 s per level")
+    parser.add_argument("--bulk", type=int, default=10_000, help="images in the ingest-job zip (USPS + MNIST-M)")
+    parser.add_argument("--singles", type=int, default=300, help="single POST /v1/images uploads (MNIST)")
+    parser.add_argument("--queries", type=int, default=300, help="single searches (USPS + MNIST-M, not stored)")
+    parser.add_argument("--encode-repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per concurrency level over HTTP")
+    parser.add_argument("--local-seconds", type=float, default=4.0, help="per concurrency level in-process")
+    parser.add_argument("--max-requests", type=int, default=20_000, help="per concurrency level")
+    parser.add_argument("--scale-sizes", default="100k,1M", help="in-process index sizes beyond the stored count")
+    args = parser.parse_args(argv)
+    plan = plan_of(args)
+    wall = time.perf_counter()
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "scripts.bench_service", *(sys.argv[1:] if argv is None else argv)]),
+        "plan": plan.__dict__,
+    }
+    model_path = ensure_demo_model(args.model_dir)
+    encoder = load_encoder(model_path)
+    results["model"] = f"{encoder.metadata['model_version']} ({encoder.metadata['backbone']}, {encoder.bits} bits)"
+    settings = Settings.model_construct()  # the defaults metah serve runs with (the server gets no METAH_* tuning)
+    max_pixels, batch_size = settings.max_pixels, settings.ingest_batch_size
+
+    bulk, singles, queries = image_sets(plan.bulk, plan.singles, plan.queries)
+    print(f"{len(bulk)} bulk, {len(singles)} single, {len(queries)} query images", flush=True)
+
+    print("1. encoding: artefact vs eager", flush=True)
+    sweep_pixels = np.stack([decode(encoder, u.data, max_pixels) for u in bulk[: max(BATCH_SIZES)]])
+    threads = sorted({1, available_cpus()})
+    results["encoding"] = encoding_sweep(model_path, sweep_pixels, plan.encode_repeats, threads)
+
+    torch.set_num_threads(settings.torch_threads)  # the service's single-image setting, for every baseline below
+    args.work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="data-", dir=args.work) as data_dir:
+        with metah_serve(Path(data_dir), model_path, workers=1, log_path=args.work / "serve.log") as server:
+            log = args.work / "serve.log"  # the job worker starts after the API is ready: wait for it too
+            wait_for(lambda: b'"worker started"' in log.read_bytes(), timeout=120, what="the job worker", interval=0.2)
+            rss_before = server.memory()
+            print("2. ingestion", flush=True)
+            base = ingest_in_process(encoder, bulk, batch_size, max_pixels)
+            job = ingest_job_over_http(server, bulk)
+            rss_after = server.memory()
+            print(f"  in-process {base['images_per_s']:.0f} img/s, job {job['images_per_s']:.0f} img/s", flush=True)
+            single_base = singles_in_process(encoder, singles, max_pixels)
+            single_http = single_uploads_over_http(server, singles)
+            print(f"  singles {single_http['images_per_s']:.0f} img/s", flush=True)
+            codes = np.concatenate([*base.pop("codes"), np.stack(single_base.pop("codes"))])
+            domains = [u.domain for u in bulk] + [u.domain for u in singles]
+            results["ingestion"] = {
+                "batch_size": batch_size,
+                "in_process": base,
+                "job": job,
+                "job_ratio": ratio(job["images_per_s"], base["images_per_s"]),
+                "job_processing_ratio": ratio(job["images_per_s_job_processing"] or 0.0, base["images_per_s"]),
+                "singles_in_process": single_base,
+                "singles": single_http,
+                "singles_ratio": ratio(single_http["images_per_s"], base["images_per_s"]),
+                "singles_vs_single_in_process": ratio(single_http["images_per_s"], single_base["images_per_s"]),
+            }
+            stored = indexed(server)
+            results["stored"] = stored
+            if stored != len(codes):
+                print(f"  WARNING: the server indexes {stored} images, this process encoded {len(codes)}", flush=True)
+
+            print("3. single search", flush=True)
+            version = str(encoder.metadata["model_version"])
+            index = build_index(version, encoder.bits, np.arange(len(codes), dtype=np.int64), codes, domains)
+            results["search"] = single_searches(server, encoder, index, queries, max_pixels)
+            print(f"  {json.dumps(results['search'])}", flush=True)
+
+            print("4. concurrency", flush=True)
+            results["concurrency"] = []
+            for clients in CLIENTS:
+                row = load_test(http_caller(server, queries), clients, plan.http_seconds, plan.max_requests)
+                results["concurrency"].append({"path": "http", "stored": stored, **row})
+                print(f"  http {clients}: {row}", flush=True)
+            rss_end = server.memory()
+        created = job["result"]["created"]
+        results["memory"] = {
+            "ingested": created,
+            "index_bytes_per_code": index.memory_bytes() / len(index),
+            "api_rss_bytes_per_image": (rss_after["api"]["VmRSS"] - rss_before["api"]["VmRSS"]) * 1024 / created,
+            "api_anon_bytes_per_image": (rss_after["api"]["RssAnon"] - rss_before["api"]["RssAnon"]) * 1024 / created,
+            "snapshots": {"ready_empty": rss_before, "after_ingest": rss_after, "end_of_load_tests": rss_end},
+        }
+
+    results["scaled_indexes"] = []
+    for n, current in [(len(codes), index), *((n, None) for n in plan.scale_sizes)]:
+        if current is None:
+            current, info = scaled_index(version, encoder.bits, codes, domains, n, seed=0)
+            results["scaled_indexes"].append({"n": n, **info})
+        for clients in CLIENTS:
+            row = load_test(
+                local_caller(encoder, current, queries, max_pixels), clients, plan.local_seconds, plan.max_requests
+            )
+            results["concurrency"].append({"path": "in-process", "stored": n, **row})
+            print(f"  in-process {size_label(n)} {clients}: {row}", flush=True)
+        del current
+
+    results["targets"] = targets(results)
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["wall_seconds"] = time.perf_counter() - wall
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(results))
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
