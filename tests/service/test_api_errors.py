@@ -139,3 +139,15 @@ def test_unknown_and_malformed_ids(client: httpx.Client) -> None:
 def test_unknown_routes_and_methods_use_the_error_body(client: httpx.Client) -> None:
     assert_error(client.get("/v2/nothing"), 404, "not_found")
     assert_error(client.put("/v1/search"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data", "multipart/form-data; boundary="],
+    ids=["no-boundary", "empty-boundary"],
+)
+def test_a_malformed_multipart_request_is_400(client: httpx.Client, a_png: bytes, content_type: str) -> None:
+    for path in ("/v1/images", "/v1/search"):
+        response = client.post(path, content=b"--x\r\n" + a_png, headers={"Content-Type": content_type})
+        assert_error(response, 400, "bad_request")
+    assert client.get("/v1/images").json()["items"] == []
