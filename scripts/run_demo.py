@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -93,9 +94,11 @@ def main() -> None:
             ensure_library(client, args.per_class)
         return
     model = ensure_demo_model(args.model_dir)
-    env = {**os.environ, "METAH_MODEL": str(model.resolve())}
+    # A terminal, not a log collector: readable lines unless METAH_LOG_FORMAT says otherwise.
+    env = {"METAH_LOG_FORMAT": "text", **os.environ, "METAH_MODEL": str(model.resolve())}
     host, port = env.setdefault("METAH_HOST", "127.0.0.1"), env.setdefault("METAH_PORT", "8000")
     url = f"http://{host}:{port}"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a plain `kill` also stops the server below
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env)
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=60) as client:

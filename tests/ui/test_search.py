@@ -4,16 +4,12 @@ rejected files answered with the API's own message."""
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
 
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.ui.conftest import REPO, LiveServer, PNGs, open_ui, screenshot, upload
-
-DOCS_SCREENSHOT = REPO / "docs" / "ui-search.png"
+from tests.ui.conftest import LiveServer, PNGs, open_ui, screenshot, upload
 
 
 def api_message(live: LiveServer, data: bytes, name: str, **params: int) -> str:
@@ -43,9 +39,7 @@ def test_upload_shows_the_code_and_the_hits_then_more_like_this(
     for thumbnail in page.locator("#hits img").all():  # every thumbnail loaded (content_url works)
         expect(thumbnail).to_have_js_property("complete", True)
         assert thumbnail.evaluate("image => image.naturalWidth") > 0
-    shot = screenshot(page, "search")
-    if os.environ.get("METAH_UPDATE_SCREENSHOTS") == "1":
-        shutil.copyfile(shot, DOCS_SCREENSHOT)
+    screenshot(page, "search")  # the README's picture comes from the real demo: scripts/screenshot_demo.py
 
     distances = [int(text.removeprefix("d = ")) for text in page.locator("#hits .distance").all_inner_texts()]
     assert distances == sorted(distances)
