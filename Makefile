@@ -23,7 +23,7 @@ test: lint
 	$(PY) -m pytest
 
 bench: install
-	$(PY) -m scripts.bench_service --out benchmarks/service && $(PY) -m scripts.bench_search_resnet50 --out benchmarks/service
+	$(PY) -m scripts.bench_service --out benchmarks/service && $(PY) -m scripts.bench_search_resnet50 --out benchmarks/service && $(PY) -m scripts.bench_scale_http --out benchmarks/service
 
 bench-digits: install
 	$(PY) scripts/bench_digits.py --out benchmarks/digits
