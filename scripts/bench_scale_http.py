@@ -29,9 +29,9 @@ from sqlalchemy import insert
 from migrations.models import Code, Image
 from migrations.runner import upgrade
 from model.export import load_encoder
-from scripts.bench_search_resnet50 import describe
-from scripts.bench_service import (
+from scripts.bench_harness import (
     CLIENTS,
+    describe,
     http_caller,
     image_sets,
     load_test,

@@ -27,8 +27,9 @@ from model.config import TrainConfig
 from model.datasets import load_digits, stratified_sample, write_image_folder
 from model.export import load_encoder
 from model.train import train
-from scripts.bench_service import (
+from scripts.bench_harness import (
     build_index,
+    describe,
     image_sets,
     machine,
     metah_serve,
@@ -49,13 +50,6 @@ def resnet50_artefact(work: Path) -> Path:
     target = write_image_folder(usps.take(stratified_sample(usps.labels, 2, 0)), work / "target", labelled=False)
     config = TrainConfig(backbone="resnet50", iterations=1, batch_size=4, eval_queries=4, augment=False)
     return train(config, source, target, work / "run", show_progress=False).paths.model
-
-
-def describe(machine: dict[str, Any]) -> str:
-    return (
-        f"{machine['cpu']}, {machine['cpus_available']} CPUs; Python {machine['python']}, torch {machine['torch']}; "
-        f"load average {machine['load_average_at_start']} at start"
-    )
 
 
 def main() -> None:

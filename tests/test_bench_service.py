@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from scripts.bench_service import (
+from scripts.bench_harness import (
     Call,
     Upload,
     latency_summary,
@@ -22,9 +22,9 @@ from scripts.bench_service import (
     size_label,
     stage_means_ms,
     stage_totals,
-    targets,
     zip_archive,
 )
+from scripts.bench_service import targets
 
 EXPOSITION = """\
 # HELP metah_stage_seconds Search pipeline stage latency

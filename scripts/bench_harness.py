@@ -1,0 +1,483 @@
+"""The shared parts of the service benchmarks (``scripts/bench_service.py``, ``bench_search_resnet50.py``,
+``bench_scale_http.py``): statistics, machine description, real digit uploads, a real ``metah serve`` on
+loopback, single searches over HTTP and in-process, and the bounded load generator."""
+
+from __future__ import annotations
+
+import os
+
+# libgomp reads this once when it loads (metah serve sets the same; see docs/index.md, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import io
+import itertools
+import platform
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from index import HashIndex
+from index.threads import available_cpus
+from model.datasets import load_digits
+from model.export import LoadedEncoder
+from service.pipeline import decode, encode, probe
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENTS = (1, 8, 32)
+K = 10
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0–100, linear interpolation) of ``samples``; NaN when there are none."""
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), q)) if len(samples) else float("nan")
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """Count, median, p99 and mean of latencies given in seconds, in milliseconds."""
+    return {
+        "count": len(seconds),
+        "median_ms": percentile(seconds, 50) * 1e3,
+        "p99_ms": percentile(seconds, 99) * 1e3,
+        "mean_ms": float(np.mean(seconds)) * 1e3 if len(seconds) else float("nan"),
+    }
+
+
+def ratio(measured: float, baseline: float) -> float:
+    """``measured / baseline`` (NaN when the baseline is 0)."""
+    return measured / baseline if baseline else float("nan")
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def size_label(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1_000}k" if n % 1_000 == 0 else str(n)
+
+
+def parse_size(text: str) -> int:
+    """``100k`` → 100_000, ``1M`` → 1_000_000."""
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1].lower(), 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+MEMORY_FIELDS = ("VmRSS", "RssAnon", "RssFile")
+
+
+def memory_kib(pid: int | str = "self") -> dict[str, int]:
+    """``VmRSS`` (resident), ``RssAnon`` (heap, private) and ``RssFile`` (mapped files: libraries, shared between
+    processes through the page cache) of a process (Linux), in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in MEMORY_FIELDS:
+            out[key] = int(value.split()[0])
+    return out
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    return memory_kib(pid)["VmRSS"]
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+STAGE_LINE = re.compile(r'^metah_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$')
+
+
+def stage_totals(exposition: str) -> dict[str, dict[str, float]]:
+    """``{stage: {"sum": s, "count": n}}`` from the Prometheus text of ``GET /metrics``."""
+    out: dict[str, dict[str, float]] = {}
+    for line in exposition.splitlines():
+        if match := STAGE_LINE.match(line):
+            kind, stage, value = match.groups()
+            out.setdefault(stage, {})[kind] = float(value)
+    return out
+
+
+def stage_means_ms(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean milliseconds per observation of each stage between two scrapes."""
+    means = {}
+    for stage, totals in after.items():
+        old = before.get(stage, {})
+        count = totals.get("count", 0.0) - old.get("count", 0.0)
+        if count > 0:
+            means[stage] = (totals.get("sum", 0.0) - old.get("sum", 0.0)) / count * 1e3
+    return means
+
+
+def describe(machine: dict[str, Any]) -> str:
+    return (
+        f"{machine['cpu']}, {machine['cpus_available']} CPUs; Python {machine['python']}, torch {machine['torch']}; "
+        f"load average {machine['load_average_at_start']} at start"
+    )
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [
+            ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln
+        ]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu,
+        "cpus_available": available_cpus(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "httpx": httpx.__version__,
+        "niceness": os.nice(0),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A real digit as PNG bytes, with its label and domain."""
+
+    data: bytes
+    label: str
+    domain: str
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def digit_uploads(domain: str, indices: Sequence[int], seen: set[bytes]) -> list[Upload]:
+    """PNGs of ``data/digits`` images; bytes already in ``seen`` are skipped (the service would dedupe them)."""
+    digits = load_digits(domain)
+    out = []
+    for i in indices:
+        data = png_bytes(digits.images[i])
+        if data not in seen:
+            seen.add(data)
+            out.append(Upload(data, str(int(digits.labels[i])), domain))
+    return out
+
+
+def image_sets(bulk: int, singles: int, queries: int) -> tuple[list[Upload], list[Upload], list[Upload]]:
+    """Distinct real digits: the zip's (USPS + MNIST-M, as many MNIST-M as half the zip or all there are), the
+    single uploads' (MNIST) and the queries' (the last USPS and MNIST-M images, never stored)."""
+    seen: set[bytes] = set()
+    usps, mnist_m = len(load_digits("usps")), len(load_digits("mnist_m"))
+    q_usps = queries // 2
+    query_sets = (
+        digit_uploads("usps", range(usps - q_usps, usps), seen),
+        digit_uploads("mnist_m", range(mnist_m - (queries - q_usps), mnist_m), seen),
+    )
+    colour = min(bulk // 2, mnist_m - (queries - q_usps))
+    grey = min(bulk - colour, usps - q_usps)
+    bulk_sets = (digit_uploads("usps", range(grey), seen), digit_uploads("mnist_m", range(colour), seen))
+    return interleave(*bulk_sets), digit_uploads("mnist", range(singles), seen), interleave(*query_sets)
+
+
+def interleave(*groups: list[Upload]) -> list[Upload]:
+    return [u for row in itertools.zip_longest(*groups) for u in row if u is not None]
+
+
+def zip_archive(uploads: Sequence[Upload]) -> bytes:
+    """A zip of the PNGs (stored: PNG is compressed already) with ``manifest.csv`` (path, label, domain)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        lines = ["path,label,domain"]
+        for i, upload in enumerate(uploads):
+            name = f"{upload.domain}/{i:06d}.png"
+            archive.writestr(name, upload.data)
+            lines.append(f"{name},{upload.label},{upload.domain}")
+        archive.writestr("manifest.csv", "\n".join(lines) + "\n")
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------- the metah serve process
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    client: httpx.Client
+    api_key: str
+    base_url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        """:func:`memory_kib` of the API process (``api``) and of its job workers (``worker0``, …)."""
+        out = {"api": memory_kib(self.pid)}
+        for i, child in enumerate(children_of(self.pid)):
+            out[f"worker{i}"] = memory_kib(child)
+        return out
+
+
+@contextmanager
+def metah_serve(data_dir: Path, model: Path, workers: int, log_path: Path) -> Iterator[Server]:
+    """A real ``metah serve`` on loopback with a fresh data dir, logging to ``log_path``; SIGTERM and wait on
+    exit."""
+    port, api_key = free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAH_")}
+    env.update(
+        METAH_DATA_DIR=str(data_dir),
+        METAH_MODEL=str(model.resolve()),
+        METAH_HOST="127.0.0.1",
+        METAH_PORT=str(port),
+        METAH_WORKERS=str(workers),
+        METAH_API_KEY=api_key,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"], env=env, cwd=REPO, stdout=log, stderr=log
+        )
+    try:
+        with httpx.Client(base_url=base_url, headers={"X-API-Key": api_key}, timeout=120) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"metah serve exited with {process.returncode}: see {log_path}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"metah serve was not ready after 120 s: see {log_path}")
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            yield Server(process, client, api_key, base_url, log_path)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def indexed(server: Server) -> int:
+    return int(server.client.get("/readyz").json()["indexed"])
+
+
+# --------------------------------------------------------------------------------------- 3. search
+
+
+def search_in_process(encoder: LoadedEncoder, index: HashIndex, data: bytes, max_pixels: int) -> list[int]:
+    """The search route's CPU work without HTTP or the database: probe → decode → encode → index search."""
+    probe(data, max_pixels)
+    code = encode(encoder, decode(encoder, data, max_pixels)[None])[0]
+    hits = index.search(code, K, model_version=index.model_version)[0]
+    return [int(d) for d in hits.distances]
+
+
+def search_over_http(client: httpx.Client, data: bytes) -> httpx.Response:
+    return client.post("/v1/search", files={"image": ("query.png", data, "image/png")}, params={"k": K})
+
+
+# ---------------------------------------------------------------------------------- 4. concurrency
+
+
+Call = Callable[[int], bool]
+
+
+def load_test(
+    open_call: Callable[[], AbstractContextManager[Call]], clients: int, duration_s: float, max_requests: int
+) -> dict[str, Any]:
+    """``clients`` threads calling ``call(i)`` back to back until ``duration_s`` or ``max_requests`` in all.
+
+    Returns QPS over the whole run, latency percentiles and the count of errors (``False`` or an exception).
+    """
+    samples: list[tuple[float, bool]] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    counter = itertools.count()
+    barrier = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client() -> None:
+        local: list[tuple[float, bool]] = []
+        with open_call() as call:
+            barrier.wait()
+            while (i := next(counter)) < max_requests and time.perf_counter() < deadline[0]:
+                t0 = time.perf_counter()
+                try:
+                    ok = call(i)
+                except Exception as exc:  # an error to count, not to stop on
+                    ok = False
+                    with lock:
+                        failures.append(repr(exc))
+                local.append((time.perf_counter() - t0, ok))
+        with lock:
+            samples.extend(local)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + duration_s
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    latencies = [s for s, _ in samples]
+    return {
+        "clients": clients,
+        "requests": len(samples),
+        "seconds": elapsed,
+        "qps": len(samples) / elapsed,
+        **{f"latency_{k}": v for k, v in latency_summary(latencies).items() if k != "count"},
+        "errors": sum(not ok for _, ok in samples),
+        "first_failures": failures[:3],
+    }
+
+
+def http_caller(server: Server, queries: Sequence[Upload]) -> Callable[[], AbstractContextManager[Call]]:
+    @contextmanager
+    def open_call() -> Iterator[Call]:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            yield lambda i: search_over_http(client, queries[i % len(queries)].data).status_code == 200
+
+    return open_call
+
+
+def local_caller(
+    encoder: LoadedEncoder, index: HashIndex, queries: Sequence[Upload], max_pixels: int
+) -> Callable[[], AbstractContextManager[Call]]:
+    @contextmanager
+    def open_call() -> Iterator[Call]:
+        yield lambda i: len(search_in_process(encoder, index, queries[i % len(queries)].data, max_pixels)) > 0
+
+    return open_call
+
+
+def build_index(model_version: str, bits: int, ids: np.ndarray, codes: np.ndarray, domains: Sequence[str]) -> HashIndex:
+    domain_array = np.asarray(domains)
+    batches = [(ids[domain_array == d], codes[domain_array == d], str(d)) for d in sorted(set(domains))]
+    return HashIndex.build_from_batches(batches, bits=bits, model_version=model_version)
+
+
+def scaled_index(
+    model_version: str, bits: int, codes: np.ndarray, domains: Sequence[str], n: int, seed: int
+) -> tuple[HashIndex, dict[str, float]]:
+    """``n`` (code, domain) pairs drawn with replacement from the real stored ones; build time and memory."""
+    pick = np.random.default_rng(seed).integers(0, len(codes), size=n)
+    rss = rss_kib()
+    started = time.perf_counter()
+    index = build_index(
+        model_version, bits, np.arange(n, dtype=np.int64), codes[pick], np.asarray(domains)[pick].tolist()
+    )
+    info = {
+        "build_s": time.perf_counter() - started,
+        "index_bytes_per_code": index.memory_bytes() / n,
+        "rss_bytes_per_code": (rss_kib() - rss) * 1024 / n,
+    }
+    return index, info
+
+
+def single_uploads_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str, Any]:
+    """``POST /v1/images`` one after another; all must be 201."""
+    latencies, statuses = [], []
+    started = time.perf_counter()
+    for upload in uploads:
+        t0 = time.perf_counter()
+        response = server.client.post(
+            "/v1/images",
+            files={"image": ("digit.png", upload.data, "image/png")},
+            data={"domain": upload.domain, "label": upload.label},
+        )
+        latencies.append(time.perf_counter() - t0)
+        statuses.append(response.status_code)
+    seconds = time.perf_counter() - started
+    return {
+        "images": len(uploads),
+        "seconds": seconds,
+        "images_per_s": len(uploads) / seconds,
+        "created": statuses.count(201),
+        "errors": sum(s >= 400 for s in statuses),
+        "latency": latency_summary(latencies),
+    }
+
+
+def single_searches(
+    server: Server, encoder: LoadedEncoder, index: HashIndex, queries: Sequence[Upload], max_pixels: int
+) -> dict[str, Any]:
+    """Each query over HTTP then in-process, interleaved; the distance lists must agree."""
+    for query in queries[:5]:  # warm-up
+        search_over_http(server.client, query.data)
+        search_in_process(encoder, index, query.data, max_pixels)
+    scrape_before = stage_totals(server.client.get("/metrics").text)
+    http, local, mismatches, errors, took, noop = [], [], 0, 0, [], []
+    for query in queries:
+        t0 = time.perf_counter()
+        response = search_over_http(server.client, query.data)
+        http.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        expected = search_in_process(encoder, index, query.data, max_pixels)
+        local.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        server.client.get("/healthz")  # the floor: a route that does nothing, same connection
+        noop.append(time.perf_counter() - t0)
+        if response.status_code != 200:
+            errors += 1
+            continue
+        body = response.json()
+        took.append(body["took_ms"] / 1e3)
+        mismatches += [hit["distance"] for hit in body["hits"]] != expected
+    scrape_after = stage_totals(server.client.get("/metrics").text)
+    out: dict[str, Any] = {
+        "queries": len(queries),
+        "http": latency_summary(http),
+        "in_process": latency_summary(local),
+        "server_took_ms": latency_summary(took),
+        "healthz": latency_summary(noop),
+        "server_stage_mean_ms": stage_means_ms(scrape_before, scrape_after),
+        "errors": errors,
+        "distance_mismatches": mismatches,
+    }
+    out["median_overhead_ms"] = out["http"]["median_ms"] - out["in_process"]["median_ms"]
+    out["p99_overhead_ms"] = out["http"]["p99_ms"] - out["in_process"]["p99_ms"]
+    return out
