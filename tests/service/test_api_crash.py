@@ -53,6 +53,30 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def kill_serve_and_worker(process: subprocess.Popen[str]) -> None:
+    victims = [process.pid, *children_of(process.pid)]
+    assert len(victims) == 2, victims  # the API and its one worker
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_state(pid) not in ("gone", "Z") for pid in victims[1:]):
+        assert time.monotonic() < deadline, f"the worker survived kill -9: {victims[1:]}"
+        time.sleep(0.05)
+
+
+def digits_in(archive: bytes) -> list[str]:
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        return [name for name in opened.namelist() if name.endswith(".png")]
+
+
 class Uploader:
     """Single uploads in a thread until stopped; keeps the acknowledged ones (2xx) as ``(id, sha256)``."""
 
@@ -114,18 +138,9 @@ def test_kill_9_during_bulk_ingestion_loses_and_duplicates_nothing(
         uploader.thread.start()
         job = wait_job(run.client, job_id, until=lambda j: j["progress"]["done"] >= 40 or j["status"] in queue.FINISHED)
         assert job["status"] == "running" and job["progress"]["done"] < len(archive_files), job
-        victims = [run.process.pid, *children_of(run.process.pid)]
-        assert len(victims) == 2, victims  # the API and its one worker
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        run.process.wait(timeout=30)
+        kill_serve_and_worker(run.process)
         uploader.stop()
     assert uploader.acknowledged, "no single upload was acknowledged before the crash"
-    for pid in victims[1:]:
-        deadline = time.monotonic() + 30
-        while pid in children_of(1) or (Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)):
-            assert time.monotonic() < deadline, f"worker {pid} survived kill -9"
-            time.sleep(0.05)
 
     with running_metah_serve(env, port) as run:
         job = wait_job(run.client, job_id)
@@ -146,25 +161,6 @@ def test_kill_9_during_bulk_ingestion_loses_and_duplicates_nothing(
             data = run.client.get(f"/v1/images/{image_id}/content").content
             hits = search(run.client, data, k=50, max_distance=0, domain="usps").json()["hits"]
             assert image_id in {hit["id"] for hit in hits}
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
-
-
-def kill_serve_and_worker(process: subprocess.Popen[str]) -> None:
-    victims = [process.pid, *children_of(process.pid)]
-    assert len(victims) == 2, victims  # the API and its one worker
-    for pid in victims:
-        os.kill(pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while any(_state(pid) not in ("gone", "Z") for pid in victims[1:]):
-        assert time.monotonic() < deadline, f"the worker survived kill -9: {victims[1:]}"
-        time.sleep(0.05)
 
 
 def test_kill_9_during_training_then_during_activation(
@@ -210,8 +206,3 @@ def test_kill_9_during_training_then_during_activation(
         assert ready["bits"] == 32 and ready["indexed"] == total == len(all_images(run.client))
         data = digit_pngs[0][0]
         assert search(run.client, data, max_distance=0, domain="usps").json()["hits"][0]["distance"] == 0
-
-
-def digits_in(archive: bytes) -> list[str]:
-    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
-        return [name for name in opened.namelist() if name.endswith(".png")]
