@@ -344,7 +344,11 @@ class SearchLoop:
         self.thread.start()
         return self
 
-    def stop(self) -> list[tuple[int, str | None, int | None, int | None]]:
+    def stop(self, *, after_version: str) -> list[tuple[int, str | None, int | None, int | None]]:
+        """Stop once an answer from ``after_version`` has been recorded (the loop may lag behind the swap)."""
+        deadline = time.monotonic() + 30
+        while not any(answer[1] == after_version for answer in self.answers) and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.done.set()
         self.thread.join(timeout=30)
         return self.answers
@@ -383,7 +387,7 @@ def test_train_then_activate_swaps_model_and_index(
     assert found["model_version"] == version and found["hits"] and found["hits"][0]["distance"] == 0
     assert jobs_client.get("/v1/models").json()["active"] == version
 
-    answers = searching.stop()
+    answers = searching.stop(after_version=version)
     assert {status for status, _, _, _ in answers} == {200}  # no 5xx, no 503 while the pair was swapped
     versions = [answer_version for _, answer_version, _, _ in answers]
     assert versions[0] == old["model_version"] and versions[-1] == version, sorted(set(versions))
