@@ -37,6 +37,7 @@ from index import HashIndex
 from index.threads import available_cpus
 from model.datasets import load_digits
 from model.export import LoadedEncoder
+from scripts.run_demo import wait_ready
 from service.pipeline import decode, encode, probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,8 +101,17 @@ def rss_kib(pid: int | str = "self") -> int:
 
 
 def children_of(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    """The live child processes of ``pid`` (Linux ``/proc``), whichever of its threads started them."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 STAGE_LINE = re.compile(r'^metah_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$')
@@ -269,18 +279,10 @@ def metah_serve(data_dir: Path, model: Path, workers: int, log_path: Path) -> It
         )
     try:
         with httpx.Client(base_url=base_url, headers={"X-API-Key": api_key}, timeout=120) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"metah serve exited with {process.returncode}: see {log_path}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"metah serve was not ready after 120 s: see {log_path}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
+            try:
+                wait_ready(client, process, timeout=120)
+            except SystemExit as exc:  # the demo's wait reports by exiting; here it is one failure among many
+                raise RuntimeError(f"{exc}: see {log_path}") from None
             yield Server(process, client, api_key, base_url, log_path)
     finally:
         process.send_signal(signal.SIGTERM)

@@ -65,8 +65,7 @@ def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> I
         return Ingested(existing, created=False)
     code = code_of(pair.encoder, data, max_pixels)
     with runtime.write_lock:
-        fresh = not runtime.store.exists(digest)
-        _, stored_path = runtime.store.put(data)
+        stored_path, fresh = runtime.store.put(data)
         image = image_row(digest, info, len(data), stored_path, new)
         with runtime.db.session() as session:
             try:

@@ -56,57 +56,41 @@ class BlobStore:
             raise ValueError(f"not a blob path: {relative!r}")
         return self.root / relative
 
-    def put(self, data: bytes) -> tuple[str, str]:
-        """Store ``data``; returns ``(sha256, relative path)``."""
-        digest = sha256_hex(data)
-        relative = self.relative_path(digest)
-        target = self.root / relative
-        if target.is_file() and target.stat().st_size == len(data):
-            return digest, relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return digest, relative
+    def put(self, data: bytes) -> tuple[str, bool]:
+        """Store ``data`` durably (fsync); returns ``(relative path, whether this call wrote the file)``."""
+        return self._write(data, sync=True)
 
     def put_many(self, blobs: Sequence[bytes]) -> list[str]:
         """Store a batch; returns the relative paths. Made durable together: the files are written and renamed,
         then one ``syncfs`` flushes the file system (one ``fsync`` per file where ``syncfs`` is missing).
         Measured on a 3,000-image ingest job: 1.2 s of the job's 10.3 s went to per-file fsyncs."""
-        written: list[Path] = []
-        paths = []
-        folders: set[Path] = set()
-        for data in blobs:
-            digest = sha256_hex(data)
-            relative = self.relative_path(digest)
-            paths.append(relative)
-            target = self.root / relative
-            if target.is_file() and target.stat().st_size == len(data):
-                continue
-            if target.parent not in folders:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                folders.add(target.parent)
-            tmp = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
-            try:
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
-            written.append(target)
+        results = [self._write(data, sync=False) for data in blobs]
+        written = [self.root / relative for relative, new in results if new]
         if written and not _syncfs(self.root):
             for target in written:
                 with open(target, "rb") as handle:
                     os.fsync(handle.fileno())
-        return paths
+        return [relative for relative, _ in results]
 
-    def exists(self, digest: str) -> bool:
-        return (self.root / self.relative_path(digest)).is_file()
+    def _write(self, data: bytes, *, sync: bool) -> tuple[str, bool]:
+        """Write ``data`` under its digest (temporary file, then rename) unless it is already there."""
+        digest = sha256_hex(data)
+        relative = self.relative_path(digest)
+        target = self.root / relative
+        if target.is_file() and target.stat().st_size == len(data):
+            return relative, False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                if sync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return relative, True
 
     def delete(self, relative: str) -> None:
         """Remove a blob (absent is fine)."""

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from migrations.runner import upgrade
+from scripts.bench_harness import children_of
 from service.jobs import queue
 from tests.conftest import DigitFolders
 from tests.service.conftest import (
@@ -37,20 +38,6 @@ CRASH_SETTINGS = {
     "CHANGES_POLL_S": "0.2",
     "INGEST_BATCH_SIZE": "4",
 }
-
-
-def children_of(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (Linux ``/proc``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def _state(pid: int) -> str:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, expect, sync_playwright
 
+from scripts.screenshot_demo import CHROMIUM_ARGS
 from tests.conftest import DigitFolders
 from tests.service import conftest as api_fixtures
 from tests.service.conftest import API_KEY, REPO, LiveServer, StartServer, post_image
@@ -27,16 +28,6 @@ digit_pngs = api_fixtures.digit_pngs
 start_server = api_fixtures.start_server
 
 CHROMIUM = Path(os.environ.get("METAH_TEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 OUTPUT = REPO / "var" / "test-output" / "ui"
 VIEWPORT = ViewportSize(width=1280, height=860)
 TIMEOUT_MS = 15_000  # for actions and expectations alike: the test machine may have 2 busy cores
