@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install run test lint typecheck bench bench-digits demo-model clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV); $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -r requirements-dev.txt && $(PY) -m pip install -q --no-deps -e . && touch $(STAMP)
+	test -x $(PY) || python3 -m venv $(VENV); $(PY) -m pip install -q --no-cache-dir --upgrade pip && $(PY) -m pip install -q --no-cache-dir -r requirements-dev.txt && $(PY) -m pip install -q --no-deps -e . && touch $(STAMP)
 
 install: $(STAMP)
 
