@@ -12,6 +12,8 @@ from model.errors import ConfigError
 from model.heads import check_bits
 from model.objective import LossWeights, method_weights
 
+AVERAGE_SPAN = 6  # the weight average covers at most 1/AVERAGE_SPAN of a run
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -25,7 +27,7 @@ class TrainConfig:
     bits: int = 64
     backbone: str = "lenet"
     backbone_weights: str | None = None
-    iterations: int = 1000
+    iterations: int = 1200
     seed: int = 0
     batch_size: int = 64
     lr: float = 1e-3
@@ -34,12 +36,20 @@ class TrainConfig:
     weight_decay: float = 0.0
     grl_alpha: float = 10.0
     augment: bool = True
+    augment_scale: tuple[float, float] = (0.85, 1.15)  # zoom range of the random affine (> 1 enlarges)
+    ema_decay: float = 0.995  # export the moving average of the weights; 0 exports the last iterate
     loss_weights: LossWeights | None = None
     checkpoint_every: int = 200
     log_every: int = 10
     device: str = "auto"
     eval_queries: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def average_decay(self) -> float:
+        """``ema_decay``, lowered for short runs so that the average spans at most the last sixth of the steps
+        (horizon ``1 / (1 - decay)``): 0.995 at the default 1,200 steps, 0.94 for a 100-step trial."""
+        return max(0.0, min(self.ema_decay, 1.0 - AVERAGE_SPAN / self.iterations))
 
     @property
     def weights(self) -> LossWeights:
@@ -59,6 +69,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 (the pairwise loss needs pairs)")
+        low, high = self.augment_scale
+        if not 0.0 < low <= high:
+            raise ConfigError(f"augment_scale must be (low, high) with 0 < low <= high, got {self.augment_scale}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -82,6 +97,11 @@ class TrainConfig:
                 values["loss_weights"] = LossWeights(**values["loss_weights"])
             except TypeError as exc:
                 raise ConfigError(f"invalid loss_weights: {exc}") from exc
+        scale = values.get("augment_scale")
+        if isinstance(scale, list | tuple):
+            if len(scale) != 2 or not all(isinstance(v, int | float) for v in scale):
+                raise ConfigError(f"augment_scale must be two numbers, got {scale!r}")
+            values["augment_scale"] = (float(scale[0]), float(scale[1]))
         try:
             return cls(**values)
         except TypeError as exc:

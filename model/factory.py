@@ -43,7 +43,10 @@ class RestoredRun:
 
 
 def restore_network(checkpoint_path: Path) -> RestoredRun:
-    """Rebuild the network a checkpoint describes and load its weights (CheckpointError on a mismatch)."""
+    """Rebuild the network a checkpoint describes and load the weights it exports (CheckpointError on a mismatch).
+
+    Those are the moving average of the weights when the run kept one (``ema_decay > 0``), else the last step's.
+    """
     saved = load_checkpoint(checkpoint_path)
     config = TrainConfig.from_dict(saved["config"]).validated()
     classes = [str(name) for name in saved["classes"]]
@@ -51,7 +54,8 @@ def restore_network(checkpoint_path: Path) -> RestoredRun:
     backbone = build_backbone(config.backbone)
     net = build_network(config, backbone, len(classes))
     try:
-        net.load_state_dict(saved["model"])
+        average = saved.get("average")
+        net.load_state_dict(average["module"] if isinstance(average, dict) else saved["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {str(checkpoint_path)!r} does not match its own configuration") from exc
     return RestoredRun(saved, config, classes, backbone, net)

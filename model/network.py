@@ -14,6 +14,7 @@ from torch import nn
 from model.backbones import Backbone
 from model.grl import GradientReverseLayer
 from model.heads import DomainDiscriminator, HashLayer
+from model.normalize import Normalize
 
 
 class NetOutput(NamedTuple):
@@ -22,21 +23,6 @@ class NetOutput(NamedTuple):
     codes: torch.Tensor
     class_logits: torch.Tensor | None
     domain_logits: torch.Tensor | None
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel. Shape: ``[N, 3, H, W]`` → same."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 class Encoder(nn.Module):

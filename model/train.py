@@ -37,11 +37,13 @@ from model.distributed import (
     init_process_group,
     parameters_in_sync,
 )
+from model.ema import WeightAverage
 from model.errors import CheckpointError, ConfigError
 from model.evaluate import score
 from model.export import export_encoder, new_model_version, utc_now
 from model.factory import build_network, load_backbone
 from model.metrics import RetrievalMetrics
+from model.network import MeTAHNet
 from model.objective import compute_objective
 from model.plots import plot_history, plot_pr_curves
 from model.preprocess import to_model_input
@@ -178,6 +180,7 @@ class Trainer:
         )
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config))
+        self.average = WeightAverage(self.net, config.average_decay) if config.ema_decay > 0 else None
         self.sampler = BatchSampler(config.seed * 1000 + group.rank)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -197,6 +200,7 @@ class Trainer:
             "sampler": self.sampler.state(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
+            "average": None if self.average is None else self.average.state_dict(),
         }
 
     def load_state(self, saved: dict[str, Any]) -> None:
@@ -210,6 +214,10 @@ class Trainer:
         self.sampler.load_state(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])
         self.history = list(saved["history"])
+        if self.average is not None:
+            if saved.get("average") is None:
+                raise CheckpointError("cannot resume: the checkpoint has no weight average (ema_decay was 0)")
+            self.average.load_state_dict(saved["average"])
 
     # --- one step ----------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +229,7 @@ class Trainer:
             images.append(self.target_images[target_idx])
         batch = to_model_input(torch.cat(images))
         if self.config.augment:
-            batch = random_affine(batch)
+            batch = random_affine(batch, scale=self.config.augment_scale)
         return batch.contiguous(memory_format=torch.channels_last), self.source_labels[source_idx]
 
     def train_step(self) -> dict[str, float]:
@@ -235,6 +243,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.net)
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["grl_coeff"] = ramp
         self.scheduler.step()
@@ -258,10 +268,15 @@ class Trainer:
                     on_step(self.step, total)
 
     # --- end of run --------------------------------------------------------------------------------
+    @property
+    def final(self) -> MeTAHNet:
+        """The network that is evaluated and exported: the weight average, or the last iterate."""
+        return self.net if self.average is None else self.average.module
+
     @torch.no_grad()
     def evaluate(self, eval_sets: EvalSets) -> dict[str, RetrievalMetrics]:
         """Score the encoder on the protocols the available labelled data allows."""
-        encoder = self.net.encoder().eval()
+        encoder = self.final.encoder().eval()
         size = (self.source.images.shape[2], self.source.images.shape[3])
         results: dict[str, RetrievalMetrics] = {}
         generator = np.random.default_rng(self.config.seed)
@@ -347,7 +362,7 @@ def _finish(trainer: Trainer, eval_sets: EvalSets, skipped: list[str], in_sync: 
         return TrainResult(paths, {}, "", trainer.history)
     evaluations = trainer.evaluate(eval_sets)
     created_at = utc_now()
-    encoder = trainer.net.encoder()
+    encoder = trainer.final.encoder()
     version = new_model_version(config.method, config.bits, encoder, created_at)
     metrics: dict[str, Any] = {
         "model_version": version,
@@ -375,8 +390,8 @@ def _finish(trainer: Trainer, eval_sets: EvalSets, skipped: list[str], in_sync: 
         "classes": list(trainer.source.classes),
         "model_version": version,
         "created_at": created_at.isoformat(),
-        "mean": list(trainer.net.normalize.mean.flatten().tolist()),
-        "std": list(trainer.net.normalize.std.flatten().tolist()),
+        "mean": list(trainer.final.normalize.mean.flatten().tolist()),
+        "std": list(trainer.final.normalize.std.flatten().tolist()),
         "config": config.to_dict(),
         "metrics": {key: metrics[key] for key in ("evaluation", "train_seconds", "iterations", "seed")},
     }

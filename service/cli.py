@@ -33,7 +33,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--bits", type=int, default=None, help="code length, 16-128, a multiple of 8 (default 64)")
     p.add_argument("--backbone", default=None, help="lenet (default), resnet18, resnet50, efficientnet_lite0")
     p.add_argument("--backbone-weights", default=None, help="local ImageNet weights file for resnet18/50")
-    p.add_argument("--iterations", type=int, default=None, help="optimisation steps (default 1000)")
+    p.add_argument("--iterations", type=int, default=None, help="optimisation steps (default 1200)")
     p.add_argument("--batch-size", type=int, default=None, help="images per domain per step (default 64)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")

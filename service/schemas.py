@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from migrations.models import Image, Job, ModelVersion
+from model.config import TrainConfig
 
 DOMAIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # In query strings an empty value means "no filter" (``?domain=&label=``).
@@ -171,7 +172,7 @@ class TrainingJobCreate(BaseModel):
     bits: int = Field(default=64, ge=16, le=128, multiple_of=8)
     method: Literal["metah", "tah", "source_only"] = "metah"
     backbone: Literal["lenet", "resnet18", "resnet50", "efficientnet_lite0"] = "lenet"
-    iterations: int = Field(default=1000, ge=1, le=1_000_000)
+    iterations: int = Field(default=TrainConfig.iterations, ge=1, le=1_000_000)
     activate: bool = False
 
 

@@ -51,6 +51,13 @@ def test_round_trip_gives_identical_binary_codes_and_metadata(tmp_path: Path) ->
     assert loaded.metadata["classes"][3] == "3"
 
 
+def test_the_digit_encoder_is_scripted_not_traced() -> None:
+    """Tracing (the fallback for unscriptable third-party backbones) would freeze shape-dependent branches."""
+    scripted = torch.jit.script(_net().encoder())
+    other_size = torch.rand(2, 3, 40, 40)  # a size the 32x32 trace would have baked in
+    assert torch.equal(scripted(other_size), _net().encoder()(other_size))
+
+
 def test_codes_agree_with_the_sign_of_the_relaxed_codes(tmp_path: Path) -> None:
     net = _net()
     x = torch.rand(5, 3, 32, 32)

@@ -75,6 +75,10 @@ def test_objective_refuses_a_network_without_the_needed_head() -> None:
         ({"iterations": 0}, "iterations"),
         ({"batch_size": 1}, "batch_size"),
         ({"device": "tpu"}, "device"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"ema_decay": -0.5}, "ema_decay"),
+        ({"augment_scale": (1.2, 0.8)}, "augment_scale"),
+        ({"augment_scale": (0.0, 1.0)}, "augment_scale"),
     ],
 )
 def test_invalid_settings_are_config_errors(change: dict[str, object], message: str) -> None:
@@ -87,8 +91,13 @@ def test_config_files_json_and_toml(tmp_path: Path) -> None:
     (tmp_path / "b.toml").write_text('method = "tah"\niterations = 10\n')
     (tmp_path / "c.json").write_text('{"bitz": 32}')
     (tmp_path / "d.json").write_text("{not json")
+    (tmp_path / "e.json").write_text(json.dumps({"augment_scale": [0.8, 1.25]}))
+    (tmp_path / "f.json").write_text(json.dumps({"augment_scale": [0.8, "big"]}))
     assert load_config_file(tmp_path / "a.json").weights.entropy == 0.2
     assert load_config_file(tmp_path / "b.toml").method == "tah"
+    assert load_config_file(tmp_path / "e.json").augment_scale == (0.8, 1.25)
+    with pytest.raises(ConfigError, match="augment_scale must be two numbers"):
+        load_config_file(tmp_path / "f.json")
     with pytest.raises(ConfigError, match="unknown configuration key"):
         load_config_file(tmp_path / "c.json")
     with pytest.raises(ConfigError, match="not valid"):
@@ -103,10 +112,10 @@ def test_default_config_is_the_documented_recipe() -> None:
         "metah",
         64,
         "lenet",
-        1000,
+        1200,
         64,
     )
-    assert config.augment
+    assert config.augment and config.ema_decay == 0.995
     assert config.to_dict()["loss_weights"] == {
         "pairwise": 1.0,
         "quantization": 0.1,
@@ -116,3 +125,10 @@ def test_default_config_is_the_documented_recipe() -> None:
         "entropy_ramp": True,
         "balance_pairs": True,
     }
+
+
+def test_the_weight_average_never_spans_more_than_a_sixth_of_a_short_run() -> None:
+    assert TrainConfig().average_decay == pytest.approx(0.995)  # the benchmark's setting, unchanged
+    assert TrainConfig(iterations=100).average_decay == pytest.approx(0.94)
+    assert TrainConfig(iterations=5).average_decay == 0.0  # each update copies: the last iterate
+    assert TrainConfig(iterations=100_000, ema_decay=0.9).average_decay == 0.9

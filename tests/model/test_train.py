@@ -15,6 +15,7 @@ from model.data import load_unlabelled_folder
 from model.errors import CheckpointError, DataError
 from model.evaluate import encode_images
 from model.export import load_encoder
+from model.factory import restore_network
 from model.objective import LossWeights
 from model.train import EvalSets, train
 from tests.conftest import DigitFolders
@@ -89,6 +90,21 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(digits: Digi
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
     assert int(b["grl.step"]) == 30
+    averaged_a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["average"]["module"]
+    averaged_b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["average"]["module"]
+    for key in averaged_a:
+        assert torch.allclose(averaged_a[key].float(), averaged_b[key].float(), atol=1e-5), key
+
+
+def test_the_exported_encoder_is_the_weight_average(quick_run: Path, digits: DigitFolders) -> None:
+    restored = restore_network(quick_run / "checkpoint.pt")  # loads the average when the run kept one
+    last_iterate = restore_network(quick_run / "checkpoint.pt").net
+    last_iterate.load_state_dict(restored.saved["model"])
+    loaded = load_encoder(quick_run / "model.pt")
+    images = load_unlabelled_folder(digits.target, loaded.input_size).images[:256]
+    exported = encode_images(loaded.module, images)
+    assert np.array_equal(exported, encode_images(restored.net.encoder().eval(), images))
+    assert not np.array_equal(exported, encode_images(last_iterate.encoder().eval(), images))
 
 
 def test_resume_with_other_settings_is_refused(digits: DigitFolders, quick_run: Path, tmp_path: Path) -> None:
