@@ -359,15 +359,16 @@ def bench_idmap2(database: Codes) -> dict[str, Any]:
     return out
 
 
-def bench_approx_compare(n: int, bits: int, queries: int, seed: int) -> dict[str, Any]:
-    """IVF vs HNSW on the same codes: build time, tie-aware recall@10 and single-query latency."""
-    codes = synthetic_codes(n, bits, queries, seed)
-    database, query = codes.database, codes.queries
+def bench_approx_compare(codes: CodeSet, n: int, queries: int, seed: int) -> dict[str, Any]:
+    """IVF vs HNSW on the first ``n`` codes of ``codes``: build time, tie-aware recall@10 and single-query
+    latency for the first ``queries`` queries."""
+    bits = codes.bits
+    database, query = codes.database[:n], codes.queries[:queries]
     flat = faiss.IndexBinaryFlat(bits)
     flat.add(database)
     exact, _ = flat.search(query, 10)
     kth = exact[:, 9]
-    out: dict[str, Any] = {"n": n, "bits": bits, "ivf": [], "hnsw": []}
+    out: dict[str, Any] = {"n": n, "bits": bits, "codes": codes.source, "ivf": [], "hnsw": []}
 
     def measure(index: Any, params: Any) -> dict[str, float]:
         found, _ = index.search(query, 10, params=params) if params is not None else index.search(query, 10)
@@ -540,7 +541,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"    {results['filter']}", flush=True)
         if args.approx_compare or args.design:
             print("== IVF vs HNSW", flush=True)
-            results["approx_compare"] = bench_approx_compare(1_000_000, 64, args.queries, args.seed)
+            approx_codes = (
+                load_codes(args.codes, args.queries)
+                if args.codes
+                else synthetic_codes(1_000_000, 64, args.queries, args.seed)
+            )
+            n = min(1_000_000, approx_codes.database.shape[0])
+            results["approx_compare"] = bench_approx_compare(approx_codes, n, args.queries, args.seed)
     results.setdefault("codes", SYNTHETIC)
     results["load_average_at_end"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
