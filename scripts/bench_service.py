@@ -18,6 +18,10 @@ Every HTTP number is set against the same work done in this process on the same 
 
     nice -n 10 .venv/bin/python -m scripts.bench_service --out benchmarks/service
     .venv/bin/python -m scripts.bench_service --quick --out var/bench-service-quick
+    .venv/bin/python -m scripts.bench_service --profile --out benchmarks/service/profile
+
+``--profile`` samples the job worker with py-spy during the bulk ingestion (``OUT/profile-bulk-ingest.md``,
+raw stacks in ``OUT/profile-bulk-ingest.raw``) and stops after that phase, since sampling skews what follows.
 
 Results: ``OUT/results.json`` (every number, machine, date, command) and ``OUT/results.md``.
 """
@@ -48,6 +52,7 @@ from index.threads import available_cpus
 from model.export import LoadedEncoder, load_encoder
 from model.factory import restore_network
 from model.preprocess import to_model_input
+from scripts import pyspy
 from scripts.bench_harness import (
     CLIENTS,
     MEMORY_FIELDS,
@@ -55,6 +60,7 @@ from scripts.bench_harness import (
     Server,
     Upload,
     build_index,
+    children_of,
     http_caller,
     image_sets,
     indexed,
@@ -188,6 +194,31 @@ def ingest_job_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str,
         "images_per_s": created / succeeded,
         "images_per_s_job_processing": created / processing if processing else None,
     }
+
+
+def machine_line() -> str:
+    m = machine()
+    return f"{m['cpu']}, {m['cpus_available']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, torch {m['torch']}"
+
+
+def profile_ingestion(server: Server, uploads: Sequence[Upload], out: Path, base: dict[str, Any]) -> None:
+    """Run the bulk ingestion job while py-spy samples the worker; write the summary beside the raw stacks."""
+    (worker,) = children_of(server.pid)
+    out.mkdir(parents=True, exist_ok=True)
+    raw, rate = out / "profile-bulk-ingest.raw", 200
+    with pyspy.recording(worker, raw, rate=rate):
+        job = ingest_job_over_http(server, uploads)
+    header = (
+        f"# Where the job worker's time goes during bulk ingestion\n\n"
+        f"{machine_line()}; {datetime.now(UTC).isoformat(timespec='seconds')}.\n"
+        f"Command: `python -m scripts.bench_service --profile --out {out}` (py-spy {rate} Hz, nonblocking, "
+        f"on the worker process).\n\n"
+        f"{job['images']} images: the job took {job['job_processing_s']:.2f} s in the worker "
+        f"({job['images_per_s_job_processing']:.0f} img/s while sampled); in-process probe → decode → encode of "
+        f"the same images took {base['seconds']:.2f} s ({base['images_per_s']:.0f} img/s).\n\n"
+    )
+    (out / "profile-bulk-ingest.md").write_text(header + pyspy.summarise(raw, rate, focus="IngestJob._run"))
+    print((out / "profile-bulk-ingest.md").read_text(), flush=True)
 
 
 def singles_in_process(encoder: LoadedEncoder, uploads: Sequence[Upload], max_pixels: int) -> dict[str, Any]:
@@ -417,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local-seconds", type=float, default=4.0, help="per concurrency level in-process")
     parser.add_argument("--max-requests", type=int, default=20_000, help="per concurrency level")
     parser.add_argument("--scale-sizes", default="100k,1M", help="in-process index sizes beyond the stored count")
+    parser.add_argument("--profile", action="store_true", help="py-spy the worker during bulk ingestion, then stop")
     args = parser.parse_args(argv)
     plan = plan_of(args)
     wall = time.perf_counter()
@@ -435,10 +467,11 @@ def main(argv: list[str] | None = None) -> None:
     bulk, singles, queries = image_sets(plan.bulk, plan.singles, plan.queries)
     print(f"{len(bulk)} bulk, {len(singles)} single, {len(queries)} query images", flush=True)
 
-    print("1. encoding: artefact vs eager", flush=True)
-    sweep_pixels = np.stack([decode(encoder, u.data, max_pixels) for u in bulk[: max(BATCH_SIZES)]])
-    threads = sorted({1, available_cpus()})
-    results["encoding"] = encoding_sweep(model_path, sweep_pixels, plan.encode_repeats, threads)
+    if not args.profile:
+        print("1. encoding: artefact vs eager", flush=True)
+        sweep_pixels = np.stack([decode(encoder, u.data, max_pixels) for u in bulk[: max(BATCH_SIZES)]])
+        threads = sorted({1, available_cpus()})
+        results["encoding"] = encoding_sweep(model_path, sweep_pixels, plan.encode_repeats, threads)
 
     torch.set_num_threads(settings.torch_threads)  # the service's single-image setting, for every baseline below
     args.work.mkdir(parents=True, exist_ok=True)
@@ -449,6 +482,9 @@ def main(argv: list[str] | None = None) -> None:
             rss_before = server.memory()
             print("2. ingestion", flush=True)
             base = ingest_in_process(encoder, bulk, batch_size, max_pixels)
+            if args.profile:
+                profile_ingestion(server, bulk, args.out, base)
+                return
             job = ingest_job_over_http(server, bulk)
             rss_after = server.memory()
             print(f"  in-process {base['images_per_s']:.0f} img/s, job {job['images_per_s']:.0f} img/s", flush=True)
