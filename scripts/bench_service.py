@@ -61,6 +61,7 @@ from scripts.bench_harness import (
     Upload,
     build_index,
     children_of,
+    describe,
     http_caller,
     image_sets,
     indexed,
@@ -196,12 +197,7 @@ def ingest_job_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str,
     }
 
 
-def machine_line() -> str:
-    m = machine()
-    return f"{m['cpu']}, {m['cpus_available']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, torch {m['torch']}"
-
-
-def profile_ingestion(server: Server, uploads: Sequence[Upload], out: Path, base: dict[str, Any]) -> None:
+def profile_ingestion(server: Server, uploads: Sequence[Upload], out: Path, base: dict[str, Any], command: str) -> None:
     """Run the bulk ingestion job while py-spy samples the worker; write the summary beside the raw stacks."""
     (worker,) = children_of(server.pid)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,8 +206,8 @@ def profile_ingestion(server: Server, uploads: Sequence[Upload], out: Path, base
         job = ingest_job_over_http(server, uploads)
     header = (
         f"# Where the job worker's time goes during bulk ingestion\n\n"
-        f"{machine_line()}; {datetime.now(UTC).isoformat(timespec='seconds')}.\n"
-        f"Command: `python -m scripts.bench_service --profile --out {out}` (py-spy {rate} Hz, nonblocking, "
+        f"{describe(machine())}; {datetime.now(UTC).isoformat(timespec='seconds')}.\n"
+        f"Command: `{command}` (py-spy {rate} Hz, nonblocking, "
         f"on the worker process).\n\n"
         f"{job['images']} images: the job took {job['job_processing_s']:.2f} s in the worker "
         f"({job['images_per_s_job_processing']:.0f} img/s while sampled); in-process probe → decode → encode of "
@@ -483,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
             print("2. ingestion", flush=True)
             base = ingest_in_process(encoder, bulk, batch_size, max_pixels)
             if args.profile:
-                profile_ingestion(server, bulk, args.out, base)
+                profile_ingestion(server, bulk, args.out, base, results["command"])
                 return
             job = ingest_job_over_http(server, bulk)
             rss_after = server.memory()

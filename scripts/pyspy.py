@@ -64,10 +64,10 @@ def summarise(raw: Path, rate: int, focus: str | None = None, top: int = 18) -> 
     total = 0
     for frames, count in _stacks(raw):
         if focus is not None:
-            inside = [i for i, frame in enumerate(frames) if frame.startswith(f"{focus} (")]
-            if not inside:
+            start = next((i for i, frame in enumerate(frames) if frame.startswith(f"{focus} (")), None)
+            if start is None:
                 continue
-            frames = frames[inside[0] :]
+            frames = frames[start:]
         total += count
         leaves[frames[-1]] += count
         for frame in set(frames):

@@ -44,7 +44,6 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self._folders: set[Path] = set()  # fan-out folders known to exist
 
     @staticmethod
     def relative_path(digest: str) -> str:
@@ -78,8 +77,8 @@ class BlobStore:
     def _write(self, data: bytes, *, sync: bool) -> tuple[str, bool]:
         """Write ``data`` under its digest (temporary file, then rename) unless it is already there.
 
-        Fan-out folders are created once per store object (a bulk job writes thousands of files into 65,536
-        folders; ``mkdir`` per file was 5 % of the job): a folder removed behind our back is made again.
+        A fan-out folder is made only when the temporary file cannot be created in it (a bulk job writes
+        thousands of files into 65,536 folders; a ``mkdir`` per file was 5 % of the job).
         """
         digest = sha256_hex(data)
         relative = self.relative_path(digest)
@@ -89,9 +88,6 @@ class BlobStore:
             if stat.S_ISREG(existing.st_mode) and existing.st_size == len(data):
                 return relative, False
         tmp = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
-        if target.parent not in self._folders:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._folders.add(target.parent)
         try:
             try:
                 handle = open(tmp, "xb")  # noqa: SIM115  # closed below, on every path
