@@ -49,6 +49,9 @@ RUN groupadd --system --gid 10001 metah \
     && install -d -o metah -g metah -m 0750 /data
 
 COPY --from=builder /opt/venv /opt/venv
+# docker-compose.yml's entrypoint: exports the secrets that its `secrets` service generated into a volume, unless
+# set in the environment. Not this image's ENTRYPOINT: `docker run` takes -e METAH_API_KEY=... as before.
+COPY docker/metah-secrets.sh /usr/local/bin/metah-secrets
 WORKDIR /app
 
 # The project, installed in place (editable, offline: setuptools is in the venv) so that /app is the one copy

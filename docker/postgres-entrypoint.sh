@@ -9,7 +9,8 @@ set -eu
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   if [ -z "${POSTGRES_PASSWORD:-}" ]; then
-    echo "postgres-entrypoint: POSTGRES_PASSWORD is empty: set it (docker-compose.yml takes it from .env)" >&2
+    echo "postgres-entrypoint: POSTGRES_PASSWORD is empty: set it (docker-compose.yml takes it from .env or from" \
+      "the metah-secrets volume that its secrets service fills)" >&2
     exit 1
   fi
   echo "postgres-entrypoint: creating the cluster in $PGDATA (superuser $POSTGRES_USER, database $POSTGRES_DB)"

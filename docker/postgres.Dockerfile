@@ -25,6 +25,9 @@ RUN groupadd --system --gid 999 postgres \
     && install -d -o postgres -g postgres -m 2775 /run/postgresql
 
 COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh
+# docker-compose.yml's `secrets` service (generates the secrets into a volume) and the wrapper of the entrypoint
+# above that exports POSTGRES_PASSWORD from there when .env does not set it.
+COPY metah-secrets.sh /usr/local/bin/metah-secrets
 
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH \
     PGDATA=/var/lib/postgresql/data \
