@@ -36,3 +36,52 @@ def random_affine(
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def _crop_box(height: int, width: int, scale: tuple[float, float], generator: torch.Generator) -> tuple[int, ...]:
+    """torchvision's RandomResizedCrop box (aspect ratio 3/4–4/3), falling back to the whole image."""
+    area = height * width
+    for _ in range(10):
+        target = area * _uniform(generator, *scale)
+        ratio = math.exp(_uniform(generator, math.log(3 / 4), math.log(4 / 3)))
+        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    return 0, 0, height, width
+
+
+def photo_augment(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    scale: tuple[float, float] = (0.5, 1.0),
+    jitter: float = 0.3,
+) -> torch.Tensor:
+    """Random resized crop, horizontal flip and colour jitter of one photo, drawn from ``generator``.
+
+    Args:
+        image: float32 ``[3, H, W]`` in ``[0, 1]``.
+        generator: the source of every random choice (a seeded generator repeats the same view).
+        scale: range of the crop's share of the image area.
+        jitter: brightness, contrast and saturation factors are drawn from ``[1 - jitter, 1 + jitter]``.
+
+    Shape:
+        ``[3, H, W]`` → same, values in ``[0, 1]``.
+    """
+    _, height, width = image.shape
+    top, left, h, w = _crop_box(height, width, scale, generator)
+    crop = image[:, top : top + h, left : left + w].unsqueeze(0)
+    out = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False).squeeze(0)
+    if float(torch.rand((), generator=generator)) < 0.5:
+        out = out.flip(-1)
+    out = out * _uniform(generator, 1 - jitter, 1 + jitter)  # brightness
+    grey = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).unsqueeze(0)
+    out = (out - grey.mean()) * _uniform(generator, 1 - jitter, 1 + jitter) + grey.mean()  # contrast
+    out = grey + (out - grey) * _uniform(generator, 1 - jitter, 1 + jitter)  # saturation
+    return out.clamp_(0.0, 1.0)

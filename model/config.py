@@ -13,11 +13,15 @@ from model.heads import check_bits
 from model.objective import LossWeights, method_weights
 
 AVERAGE_SPAN = 6  # the weight average covers at most 1/AVERAGE_SPAN of a run
+MODES = ("auto", "frozen", "finetune")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run. The defaults give a good digit model (README benchmark).
+    """Everything that decides a training run. The defaults give a good digit model and a good photo model.
+
+    ``backbone`` and ``mode`` may be ``"auto"``; :func:`model.choice.resolve` replaces them with what a run uses
+    (and that is what checkpoints and artefacts record).
 
     ``batch_size`` is per domain and per process: one step sees ``batch_size`` source and ``batch_size``
     target images in one shared forward pass (times the number of processes under DDP).
@@ -25,8 +29,14 @@ class TrainConfig:
 
     method: str = "metah"
     bits: int = 64
-    backbone: str = "lenet"
+    backbone: str = "auto"  # model.choice: lenet for small digit-like images, efficientnet_lite0 otherwise
     backbone_weights: str | None = None
+    mode: str = "auto"  # frozen (cached backbone features) or finetune; auto: frozen on CPU for pretrained
+    backbone_lr_mult: float = 0.1  # finetune: a pretrained backbone learns at lr × this (random ones at lr)
+    feature_views: int = 4  # frozen: views cached per image, the plain one plus augmented ones
+    feature_cache: str | None = None  # frozen: cache folder (default: $METAH_FEATURE_CACHE or ~/.cache/metah)
+    loader_workers: int = -1  # decoding processes; -1: one per two CPU cores, at least one, at most four
+    memory_budget_mb: int = 1024  # decoded training images (or features) up to this size are held in memory
     iterations: int = 1200
     seed: int = 0
     batch_size: int = 64
@@ -62,9 +72,17 @@ class TrainConfig:
 
         method_weights(self.method)
         check_bits(self.bits)
-        if self.backbone not in backbone_names():
-            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(backbone_names())}")
-        for name in ("iterations", "batch_size", "checkpoint_every", "log_every"):
+        if self.backbone != "auto" and self.backbone not in backbone_names():
+            raise ConfigError(
+                f"unknown backbone {self.backbone!r}; choose auto or one of {', '.join(backbone_names())}"
+            )
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.backbone_lr_mult < 0:
+            raise ConfigError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if self.loader_workers < -1:
+            raise ConfigError(f"loader_workers must be -1 (auto) or >= 0, got {self.loader_workers}")
+        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "feature_views", "memory_budget_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size < 2:

@@ -11,21 +11,34 @@ Labels are matched by class *name*, so query and database folders need not list 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from model.data import ImageSet, load_labelled_folder
+from model.data import FileSet, ImageSet, load_labelled_folder
 from model.errors import DataError
 from model.export import LoadedEncoder, load_encoder
+from model.features import single_thread
 from model.metrics import RetrievalMetrics, evaluate_retrieval
 from model.plots import plot_pr_curves
-from model.preprocess import to_model_input
+from model.preprocess import decode_image, to_model_input
+
+log = logging.getLogger(__name__)
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Labelled(Protocol):
+    """Anything with class names and labels indexing them (:class:`ImageSet`, :class:`FileSet`)."""
+
+    classes: list[str]
+    labels: torch.Tensor
 
 
 @torch.no_grad()
@@ -44,7 +57,48 @@ def encode_images(
     return torch.cat(chunks).numpy()
 
 
-def shared_label_ids(*sets: ImageSet) -> list[np.ndarray]:
+class _PlainImages(Dataset[torch.Tensor]):
+    """Decoded, unaugmented images of a file list; a file that stopped decoding becomes a black image (logged)."""
+
+    def __init__(self, paths: Sequence[Path], size: tuple[int, int]) -> None:
+        self.paths = list(paths)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, position: int) -> torch.Tensor:
+        try:
+            array = decode_image(self.paths[position], self.size)
+        except DataError as exc:
+            log.warning("encoding %s as a black image: %s", self.paths[position], exc)
+            array = np.zeros((*self.size, 3), dtype=np.uint8)
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def encode_files(
+    encoder: EncodeFn,
+    files: FileSet,
+    size: tuple[int, int],
+    *,
+    workers: int = 0,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Stream a file list through ``encoder`` (decoding in ``workers`` processes); memory stays one batch.
+
+    Shape:
+        returns float32 ``[len(files), bits]`` of ±1, in ``files.paths`` order.
+    """
+    loader = DataLoader(
+        _PlainImages(files.paths, size), batch_size=batch_size, num_workers=workers, worker_init_fn=single_thread
+    )
+    chunks = [encoder(to_model_input(batch).to(device)).float().cpu() for batch in loader]
+    return torch.cat(chunks).numpy()
+
+
+def shared_label_ids(*sets: Labelled) -> list[np.ndarray]:
     """Map every set's labels onto one id space built from the union of their class names."""
     names = sorted({name for image_set in sets for name in image_set.classes})
     lookup = {name: index for index, name in enumerate(names)}

@@ -11,7 +11,7 @@ from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
 from model.errors import CheckpointError
 from model.export import export_encoder, new_model_version, utc_now
-from model.network import MeTAHNet
+from model.network import Heads, MeTAHNet
 
 
 def load_backbone(config: TrainConfig) -> Backbone:
@@ -20,8 +20,8 @@ def load_backbone(config: TrainConfig) -> Backbone:
 
 def build_network(config: TrainConfig, backbone: Backbone, num_classes: int) -> MeTAHNet:
     weights = config.weights
-    return MeTAHNet(
-        backbone,
+    heads = Heads(
+        backbone.out_features,
         config.bits,
         num_classes,
         classifier=weights.needs_classifier,
@@ -29,6 +29,7 @@ def build_network(config: TrainConfig, backbone: Backbone, num_classes: int) -> 
         max_steps=config.iterations,
         grl_alpha=config.grl_alpha,
     )
+    return MeTAHNet.build(backbone, heads)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class RestoredRun:
 def restore_network(checkpoint_path: Path) -> RestoredRun:
     """Rebuild the network a checkpoint describes and load the weights it exports (CheckpointError on a mismatch).
 
-    Those are the moving average of the weights when the run kept one (``ema_decay > 0``), else the last step's.
+    Those are the moving average of the weights when the run kept one (``ema_decay > 0``), else the last step's;
+    a frozen run averaged only its heads, and its backbone is the pretrained one it was saved with.
     """
     saved = load_checkpoint(checkpoint_path)
     config = TrainConfig.from_dict(saved["config"]).validated()
@@ -54,8 +56,10 @@ def restore_network(checkpoint_path: Path) -> RestoredRun:
     backbone = build_backbone(config.backbone)
     net = build_network(config, backbone, len(classes))
     try:
+        net.load_state_dict(saved["model"])
         average = saved.get("average")
-        net.load_state_dict(average["module"] if isinstance(average, dict) else saved["model"])
+        if isinstance(average, dict):  # a frozen run averaged only its heads
+            (net.heads if saved.get("average_of") == "heads" else net).load_state_dict(average["module"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {str(checkpoint_path)!r} does not match its own configuration") from exc
     return RestoredRun(saved, config, classes, backbone, net)

@@ -44,11 +44,13 @@ class Encoder(nn.Module):
         return torch.where(z > 0, torch.ones_like(z), -torch.ones_like(z))
 
 
-class MeTAHNet(nn.Module):
-    """Backbone → hash layer, with the optional semantic classifier and GRL-guarded domain discriminator.
+class Heads(nn.Module):
+    """Everything above the backbone: hash layer, semantic classifier, GRL-guarded domain discriminator.
+
+    Trained alone on cached backbone features in the ``frozen`` mode; inside :class:`MeTAHNet` otherwise.
 
     Args:
-        backbone: feature extractor and its input conventions.
+        in_features: width of the backbone's features.
         bits: code length (16–128, multiple of 8).
         num_classes: source classes (size of the classifier).
         classifier: build the semantic-preservation classifier (MeTAH).
@@ -56,12 +58,12 @@ class MeTAHNet(nn.Module):
         max_steps: length of the GRL schedule (the training iterations).
 
     Shape:
-        x: float32 ``[N, 3, H, W]`` in ``[0, 1]`` → :class:`NetOutput`.
+        features: float32 ``[N, in_features]`` → :class:`NetOutput`.
     """
 
     def __init__(
         self,
-        backbone: Backbone,
+        in_features: int,
         bits: int,
         num_classes: int,
         *,
@@ -71,19 +73,53 @@ class MeTAHNet(nn.Module):
         grl_alpha: float = 10.0,
     ) -> None:
         super().__init__()
-        self.normalize = Normalize(backbone.mean, backbone.std)
-        self.backbone = backbone.module
-        self.hash = HashLayer(backbone.out_features, bits)
+        self.hash = HashLayer(in_features, bits)
         self.grl = GradientReverseLayer(max_steps, grl_alpha)
         self.classifier = nn.Linear(bits, num_classes) if classifier else None
         self.discriminator = DomainDiscriminator(bits) if discriminator else None
 
-    def forward(self, x: torch.Tensor) -> NetOutput:
-        codes = self.hash(self.backbone(self.normalize(x)))
+    def forward(self, features: torch.Tensor) -> NetOutput:
+        codes = self.hash(features)
         class_logits = self.classifier(codes) if self.classifier is not None else None
         domain_logits = self.discriminator(self.grl(codes)) if self.discriminator is not None else None
         return NetOutput(codes, class_logits, domain_logits)
 
+
+class MeTAHNet(nn.Module):
+    """Normalisation → backbone → :class:`Heads`.
+
+    Args:
+        normalize: the backbone's input normalisation.
+        backbone: the feature extractor (:attr:`model.backbones.Backbone.module`).
+        heads: the hash layer and the training-only heads above it.
+
+    Shape:
+        x: float32 ``[N, 3, H, W]`` in ``[0, 1]`` → :class:`NetOutput`.
+    """
+
+    def __init__(self, normalize: Normalize, backbone: nn.Module, heads: Heads) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.backbone = backbone
+        self.heads = heads
+
+    @classmethod
+    def build(cls, backbone: Backbone, heads: Heads) -> MeTAHNet:
+        return cls(Normalize(backbone.mean, backbone.std), backbone.module, heads)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of ``[0, 1]`` images: ``[N, 3, H, W]`` → ``[N, out_features]``."""
+        features: torch.Tensor = self.backbone(self.normalize(x))
+        return features
+
+    def forward(self, x: torch.Tensor) -> NetOutput:
+        out: NetOutput = self.heads(self.features(x))
+        return out
+
     def encoder(self) -> Encoder:
         """The exportable part, sharing this network's modules (no copy)."""
-        return Encoder(self.normalize, self.backbone, self.hash.linear)
+        return Encoder(self.normalize, self.backbone, self.heads.hash.linear)
+
+    def with_heads(self, heads: Heads) -> MeTAHNet:
+        """A network sharing this one's normalisation and backbone, with other heads (the averaged ones)."""
+        return MeTAHNet(self.normalize, self.backbone, heads)

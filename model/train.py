@@ -4,14 +4,26 @@ A run folder holds ``model.pt`` (the encoder artefact), ``checkpoint.pt`` (resum
 ``history.csv``, ``loss_curves.png`` and ``pr_curve.png``. The same code runs on CPU, on CUDA, and under
 ``torchrun --nproc_per_node=N`` (DistributedDataParallel, gloo on CPU / NCCL on CUDA); under DDP each
 process draws its own batches, so one step sees ``N × batch_size`` images of each domain.
+
+Two modes share this loop (:mod:`model.choice` picks one when asked for ``auto``):
+
+* ``finetune``: the whole network trains on images, a pretrained backbone at ``lr × backbone_lr_mult``; images
+  come from memory when their decoded size fits ``memory_budget_mb``, else they stream from disk through
+  ``DataLoader`` workers (:mod:`model.batches`); mixed precision (bfloat16) on CUDA.
+* ``frozen``: backbone features are computed once per image and view and cached on disk
+  (:mod:`model.features`); only the heads train, on those features.
+
+Either way the exported artefact is the same: normalisation + backbone + hash projection (CONTRACT §3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,11 +37,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model.augment import random_affine
 from model.backbones import Backbone
+from model.batches import BatchSampler, CachedFeatures, InMemoryImages, StreamedImages, draw_step
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.choice import choose_backbone, choose_mode
 from model.config import TrainConfig
-from model.data import ImageSet, load_labelled_folder, load_unlabelled_folder, report_skipped
+from model.data import (
+    FileSet,
+    SkippedFile,
+    decode_files,
+    list_labelled_folder,
+    list_unlabelled_folder,
+    report_skipped,
+)
 from model.distributed import (
     ProcessGroup,
     barrier,
@@ -39,14 +59,14 @@ from model.distributed import (
 )
 from model.ema import WeightAverage
 from model.errors import CheckpointError, ConfigError
-from model.evaluate import score
+from model.evaluate import encode_files, shared_label_ids
 from model.export import export_encoder, new_model_version, utc_now
 from model.factory import build_network, load_backbone
-from model.metrics import RetrievalMetrics
+from model.features import FeatureCache, FeatureTable, default_cache_root, extract_features
+from model.metrics import RetrievalMetrics, evaluate_retrieval
 from model.network import MeTAHNet
 from model.objective import compute_objective
 from model.plots import plot_history, plot_pr_curves
-from model.preprocess import to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +118,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-class BatchSampler:
-    """Seeded uniform batches without replacement inside a batch; its state resumes exactly."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-
-    def draw(self, population: int, size: int) -> torch.Tensor:
-        return torch.from_numpy(self.rng.choice(population, size=size, replace=population < size))
-
-    def state(self) -> dict[str, Any]:
-        return dict(self.rng.bit_generator.state)
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state
-
-
 def resolve_device(name: str, group: ProcessGroup) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -142,12 +146,95 @@ def _write_history(rows: list[dict[str, float]], path: Path) -> None:
 
 
 def _check_resume(saved: dict[str, Any], config: TrainConfig) -> None:
-    for key in ("method", "bits", "backbone", "batch_size"):
+    for key in ("method", "bits", "backbone", "mode", "batch_size"):
         if saved["config"].get(key) != getattr(config, key):
             raise CheckpointError(
                 f"cannot resume: checkpoint has {key}={saved['config'].get(key)!r}, "
                 f"this run asks for {getattr(config, key)!r}"
             )
+
+
+def loader_workers(config: TrainConfig) -> int:
+    """Decoding processes: as configured, or one per two CPU cores (at least one, at most four)."""
+    if config.loader_workers >= 0:
+        return config.loader_workers
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def augment_kind(config: TrainConfig) -> str | None:
+    """The digit recipe (rotate, zoom, shift) for LeNet, photo augmentation for every other backbone."""
+    if not config.augment:
+        return None
+    return "affine" if config.backbone == "lenet" else "photo"
+
+
+@dataclass
+class TrainingData:
+    """The run's listed source and target files, and what the trainable module reads."""
+
+    source: FileSet
+    target: FileSet | None
+    inputs: InMemoryImages | StreamedImages | CachedFeatures
+    skipped: list[SkippedFile]
+    cache: FeatureCache | None = None
+    source_features: FeatureTable | None = None
+
+
+def prepare_data(
+    config: TrainConfig,
+    backbone: Backbone,
+    source: FileSet,
+    target: FileSet | None,
+    device: torch.device,
+    show_progress: bool,
+) -> TrainingData:
+    """Choose where batches come from: cached features (frozen), memory, or a stream of files."""
+    workers = loader_workers(config)
+    budget = config.memory_budget_mb * 2**20
+    skipped = [*source.skipped, *(target.skipped if target is not None else [])]
+    if config.mode == "frozen":
+        root = Path(config.feature_cache) if config.feature_cache else default_cache_root()
+        cache = FeatureCache(root, config.backbone, backbone)
+        tables: list[FeatureTable | None] = []
+        for name, files in (("source", source), ("target", target)):
+            if files is None:
+                tables.append(None)
+                continue
+            with tqdm(total=len(files), disable=not show_progress, desc=f"features ({name})", unit="img") as bar:
+
+                def advance(done: int, total: int, bar: tqdm[Any] = bar) -> None:
+                    bar.update(done - bar.n)
+
+                keys, failed = extract_features(
+                    files, backbone, cache, config.feature_views, device=device, workers=workers, on_batch=advance
+                )
+            kept = np.array([i for i, key in enumerate(keys) if key], dtype=np.int64)
+            skipped.extend(failed)
+            tables.append(FeatureTable(cache, [keys[i] for i in kept], config.feature_views, budget // 2))
+            if name == "source":
+                source = source.take(kept)
+            elif target is not None:
+                target = target.take(kept)
+        source_table, target_table = tables
+        assert source_table is not None
+        inputs: InMemoryImages | StreamedImages | CachedFeatures = CachedFeatures(
+            source_table, target_table, source.labels
+        )
+        return TrainingData(source, target, inputs, skipped, cache, source_table)
+    height, width = backbone.input_size
+    decoded_bytes = (len(source) + (len(target) if target is not None else 0)) * 3 * height * width
+    if decoded_bytes <= budget:
+        source_images = decode_files(source, backbone.input_size, "source")
+        target_images = decode_files(target, backbone.input_size, "target") if target is not None else None
+        inputs = InMemoryImages(source_images, target_images, device, augment_kind(config), config.augment_scale)
+        decoded_source = FileSet(source_images.paths, source_images.labels, source.classes, [])
+        decoded_target = None
+        if target_images is not None:
+            decoded_target = FileSet(target_images.paths, target_images.labels, [], [])
+        skipped = [*source_images.skipped, *(target_images.skipped if target_images is not None else [])]
+        return TrainingData(decoded_source, decoded_target, inputs, skipped)
+    inputs = StreamedImages(source, target, backbone.input_size, augment_kind(config), workers)
+    return TrainingData(source, target, inputs, skipped)
 
 
 class Trainer:
@@ -157,42 +244,53 @@ class Trainer:
         self,
         config: TrainConfig,
         backbone: Backbone,
-        source: ImageSet,
-        target: ImageSet | None,
+        data: TrainingData,
         paths: RunPaths,
         group: ProcessGroup,
         device: torch.device,
     ) -> None:
         self.config = config
         self.weights = config.weights
-        self.source = source
-        self.target = target
+        self.backbone = backbone
+        self.data = data
         self.paths = paths
         self.group = group
         self.device = device
-        # channels-last convolutions ran about 1.5x faster on this project's 2-core CPU (README benchmark)
-        self.net = build_network(config, backbone, len(source.classes)).to(device)
-        self.net = self.net.to(memory_format=torch.channels_last)
+        self.frozen = config.mode == "frozen"
+        self.net = build_network(config, backbone, len(data.source.classes)).to(device)
+        if self.frozen:
+            self.net.backbone.requires_grad_(False).eval()
+            self.trainable: nn.Module = self.net.heads
+        else:
+            # channels-last convolutions ran about 1.5x faster on this project's 2-core CPU (README benchmark)
+            self.net = self.net.to(memory_format=torch.channels_last)
+            self.trainable = self.net
         self.model: nn.Module = (
-            DistributedDataParallel(self.net, device_ids=[device.index] if device.type == "cuda" else None)
+            DistributedDataParallel(self.trainable, device_ids=[device.index] if device.type == "cuda" else None)
             if group.enabled
-            else self.net
+            else self.trainable
         )
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.Adam(self._parameter_groups(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config))
-        self.average = WeightAverage(self.net, config.average_decay) if config.ema_decay > 0 else None
+        self.average = WeightAverage(self.trainable, config.average_decay) if config.ema_decay > 0 else None
         self.sampler = BatchSampler(config.seed * 1000 + group.rank)
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.source_images = source.images.to(device)
-        self.source_labels = source.labels.to(device)
-        self.target_images = target.images.to(device) if target is not None else None
+        self.autocast = device.type == "cuda" and not self.frozen
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """Heads at ``lr``; in finetune mode the backbone too, at ``lr × backbone_lr_mult`` when pretrained."""
+        heads = {"params": list(self.net.heads.parameters())}
+        if self.frozen:
+            return [heads]
+        mult = self.config.backbone_lr_mult if self.backbone.pretrained else 1.0
+        return [{"params": list(self.net.backbone.parameters()), "lr": self.config.lr * mult}, heads]
 
     # --- state -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
-            "classes": list(self.source.classes),
+            "classes": list(self.data.source.classes),
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -201,11 +299,12 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
             "average": None if self.average is None else self.average.state_dict(),
+            "average_of": "heads" if self.frozen else "network",
         }
 
     def load_state(self, saved: dict[str, Any]) -> None:
         _check_resume(saved, self.config)
-        if list(saved["classes"]) != list(self.source.classes):
+        if list(saved["classes"]) != list(self.data.source.classes):
             raise CheckpointError("cannot resume: the source classes differ from the checkpoint's")
         self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -221,22 +320,28 @@ class Trainer:
 
     # --- one step ----------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.config.batch_size
-        source_idx = self.sampler.draw(len(self.source), size).to(self.device)
-        images = [self.source_images[source_idx]]
-        if self.weights.uses_target and self.target_images is not None:
-            target_idx = self.sampler.draw(self.target_images.shape[0], size).to(self.device)
-            images.append(self.target_images[target_idx])
-        batch = to_model_input(torch.cat(images))
-        if self.config.augment:
-            batch = random_affine(batch, scale=self.config.augment_scale)
-        return batch.contiguous(memory_format=torch.channels_last), self.source_labels[source_idx]
+        inputs = self.data.inputs
+        if isinstance(inputs, StreamedImages):
+            batch, labels = inputs.batch(self.config.batch_size)
+        else:
+            targets = inputs.sizes[1] if self.weights.uses_target else 0
+            draw = draw_step(self.sampler, inputs.sizes[0], targets, self.config.batch_size)
+            batch, labels = inputs.batch(draw, self.sampler)
+        batch, labels = batch.to(self.device, non_blocking=True), labels.to(self.device)
+        if batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, labels
 
     def train_step(self) -> dict[str, float]:
-        self.model.train()
+        self.trainable.train()
+        if self.frozen:
+            self.net.backbone.eval()
         images, labels = self._batch()
-        ramp = self.net.grl.coeff
-        out = self.model(images)
+        grl = self.net.heads.grl
+        ramp = grl.coeff
+        with torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext():
+            out = self.model(images)
+        out = type(out)(*(None if value is None else value.float() for value in out))
         loss, values = compute_objective(out, labels, self.weights, ramp)
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"loss became {values['loss']} at step {self.step + 1}")
@@ -244,17 +349,19 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         if self.average is not None:
-            self.average.update(self.net)
-        values["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.average.update(self.trainable)
+        values["lr"] = self.optimizer.param_groups[-1]["lr"]
         values["grl_coeff"] = ramp
         self.scheduler.step()
-        self.net.grl.advance()
+        grl.advance()
         self.step += 1
         return values
 
     def run(self, on_step: StepCallback | None = None, show_progress: bool | None = None) -> None:
         total = self.config.iterations
         visible = self.group.is_main and (sys.stderr.isatty() if show_progress is None else show_progress)
+        if isinstance(self.data.inputs, StreamedImages):
+            self.data.inputs.start(self.sampler, self.config.batch_size, total - self.step, self.config.seed)
         with tqdm(total=total, initial=self.step, disable=not visible, desc="train", unit="step") as bar:
             while self.step < total:
                 values = self.train_step()
@@ -271,38 +378,59 @@ class Trainer:
     @property
     def final(self) -> MeTAHNet:
         """The network that is evaluated and exported: the weight average, or the last iterate."""
-        return self.net if self.average is None else self.average.module
+        if self.average is None:
+            return self.net
+        averaged = self.average.module
+        return self.net.with_heads(averaged) if self.frozen else averaged  # type: ignore[arg-type,return-value]
 
     @torch.no_grad()
+    def codes(self, files: FileSet, table: FeatureTable | None = None) -> np.ndarray:
+        """±1 codes of ``files`` under the final network: from cached view-0 features (frozen), else images."""
+        final = self.final.eval()
+        if not self.frozen:
+            return encode_files(
+                final.encoder(),
+                files,
+                self.backbone.input_size,
+                workers=loader_workers(self.config),
+                device=self.device,
+            )
+        if table is None:
+            assert self.data.cache is not None
+            keys, _ = extract_features(
+                files, self.backbone, self.data.cache, 1, device=self.device, workers=loader_workers(self.config)
+            )
+            table = FeatureTable(self.data.cache, keys, 1, self.config.memory_budget_mb * 2**20)
+        projection = final.heads.hash.linear
+        chunks = [projection(batch.to(self.device)) for batch in table.plain()]
+        z = torch.cat(chunks).cpu()
+        return torch.where(z > 0, 1.0, -1.0).numpy()
+
     def evaluate(self, eval_sets: EvalSets) -> dict[str, RetrievalMetrics]:
         """Score the encoder on the protocols the available labelled data allows."""
-        encoder = self.final.encoder().eval()
-        size = (self.source.images.shape[2], self.source.images.shape[3])
+        source = self.data.source
+        source_codes = self.codes(source, self.data.source_features)
+        (source_labels,) = shared_label_ids(source)
         results: dict[str, RetrievalMetrics] = {}
         generator = np.random.default_rng(self.config.seed)
-        count = min(self.config.eval_queries, max(1, len(self.source) // 10))
-        chosen = generator.choice(len(self.source), size=count, replace=False)
-        rest = np.setdiff1d(np.arange(len(self.source)), chosen)
-        results["source_vs_source"] = score(
-            encoder, _subset(self.source, chosen), _subset(self.source, rest), self.device
+        count = min(self.config.eval_queries, max(1, len(source) // 10))
+        chosen = generator.choice(len(source), size=count, replace=False)
+        rest = np.setdiff1d(np.arange(len(source)), chosen)
+        results["source_vs_source"] = evaluate_retrieval(
+            source_codes[chosen], source_labels[chosen], source_codes[rest], source_labels[rest]
         )
         if eval_sets.queries is not None:
-            queries = load_labelled_folder(eval_sets.queries, size, what="evaluation query")
-            results["target_vs_source"] = score(encoder, queries, self.source, self.device)
+            queries = list_labelled_folder(eval_sets.queries, what="evaluation query")
+            query_codes = self.codes(queries)
+            query_labels, database_labels = shared_label_ids(queries, source)
+            results["target_vs_source"] = evaluate_retrieval(query_codes, query_labels, source_codes, database_labels)
             if eval_sets.database is not None:
-                database = load_labelled_folder(eval_sets.database, size, what="evaluation database")
-                results["target_vs_target"] = score(encoder, queries, database, self.device)
+                database = list_labelled_folder(eval_sets.database, what="evaluation database")
+                query_labels, database_labels = shared_label_ids(queries, database)
+                results["target_vs_target"] = evaluate_retrieval(
+                    query_codes, query_labels, self.codes(database), database_labels
+                )
         return results
-
-
-def _subset(image_set: ImageSet, index: np.ndarray) -> ImageSet:
-    picked = torch.from_numpy(index)
-    return ImageSet(
-        images=image_set.images[picked],
-        labels=image_set.labels[picked],
-        paths=[image_set.paths[i] for i in index],
-        classes=image_set.classes,
-    )
 
 
 def _summary(metrics: RetrievalMetrics) -> dict[str, Any]:
@@ -337,25 +465,43 @@ def train(
         if group.enabled and device.type == "cpu":
             torch.set_num_threads(max(1, torch.get_num_threads() // group.world_size))
         torch.manual_seed(config.seed)
-        backbone = load_backbone(config)
-        source = load_labelled_folder(source_dir, backbone.input_size, what="source")
-        target = load_unlabelled_folder(target_dir, backbone.input_size, what="target")
-        skipped = report_skipped([*source.skipped, *target.skipped]) if group.is_main else []
-        trainer = Trainer(config, backbone, source, target, paths, group, device)
+        source = list_labelled_folder(source_dir, what="source")
+        target = list_unlabelled_folder(target_dir, what="target")
+        chosen = choose_backbone(config, source)
+        backbone = load_backbone(chosen.config)
+        mode = choose_mode(chosen.config, backbone, device)
+        config = mode.config
+        choices = [chosen.reason, mode.reason]
+        if group.is_main:
+            for line in choices:
+                log.info("%s", line)
+        visible = group.is_main and (sys.stderr.isatty() if show_progress is None else show_progress)
+        data = prepare_data(config, backbone, source, target, device, visible)
+        skipped = report_skipped(data.skipped) if group.is_main else []
+        trainer = Trainer(config, backbone, data, paths, group, device)
         if resume and paths.checkpoint.exists():
             trainer.load_state(load_checkpoint(paths.checkpoint))
             log.info("resumed from %s at step %d", paths.checkpoint, trainer.step)
         paths.root.mkdir(parents=True, exist_ok=True)
         trainer.run(on_step, show_progress)
         in_sync = parameters_in_sync(trainer.net, group)
-        result = _finish(trainer, eval_sets or EvalSets(), skipped, in_sync, time.perf_counter() - started)
+        summary = RunSummary(skipped, choices, in_sync, time.perf_counter() - started)
+        result = _finish(trainer, eval_sets or EvalSets(), summary)
         barrier(group)
         return result
     finally:
         destroy_process_group(group)
 
 
-def _finish(trainer: Trainer, eval_sets: EvalSets, skipped: list[str], in_sync: bool, seconds: float) -> TrainResult:
+@dataclass(frozen=True)
+class RunSummary:
+    skipped: list[str]
+    choices: list[str]
+    ddp_in_sync: bool
+    seconds: float
+
+
+def _finish(trainer: Trainer, eval_sets: EvalSets, summary: RunSummary) -> TrainResult:
     """Evaluate, export and write the run folder (main process only)."""
     config, paths, group = trainer.config, trainer.paths, trainer.group
     if not group.is_main:
@@ -369,25 +515,28 @@ def _finish(trainer: Trainer, eval_sets: EvalSets, skipped: list[str], in_sync: 
         "method": config.method,
         "bits": config.bits,
         "backbone": config.backbone,
+        "mode": config.mode,
+        "choices": summary.choices,
         "iterations": config.iterations,
         "seed": config.seed,
         "world_size": group.world_size,
         "device": str(trainer.device),
-        "ddp_parameters_in_sync": in_sync,
-        "train_seconds": round(seconds, 2),
-        "source_images": len(trainer.source),
-        "target_images": 0 if trainer.target is None else len(trainer.target),
+        "ddp_parameters_in_sync": summary.ddp_in_sync,
+        "train_seconds": round(summary.seconds, 2),
+        "source_images": len(trainer.data.source),
+        "target_images": 0 if trainer.data.target is None else len(trainer.data.target),
         "final_losses": trainer.history[-1] if trainer.history else {},
         "evaluation": {name: _summary(value) for name, value in evaluations.items()},
-        "skipped_files": skipped[:100],
-        "skipped_count": len(skipped),
+        "skipped_files": summary.skipped[:100],
+        "skipped_count": len(summary.skipped),
     }
     metadata = {
         "bits": config.bits,
-        "input_size": list(trainer.source.images.shape[2:]),
+        "input_size": list(trainer.backbone.input_size),
         "backbone": config.backbone,
+        "mode": config.mode,
         "method": config.method,
-        "classes": list(trainer.source.classes),
+        "classes": list(trainer.data.source.classes),
         "model_version": version,
         "created_at": created_at.isoformat(),
         "mean": list(trainer.final.normalize.mean.flatten().tolist()),
@@ -401,6 +550,6 @@ def _finish(trainer: Trainer, eval_sets: EvalSets, skipped: list[str], in_sync: 
     _write_history(trainer.history, paths.history)
     plot_history(trainer.history, paths.loss_plot, title=f"{config.method}, {config.bits} bits")
     plot_pr_curves({name: value.pr_curve for name, value in evaluations.items()}, paths.pr_plot)
-    if skipped:
-        log.warning("%d file(s) skipped as unreadable; see metrics.json", len(skipped))
+    if summary.skipped:
+        log.warning("%d file(s) skipped as unreadable; see metrics.json", len(summary.skipped))
     return TrainResult(paths, metrics, version, trainer.history)

@@ -31,8 +31,19 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--out", type=Path, required=True, help="run folder (model.pt, checkpoint.pt, metrics ...)")
     p.add_argument("--method", choices=["metah", "tah", "source_only"], default=None)
     p.add_argument("--bits", type=int, default=None, help="code length, 16-128, a multiple of 8 (default 64)")
-    p.add_argument("--backbone", default=None, help="lenet (default), resnet18, resnet50, efficientnet_lite0")
-    p.add_argument("--backbone-weights", default=None, help="local ImageNet weights file for resnet18/50")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="auto (default: lenet for small digit-like images, efficientnet_lite0 otherwise), lenet, "
+        "efficientnet_lite0, efficientnet_lite2, resnet18, resnet50",
+    )
+    p.add_argument("--backbone-weights", default=None, help="local ImageNet weights file (needed for resnet18/50)")
+    p.add_argument(
+        "--mode",
+        choices=["auto", "frozen", "finetune"],
+        default=None,
+        help="auto (default: frozen features for a pretrained backbone on CPU, finetune on a GPU)",
+    )
     p.add_argument("--iterations", type=int, default=None, help="optimisation steps (default 1200)")
     p.add_argument("--batch-size", type=int, default=None, help="images per domain per step (default 64)")
     p.add_argument("--seed", type=int, default=None)
@@ -103,6 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
         bits=args.bits,
         backbone=args.backbone,
         backbone_weights=args.backbone_weights,
+        mode=args.mode,
         iterations=args.iterations,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -117,6 +129,8 @@ def run_train(args: argparse.Namespace) -> int:
         eval_sets=EvalSets(args.eval_query, args.eval_database),
     )
     if result.metrics:
+        for line in result.metrics["choices"]:
+            print(line)
         _print_evaluations(result.metrics["evaluation"])
         print(f"model {result.model_version} written to {result.paths.model}")
     return 0

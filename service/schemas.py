@@ -171,7 +171,16 @@ class TrainingJobCreate(BaseModel):
     target_domain: str = Field(pattern=DOMAIN_PATTERN, description="target-domain images (labels unused)")
     bits: int = Field(default=64, ge=16, le=128, multiple_of=8)
     method: Literal["metah", "tah", "source_only"] = "metah"
-    backbone: Literal["lenet", "resnet18", "resnet50", "efficientnet_lite0"] = "lenet"
+    backbone: Literal["auto", "lenet", "efficientnet_lite0", "efficientnet_lite2"] = Field(
+        default="auto",
+        description="auto: lenet for small digit-like images, efficientnet_lite0 otherwise. The EfficientNets "
+        "start from ImageNet weights shipped with metah; resnet18/50 need an ImageNet weights file, which a "
+        "training job cannot take (train them with `metah train --backbone-weights FILE`), and from random "
+        "weights they do not train well on a catalogue's size of data.",
+    )
+    mode: Literal["auto", "frozen", "finetune"] = Field(
+        default="auto", description="auto: frozen backbone features on a CPU worker, finetune on a GPU worker"
+    )
     iterations: int = Field(default=TrainConfig.iterations, ge=1, le=1_000_000)
     activate: bool = False
 

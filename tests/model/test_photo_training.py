@@ -1,0 +1,199 @@
+"""Photos: auto backbone and mode, the frozen feature cache, streaming, fine-tuning's learning rates.
+
+Real PACS photos and sketches from the repo's ``data/pacs`` subset, the real EfficientNet-Lite0 with its shipped
+ImageNet weights, a few dozen images and steps per run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.backbones import build_backbone
+from model.batches import InMemoryImages, StreamedImages
+from model.choice import choose_backbone, choose_mode
+from model.config import TrainConfig
+from model.data import list_labelled_folder, list_unlabelled_folder
+from model.distributed import ProcessGroup
+from model.errors import ConfigError
+from model.evaluate import encode_files
+from model.export import load_encoder
+from model.factory import restore_network
+from model.features import FeatureCache, FeatureTable, extract_features
+from model.train import EvalSets, RunPaths, Trainer, prepare_data, train
+from tests.conftest import DigitFolders
+
+PACS = Path(__file__).resolve().parents[2] / "data" / "pacs"
+CLASSES = ("dog", "giraffe", "house")
+
+
+def _sample(domain: str, per_class: int, out: Path, labelled: bool) -> Path:
+    for name in CLASSES:
+        files = sorted((PACS / domain / name).iterdir())[:per_class]
+        folder = out / name if labelled else out
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            shutil.copyfile(path, folder / f"{name}_{path.name}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pacs")
+    return {
+        "source": _sample("photo", 6, root / "photo", labelled=True),
+        "target": _sample("sketch", 4, root / "sketch", labelled=False),
+        "queries": _sample("sketch", 3, root / "sketch_queries", labelled=True),
+    }
+
+
+FROZEN = TrainConfig(iterations=40, batch_size=8, log_every=5, checkpoint_every=20, eval_queries=6, feature_views=2)
+
+
+def test_auto_picks_lenet_for_digits_and_lite0_for_photos(digits: DigitFolders, photos: dict[str, Path]) -> None:
+    small = choose_backbone(TrainConfig(), list_labelled_folder(digits.source))
+    large = choose_backbone(TrainConfig(), list_labelled_folder(photos["source"]))
+    assert small.config.backbone == "lenet" and "28 px" in small.reason
+    assert large.config.backbone == "efficientnet_lite0" and "227 px" in large.reason
+    assert choose_backbone(TrainConfig(backbone="resnet18"), list_labelled_folder(digits.source)).config.backbone == (
+        "resnet18"
+    )
+
+
+def test_auto_mode_is_frozen_for_pretrained_on_cpu_finetune_otherwise() -> None:
+    lite = build_backbone("efficientnet_lite0")
+    lenet = build_backbone("lenet")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert choose_mode(TrainConfig(), lite, cpu).config.mode == "frozen"
+    assert choose_mode(TrainConfig(), lite, cuda).config.mode == "finetune"
+    assert choose_mode(TrainConfig(), lenet, cpu).config.mode == "finetune"
+    assert choose_mode(TrainConfig(mode="finetune"), lite, cpu).config.mode == "finetune"
+    with pytest.raises(ConfigError, match="needs a pretrained backbone"):
+        choose_mode(TrainConfig(mode="frozen", backbone="lenet"), lenet, cpu)
+
+
+@pytest.fixture(scope="module")
+def frozen_run(photos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    cache = tmp_path_factory.mktemp("cache")
+    out = tmp_path_factory.mktemp("frozen")
+    config = FROZEN.override(feature_cache=str(cache))
+    train(config, photos["source"], photos["target"], out, eval_sets=EvalSets(photos["queries"]))
+    return out, cache
+
+
+def test_frozen_run_records_its_choices_and_exports_one_artefact(
+    frozen_run: tuple[Path, Path], photos: dict[str, Path]
+) -> None:
+    out, _ = frozen_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["backbone"], metrics["mode"]) == ("efficientnet_lite0", "frozen")
+    assert any("auto" in line for line in metrics["choices"])
+    loaded = load_encoder(out / "model.pt")
+    assert loaded.metadata["backbone"] == "efficientnet_lite0" and loaded.metadata["mode"] == "frozen"
+    assert loaded.input_size == (224, 224)
+    codes = encode_files(loaded.module, list_unlabelled_folder(photos["target"]), loaded.input_size)
+    assert codes.shape == (12, 64) and set(np.unique(codes).tolist()) == {-1.0, 1.0}
+    # three classes: chance MAP is about 1/3; the frozen ImageNet features make photos easy to tell apart
+    assert metrics["evaluation"]["source_vs_source"]["map_all"] > 0.6
+
+
+def test_the_artefact_computes_the_codes_the_run_scored(frozen_run: tuple[Path, Path], photos: dict[str, Path]) -> None:
+    """Frozen runs score from cached features; the artefact (backbone + projection) must give the same codes."""
+    out, cache_root = frozen_run
+    restored = restore_network(out / "checkpoint.pt")
+    files = list_labelled_folder(photos["queries"])
+    backbone = build_backbone("efficientnet_lite0")
+    cache = FeatureCache(cache_root, "efficientnet_lite0", backbone)
+    keys, _ = extract_features(files, backbone, cache, 1, device=torch.device("cpu"), workers=0)
+    features = torch.cat(list(FeatureTable(cache, keys, 1, 2**30).plain()))
+    with torch.no_grad():
+        from_features = torch.where(restored.net.heads.hash.linear(features) > 0, 1.0, -1.0).numpy()
+    loaded = load_encoder(out / "model.pt")
+    assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
+
+
+def test_the_feature_cache_is_reused_by_content(
+    frozen_run: tuple[Path, Path], photos: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, cache_root = frozen_run
+    renamed = tmp_path / "renamed"
+    for path in sorted(photos["target"].iterdir()):
+        (renamed / "sub").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, renamed / "sub" / f"copy-{path.name}")  # same bytes, other names
+    backbone = build_backbone("efficientnet_lite0")
+    cache = FeatureCache(cache_root, "efficientnet_lite0", backbone)
+    before = sorted(p.name for p in cache.folder.rglob("*.npy"))
+    caplog.set_level("INFO", logger="model.features")
+    extract_features(list_unlabelled_folder(renamed), backbone, cache, 2, device=torch.device("cpu"), workers=0)
+    assert "0 of 12 image(s) computed" in caplog.text
+    assert sorted(p.name for p in cache.folder.rglob("*.npy")) == before
+    # a run that wants more views computes only the missing ones
+    extract_features(list_unlabelled_folder(renamed), backbone, cache, 3, device=torch.device("cpu"), workers=0)
+    assert len(list(cache.folder.rglob("*.v2.npy"))) == 12
+
+
+def test_views_are_the_same_in_every_run(photos: dict[str, Path], tmp_path: Path) -> None:
+    backbone = build_backbone("efficientnet_lite0")
+    files = list_unlabelled_folder(photos["target"]).take(np.arange(2))
+    tables = []
+    for name in ("a", "b"):
+        cache = FeatureCache(tmp_path / name, "efficientnet_lite0", backbone)
+        keys, _ = extract_features(files, backbone, cache, 3, device=torch.device("cpu"), workers=0)
+        tables.append(FeatureTable(cache, keys, 3, 2**30))
+    index, views = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 2, 1, 2])
+    assert torch.equal(tables[0].gather(index, views), tables[1].gather(index, views))
+    plain, augmented = tables[0].gather(torch.tensor([0]), torch.tensor([0])), tables[0].gather(index[:1], views[:1])
+    assert not torch.allclose(plain, augmented)  # view 1 is an augmentation, not the plain image again
+
+
+def test_finetune_trains_a_pretrained_backbone_at_a_tenth_of_the_rate(photos: dict[str, Path], tmp_path: Path) -> None:
+    config = TrainConfig(
+        backbone="efficientnet_lite0", mode="finetune", iterations=2, batch_size=4, checkpoint_every=1
+    ).validated()
+    backbone = build_backbone(config.backbone)
+    source, target = list_labelled_folder(photos["source"]), list_unlabelled_folder(photos["target"])
+    data = prepare_data(config, backbone, source, target, torch.device("cpu"), show_progress=False)
+    assert isinstance(data.inputs, InMemoryImages)  # 30 photos fit the memory budget
+    trainer = Trainer(config, backbone, data, _paths(tmp_path), _group(), torch.device("cpu"))
+    groups = trainer.optimizer.param_groups
+    assert [group["lr"] for group in groups] == pytest.approx([config.lr * 0.1, config.lr])
+    before = trainer.net.backbone.conv_stem.weight.detach().clone()
+    trainer.run(show_progress=False)
+    assert not torch.equal(before, trainer.net.backbone.conv_stem.weight)  # the backbone trained too
+    lenet = build_backbone("lenet")
+    digits_trainer = Trainer(
+        config.override(backbone="lenet"), lenet, data, _paths(tmp_path), _group(), torch.device("cpu")
+    )
+    assert len({group["lr"] for group in digits_trainer.optimizer.param_groups}) == 1  # from scratch: one rate
+
+
+def test_large_sets_stream_from_disk_through_loader_workers(digits: DigitFolders, tmp_path: Path) -> None:
+    config = TrainConfig(iterations=12, batch_size=8, memory_budget_mb=1, loader_workers=1, eval_queries=20)
+    result = train(config, digits.source, digits.target, tmp_path / "run")
+    assert result.metrics["mode"] == "finetune" and result.metrics["backbone"] == "lenet"
+    backbone = build_backbone("lenet")
+    source, target = list_labelled_folder(digits.source), list_unlabelled_folder(digits.target)
+    data = prepare_data(
+        config.override(backbone="lenet", mode="finetune"),
+        backbone,
+        source,
+        target,
+        torch.device("cpu"),
+        show_progress=False,
+    )
+    assert isinstance(data.inputs, StreamedImages)  # ~600 decoded digits are more than a 1 MB budget
+    assert (tmp_path / "run" / "model.pt").exists()
+    assert len(result.history) > 0 and np.isfinite(result.history[-1]["loss"])
+
+
+def _paths(root: Path) -> RunPaths:
+    return RunPaths(root)
+
+
+def _group() -> ProcessGroup:
+    return ProcessGroup()
