@@ -21,7 +21,7 @@ from service.errors import install_error_handlers
 from service.jobs.process import WorkerProcesses
 from service.limits import BodySizeLimit
 from service.observability import Metrics, RequestObserver
-from service.routes import health, images, jobs, models, search, ui
+from service.routes import domains, health, images, jobs, models, search, ui
 from service.routes import metrics as observability_routes
 from service.runtime import Runtime, open_runtime, read_state
 from service.settings import Settings
@@ -74,6 +74,6 @@ def create_app(settings: Settings) -> FastAPI:
         per_path={jobs.INGEST_PATH: settings.max_archive_bytes},
     )
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost: refused bodies are observed too
-    for module in (health, search, images, models, jobs, observability_routes, ui):
+    for module in (health, search, images, domains, models, jobs, observability_routes, ui):
         app.include_router(module.router)
     return app

@@ -102,6 +102,12 @@ def list_images(
     return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
 
 
+def list_domains(runtime: Runtime) -> list[tuple[str, int]]:
+    """``(domain, image count)`` of every domain holding stored images, by name."""
+    with runtime.db.session() as session:
+        return repository.domain_counts(session)
+
+
 def delete(runtime: Runtime, image_id: int) -> None:
     """Delete an image, its codes and (when no other domain holds the same bytes) its blob."""
     with runtime.write_lock:

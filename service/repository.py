@@ -57,6 +57,12 @@ def list_images(
     return list(session.scalars(query))
 
 
+def domain_counts(session: Session) -> list[tuple[str, int]]:
+    """``(domain, number of stored images)`` of every domain holding an image, by domain name."""
+    query = select(Image.domain, func.count()).group_by(Image.domain).order_by(Image.domain)
+    return [(str(domain), int(count)) for domain, count in session.execute(query)]
+
+
 def add_image(session: Session, image: Image, code: bytes, model_version: str) -> int:
     """Insert an image with its code and log the change; returns the change id (``image.id`` is set)."""
     session.add(image)

@@ -63,6 +63,15 @@ class ImagePage(BaseModel):
     next: str | None = Field(description="pass as `after` for the next page; null on the last page")
 
 
+class DomainCount(BaseModel):
+    name: str
+    count: int = Field(description="stored images in this domain")
+
+
+class DomainList(BaseModel):
+    domains: list[DomainCount] = Field(description="every domain holding stored images, by name")
+
+
 class Hit(BaseModel):
     id: int
     distance: int

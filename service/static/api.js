@@ -34,11 +34,29 @@ export function queryString(params) {
   return text ? `?${text}` : "";
 }
 
+/** `{status, data}` of a response's status and text, or the ApiError of the contract's error body. */
+function answer(status, text) {
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (status < 200 || status >= 300) {
+    const error = data && data.error ? data.error : {};
+    throw new ApiError(status, error.code || "http_error", error.message || `HTTP ${status}`);
+  }
+  return { status, data };
+}
+
+const unreachable = () => new ApiError(0, "network_error", "The server cannot be reached.");
+
 /**
  * `{status, data}` of a request. `body` is sent as is (FormData for uploads), `json` as JSON. Writes (every
- * method but GET, unless `write: false`, as for searches) carry X-API-Key when one is saved.
+ * method but GET, unless `write: false`, as for searches) carry X-API-Key when one is saved. An aborted
+ * request (`signal`) rejects with the browser's AbortError, so callers can tell it from a failure.
  */
-export async function request(path, { method = "GET", body, json, write = method !== "GET" } = {}) {
+export async function request(path, { method = "GET", body, json, write = method !== "GET", signal } = {}) {
   const headers = {};
   if (write && apiKey()) headers["X-API-Key"] = apiKey();
   let payload = body;
@@ -47,23 +65,40 @@ export async function request(path, { method = "GET", body, json, write = method
     payload = JSON.stringify(json);
   }
   let response;
+  let text;
   try {
-    response = await fetch(path, { method, headers, body: payload });
-  } catch {
-    throw new ApiError(0, "network_error", "The server cannot be reached.");
+    response = await fetch(path, { method, headers, body: payload, signal });
+    text = response.status === 204 ? "" : await response.text();
+  } catch (error) {
+    if (error && error.name === "AbortError") throw error;
+    throw unreachable();
   }
-  const text = response.status === 204 ? "" : await response.text();
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = null;
-  }
-  if (!response.ok) {
-    const error = data && data.error ? data.error : {};
-    throw new ApiError(response.status, error.code || "http_error", error.message || `HTTP ${response.status}`);
-  }
-  return { status: response.status, data };
+  return answer(response.status, text);
+}
+
+/**
+ * POST a FormData upload (a write) with XMLHttpRequest, which, unlike fetch, reports upload progress:
+ * `onProgress(sent, total)` as the bytes go out. Resolves to the parsed JSON body like `api`.
+ */
+export function upload(path, form, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", path);
+    if (apiKey()) xhr.setRequestHeader("X-API-Key", apiKey());
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(event.loaded, event.total);
+    });
+    xhr.addEventListener("load", () => {
+      try {
+        resolve(answer(xhr.status, xhr.responseText).data);
+      } catch (error) {
+        reject(error);
+      }
+    });
+    xhr.addEventListener("error", () => reject(unreachable()));
+    xhr.addEventListener("abort", () => reject(new DOMException("The upload was aborted.", "AbortError")));
+    xhr.send(form);
+  });
 }
 
 /** The parsed JSON body of a successful request (null for 204). */

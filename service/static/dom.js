@@ -44,15 +44,33 @@ export function formatTime(iso) {
   return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
 }
 
-/** Remember domains seen anywhere, to offer them in every domain field. */
-const domains = new Set();
+/**
+ * The domains offered in every domain field (the `#domains` list): those `GET /v1/domains` listed, with their
+ * image counts, plus any other seen since (in a search hit, a library page) until the next listing.
+ */
+const domains = new Map(); // name → stored images (null: seen, count unknown)
+
+function renderDomains() {
+  const names = [...domains.keys()].sort();
+  byId("domains").replaceChildren(
+    ...names.map((name) => {
+      const count = domains.get(name);
+      return el("option", { value: name, label: count === null ? name : `${name} (${count} image${count === 1 ? "" : "s"})` });
+    }),
+  );
+}
+
+export function setDomains(list) {
+  domains.clear();
+  for (const { name, count } of list) domains.set(name, count);
+  renderDomains();
+}
+
 export function noteDomains(values) {
-  const list = byId("domains");
-  for (const value of values) {
-    if (!value || domains.has(value)) continue;
-    domains.add(value);
-    list.append(el("option", { value }));
-  }
+  const fresh = values.filter((value) => value && !domains.has(value));
+  if (!fresh.length) return;
+  for (const value of fresh) domains.set(value, null);
+  renderDomains();
 }
 
 /** A thumbnail card of a stored image: picture, caption, and the given buttons. */

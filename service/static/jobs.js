@@ -1,4 +1,5 @@
-// Jobs as the UI shows them: a progress bar, a one-line summary, and polling until a job has finished.
+// Jobs as the UI shows them: a progress bar, a one-line summary, every error a page at a time, and polling
+// until a job has finished.
 
 import { api } from "./api.js";
 import { el } from "./dom.js";
@@ -24,7 +25,7 @@ export function statusBadge(job) {
   return el("span", { className: `badge status-${job.status}`, text });
 }
 
-/** What a job did, in a line: counts of an ingestion, the version a training produced, the first error. */
+/** What a job did, in a line: counts of an ingestion, the version a training produced (errors: errorPager). */
 export function jobSummary(job) {
   const parts = [];
   const result = job.result || {};
@@ -35,12 +36,58 @@ export function jobSummary(job) {
     parts.push(`model ${result.version} (${result.sources} source, ${result.targets} target images)`);
   }
   if (job.kind === "activate" && result.encoded !== undefined) parts.push(`${result.encoded} images re-encoded`);
-  if (job.errors && job.errors.length) {
-    const first = job.errors[0];
-    const where = first.item ? `${first.item}: ` : "";
-    parts.push(`${job.errors.length} error(s), first: ${where}${first.message || first.code}`);
-  }
   return parts.join(" · ");
+}
+
+export const ERRORS_PER_PAGE = 10;
+
+function errorLine(error) {
+  return el(
+    "li",
+    { dataset: { code: error.code || "" } },
+    error.item ? [el("code", { className: "error-item", text: error.item }), ": "] : null,
+    el("span", { className: "error-message", text: error.message || error.code || "error" }),
+  );
+}
+
+/**
+ * Every error of a job, ERRORS_PER_PAGE at a time with previous / next, in a disclosure ("23 errors").
+ * `update(job)` is called with each new look at the job; the same `node` stays in place across re-renders, so
+ * the page shown and whether it is open are kept. Hidden while the job has no error.
+ */
+export function errorPager({ open = false } = {}) {
+  let errors = [];
+  let page = 0;
+  const heading = el("summary", { className: "error-count" });
+  const list = el("ol", { className: "error-list" });
+  const range = el("span", { className: "error-range" });
+  const prev = el("button", { type: "button", className: "error-prev", text: "‹ Previous", onclick: () => show(page - 1) });
+  const next = el("button", { type: "button", className: "error-next", text: "Next ›", onclick: () => show(page + 1) });
+  const pages = el("div", { className: "error-pages" }, prev, range, next);
+  const node = el("details", { className: "job-errors", open, hidden: true }, heading, list, pages);
+
+  function show(wanted) {
+    const count = Math.max(1, Math.ceil(errors.length / ERRORS_PER_PAGE));
+    page = Math.min(Math.max(wanted, 0), count - 1);
+    const start = page * ERRORS_PER_PAGE;
+    const shown = errors.slice(start, start + ERRORS_PER_PAGE);
+    heading.textContent = errors.length === 1 ? "1 error" : `${errors.length} errors`;
+    list.start = start + 1;
+    list.replaceChildren(...shown.map(errorLine));
+    range.textContent = `${start + 1}–${start + shown.length} of ${errors.length}`;
+    prev.disabled = page === 0;
+    next.disabled = page === count - 1;
+    pages.hidden = count === 1;
+    node.hidden = errors.length === 0;
+  }
+
+  return {
+    node,
+    update(job) {
+      errors = job.errors || [];
+      show(page);
+    },
+  };
 }
 
 /** Poll `GET /v1/jobs/{id}` every `intervalMs` and call `onUpdate(job)` until it has finished. */

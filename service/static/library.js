@@ -1,10 +1,34 @@
-// Library: browse stored images by domain and label (keyset pages), upload images or an archive, delete.
+// Library: browse stored images by domain and label (keyset pages), upload images or an archive (with upload
+// progress, then the ingest job's), delete, and "more like this" (shown in the search tab).
 
-import { api, describeError, queryString, request } from "./api.js";
+import { api, describeError, queryString, request, upload } from "./api.js";
 import { byId, el, hide, imageCard, noteDomains, showError, showMessage } from "./dom.js";
-import { FINISHED, jobSummary, progressBar, statusBadge, watchJob } from "./jobs.js";
+import { FINISHED, errorPager, jobSummary, progressBar, statusBadge, watchJob } from "./jobs.js";
 
-export function initLibrary({ onChange }) {
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
+}
+
+/** The archive's upload as a job-like card: bytes sent of the total, before the ingest job exists. */
+function uploadCard(name, sent, total) {
+  const percent = total ? Math.floor((100 * sent) / total) : 0;
+  const text = sent < total ? `${formatBytes(sent)} / ${formatBytes(total)} (${percent} %)` : "uploaded, queuing…";
+  return el(
+    "div",
+    { className: "job-card upload-card" },
+    el("div", {}, el("strong", { text: `Uploading ${name}` })),
+    el(
+      "div",
+      { className: "progress-line" },
+      el("progress", { className: "job-progress upload-progress", max: Math.max(total, 1), value: sent }),
+      el("span", { className: "progress-text", text }),
+    ),
+  );
+}
+
+export function initLibrary({ onChange, findSimilar }) {
   const grid = byId("library-grid");
   const errorBox = byId("library-error");
   const notice = byId("library-notice");
@@ -12,6 +36,7 @@ export function initLibrary({ onChange }) {
   let next = null;
   let shown = 0;
   let loaded = false;
+  let archives = 0; // archive submissions so far: only the latest one's upload and job are shown
 
   function filter() {
     return {
@@ -50,7 +75,10 @@ export function initLibrary({ onChange }) {
         el("span", { className: "label", text: image.label === null ? "no label" : `label ${image.label}` }),
         el("span", { className: "muted", text: `#${image.id} · ${image.width}×${image.height}` }),
       ],
-      buttons: [el("button", { type: "button", className: "danger delete", text: "Delete", onclick: () => remove(image, node) })],
+      buttons: [
+        el("button", { type: "button", className: "similar", text: "More like this", onclick: () => findSimilar(image) }),
+        el("button", { type: "button", className: "danger delete", text: "Delete", onclick: () => remove(image, node) }),
+      ],
     });
     return node;
   }
@@ -112,27 +140,39 @@ export function initLibrary({ onChange }) {
     }
   });
 
-  // An archive: queued as an ingest job, followed with a progress bar until it has finished.
+  // An archive: uploaded with a progress bar (archives can be large), then queued as an ingest job and followed
+  // with the job's progress bar and every error until it has finished.
   byId("archive-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const archiveError = byId("archive-error");
     const box = byId("archive-job");
+    const submit = byId("archive-form").querySelector("button[type=submit]");
     hide(archiveError);
+    const mine = ++archives;
+    const show = (node) => mine === archives && box.replaceChildren(node);
     const file = byId("archive-file").files[0];
     const form = new FormData();
     form.append("archive", file, file.name);
     form.append("domain", byId("archive-domain").value.trim());
+    submit.disabled = true;
+    show(uploadCard(file.name, 0, file.size));
     try {
-      const { job_id: jobId } = await api("/v1/ingest-jobs", { method: "POST", body: form });
+      const { job_id: jobId } = await upload("/v1/ingest-jobs", form, (sent, total) =>
+        show(uploadCard(file.name, sent, total)),
+      );
       byId("archive-form").reset();
+      submit.disabled = false;
+      const errors = errorPager({ open: true });
       const finished = await watchJob(jobId, (job) => {
-        box.replaceChildren(
+        errors.update(job);
+        show(
           el(
             "div",
             { className: "job-card", dataset: { jobId: job.id } },
             el("div", {}, el("strong", { text: `Ingest job #${job.id} ` }), statusBadge(job)),
             progressBar(job),
             el("div", { className: "job-summary", text: jobSummary(job) }),
+            errors.node,
           ),
         );
       });
@@ -141,7 +181,10 @@ export function initLibrary({ onChange }) {
         load({ reset: true });
       }
     } catch (error) {
+      if (mine === archives && box.querySelector(".upload-card")) box.replaceChildren();
       showError(archiveError, error);
+    } finally {
+      submit.disabled = false;
     }
   });
 

@@ -2,7 +2,7 @@
 
 import { api, queryString } from "./api.js";
 import { byId, el, formatNumber, formatTime, hide, showError, showMessage } from "./dom.js";
-import { FINISHED, jobSummary, progressBar, statusBadge } from "./jobs.js";
+import { FINISHED, errorPager, jobSummary, progressBar, statusBadge } from "./jobs.js";
 
 const POLL_MS = 1000;
 const PLOTS = [
@@ -16,6 +16,7 @@ export function initModels({ onChange }) {
   let timer = null;
   let lastJobs = "";
   const statuses = new Map(); // job id → last status seen, to react when a job finishes
+  const pagers = new Map(); // job id → its error pager, kept across re-renders (page shown, open or not)
   let jobsSeen = false;
 
   async function loadModels() {
@@ -100,6 +101,8 @@ export function initModels({ onChange }) {
       const text = JSON.stringify(list.items);
       if (text !== lastJobs) {
         lastJobs = text;
+        const listed = new Set(list.items.map((job) => job.id));
+        for (const id of pagers.keys()) if (!listed.has(id)) pagers.delete(id);
         byId("jobs-table").tBodies[0].replaceChildren(...list.items.map(jobRow));
         byId("jobs-empty").hidden = list.items.length > 0;
       }
@@ -130,6 +133,9 @@ export function initModels({ onChange }) {
     if (job.kind === "train" && job.result && job.result.version) {
       actions.push(el("button", { type: "button", className: "plots-button", text: "Plots", onclick: () => showPlots(job.result.version) }));
     }
+    if (!pagers.has(job.id)) pagers.set(job.id, errorPager());
+    const pager = pagers.get(job.id);
+    pager.update(job);
     return el(
       "tr",
       { className: "job", dataset: { jobId: job.id, kind: job.kind, status: job.status } },
@@ -137,7 +143,7 @@ export function initModels({ onChange }) {
       el("td", { text: job.kind }),
       el("td", {}, statusBadge(job)),
       el("td", {}, progressBar(job)),
-      el("td", { className: "job-summary", text: jobSummary(job) }),
+      el("td", {}, el("div", { className: "job-summary", text: jobSummary(job) }), pager.node),
       el("td", { className: "actions" }, ...actions),
     );
   }

@@ -1,4 +1,5 @@
-// Search: upload, drop or draw a query; show its code and the hits; "more like this" on any hit.
+// Search: upload, drop or sketch a query; show its code and the hits; "more like this" on any hit (and, through
+// the returned `similar`, on any library card). The newest search wins: starting one aborts the one running.
 
 import { api, queryString } from "./api.js";
 import { byId, el, hide, imageCard, noteDomains, showError, showMessage } from "./dom.js";
@@ -8,7 +9,7 @@ export function initSearch() {
   const dropzone = byId("dropzone");
   const errorBox = byId("search-error");
   const hitsBox = byId("hits");
-  let busy = false;
+  let running = null; // the AbortController of the search in flight
 
   function options() {
     return queryString({
@@ -19,22 +20,27 @@ export function initSearch() {
   }
 
   async function run(path, body, query) {
-    if (busy) return;
-    busy = true;
+    if (running) running.abort();
+    const mine = new AbortController();
+    running = mine;
     document.body.classList.add("busy");
     hide(errorBox);
     try {
-      const result = await api(`${path}${options()}`, { method: "POST", body, write: false });
+      const result = await api(`${path}${options()}`, { method: "POST", body, write: false, signal: mine.signal });
+      if (mine.signal.aborted) return;
       showQuery(result, query);
       showHits(result.hits);
     } catch (error) {
+      if (mine.signal.aborted) return; // a newer search took over: its answer is the one to show
       showError(errorBox, error);
       byId("query-info").hidden = true; // no stale results under a refusal
       byId("hits-empty").hidden = true;
       hitsBox.replaceChildren();
     } finally {
-      busy = false;
-      document.body.classList.remove("busy");
+      if (running === mine) {
+        running = null;
+        document.body.classList.remove("busy");
+      }
     }
   }
 
@@ -49,10 +55,11 @@ export function initSearch() {
     searchBlob(file, file.name || "query", URL.createObjectURL(file), `Uploaded ${file.name || "image"}`);
   }
 
-  function similar(hit) {
-    run(`/v1/images/${hit.id}/similar`, undefined, {
-      preview: hit.content_url,
-      title: `More like image #${hit.id}`,
+  /** "More like this": the stored image's own code is the query (a hit or a library card). */
+  function similar(image) {
+    run(`/v1/images/${image.id}/similar`, undefined, {
+      preview: image.content_url,
+      title: `More like image #${image.id}`,
     });
   }
 
@@ -113,18 +120,43 @@ export function initSearch() {
     else showMessage(errorBox, "Drop an image file.");
   });
 
-  // Drawing: a digit in one ink on the other colour's background, sent as PNG.
+  // Sketching: strokes of the chosen width, kept as point lists so that Undo takes back one stroke at a time; the
+  // canvas is repainted from them (also when the ink changes). Searched as a PNG of the canvas.
   const canvas = byId("draw-canvas");
   const context = canvas.getContext("2d");
   const ink = byId("draw-ink");
-  let drawing = false;
-  let drawn = false;
-  let last = null;
+  const width = byId("draw-width");
+  const undo = byId("draw-undo");
+  const strokes = []; // {width, points: [{x, y}]}
+  let current = null; // the stroke being drawn
 
-  function clearCanvas() {
-    context.fillStyle = ink.value === "white" ? "#000" : "#fff";
+  function colours() {
+    return ink.value === "white" ? { paper: "#000", pen: "#fff" } : { paper: "#fff", pen: "#000" };
+  }
+
+  function paintStroke({ width: lineWidth, points }) {
+    const { pen } = colours();
+    context.strokeStyle = pen;
+    context.fillStyle = pen;
+    context.lineWidth = lineWidth;
+    context.lineCap = "round";
+    context.lineJoin = "round";
+    context.beginPath();
+    if (points.length === 1) {
+      context.arc(points[0].x, points[0].y, lineWidth / 2, 0, 2 * Math.PI);
+      context.fill();
+      return;
+    }
+    context.moveTo(points[0].x, points[0].y);
+    for (const { x, y } of points.slice(1)) context.lineTo(x, y);
+    context.stroke();
+  }
+
+  function repaint() {
+    context.fillStyle = colours().paper;
     context.fillRect(0, 0, canvas.width, canvas.height);
-    drawn = false;
+    for (const stroke of strokes) paintStroke(stroke);
+    undo.disabled = strokes.length === 0;
   }
 
   function point(event) {
@@ -135,43 +167,49 @@ export function initSearch() {
     };
   }
 
-  function stroke(from, to) {
-    context.strokeStyle = ink.value === "white" ? "#fff" : "#000";
-    context.lineWidth = canvas.width / 11;
-    context.lineCap = "round";
-    context.lineJoin = "round";
-    context.beginPath();
-    context.moveTo(from.x, from.y);
-    context.lineTo(to.x, to.y);
-    context.stroke();
-    drawn = true;
+  function showWidth() {
+    byId("draw-width-value").textContent = `${width.value} px`;
   }
 
   canvas.addEventListener("pointerdown", (event) => {
     canvas.setPointerCapture(event.pointerId);
-    drawing = true;
-    last = point(event);
-    stroke(last, last);
+    current = { width: Number(width.value), points: [point(event)] };
+    strokes.push(current);
+    repaint();
   });
   canvas.addEventListener("pointermove", (event) => {
-    if (!drawing) return;
+    if (!current) return;
+    const last = current.points[current.points.length - 1];
     const next = point(event);
-    stroke(last, next);
-    last = next;
+    current.points.push(next);
+    paintStroke({ width: current.width, points: [last, next] }); // the new segment only; repaint() redraws all
   });
-  for (const name of ["pointerup", "pointercancel"]) canvas.addEventListener(name, () => (drawing = false));
-  ink.addEventListener("change", clearCanvas);
-  byId("draw-clear").addEventListener("click", clearCanvas);
+  for (const name of ["pointerup", "pointercancel"]) canvas.addEventListener(name, () => (current = null));
+  ink.addEventListener("change", repaint);
+  width.addEventListener("input", showWidth);
+  undo.addEventListener("click", () => {
+    current = null;
+    strokes.pop();
+    repaint();
+  });
+  byId("draw-clear").addEventListener("click", () => {
+    current = null;
+    strokes.length = 0;
+    repaint();
+  });
   byId("draw-search").addEventListener("click", () => {
-    if (!drawn) {
-      showMessage(errorBox, "Draw a digit on the canvas first.");
+    if (!strokes.length) {
+      showMessage(errorBox, "Draw something on the canvas first.");
       return;
     }
     const preview = canvas.toDataURL("image/png");
     canvas.toBlob((blob) => searchBlob(blob, "drawing.png", preview, "Drawing"), "image/png");
   });
-  clearCanvas();
+  showWidth();
+  repaint();
 
   // Changing an option repeats nothing by itself; the next search uses it.
   byId("search-options").addEventListener("submit", (event) => event.preventDefault());
+
+  return { similar };
 }

@@ -1,13 +1,17 @@
 """Jobs in a real browser: an archive ingested with a progress bar, a tiny training job followed live, the new
-version activated from the model table, its plots; a queued job cancelled; a refused training request."""
+version activated from the model table, its plots; a queued job cancelled; a refused training request; an
+archive's upload progress before its job exists; every error of a job, a page at a time."""
 
 from __future__ import annotations
 
+import random
 import re
+import zipfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.conftest import DigitFolders
 from tests.service.test_api_jobs import JOB_SETTINGS, WorkerThread, zip_of
@@ -112,3 +116,100 @@ def test_a_queued_job_is_cancelled_and_a_refused_request_explained(page: Page, l
     expect(page.locator("#jobs-empty")).to_be_visible()
     page.select_option("#jobs-status", "cancelled")
     expect(page.locator("#jobs-table tbody tr")).to_have_count(1)
+
+
+def test_an_archive_upload_shows_its_progress_before_the_job_exists(
+    page: Page, jobs_server: LiveServer, digits: DigitFolders
+) -> None:
+    images = [(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in sorted(digits.source.rglob("*.png"))[:6]]
+    padding = ("padding.bin", random.Random(0).randbytes(1536 * 1024))  # incompressible: 1.5 MiB on the wire
+    archive = zip_of([*images, padding], compression=zipfile.ZIP_STORED)
+
+    open_ui(page, jobs_server, "library")
+    # Uploads on loopback are instant; the browser's own network throttling makes this one take about 3 s.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 512 * 1024},
+    )
+    page.evaluate(_RECORD_UPLOAD_PROGRESS)
+    page.set_input_files("#archive-file", upload(archive, "padded.zip", "application/zip"))
+    page.fill("#archive-domain", "mnist")
+    page.click("#archive-form button[type=submit]")
+
+    uploading = page.locator("#archive-job .upload-card")
+    expect(uploading).to_contain_text("Uploading padded.zip")
+    expect(page.locator("#archive-form button[type=submit]")).to_be_disabled()  # no second upload meanwhile
+    card = page.locator("#archive-job .job-card[data-job-id]")
+    expect(card.locator(".badge")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(uploading).to_have_count(0)
+    expect(page.locator("#archive-form button[type=submit]")).to_be_enabled()
+
+    seen: list[dict[str, Any]] = page.evaluate("() => window.uploadProgress")
+    sent = [entry["value"] for entry in seen]
+    total = seen[-1]["max"]
+    assert total >= len(archive)  # the multipart body: the archive and the form fields
+    assert sent == sorted(sent)
+    partial = [entry for entry in seen if 0 < entry["value"] < total]
+    assert len(partial) >= 2, seen  # progress while the bytes went out, not only at the start and the end
+    assert all(re.fullmatch(r"\d+(\.\d)? (B|KiB|MiB) / 1\.\d MiB \(\d{1,2} %\)", entry["text"]) for entry in partial)
+    assert seen[-1]["value"] == total
+
+
+def test_every_error_of_a_job_is_shown_a_page_at_a_time(
+    page: Page, jobs_server: LiveServer, digits: DigitFolders
+) -> None:
+    good = [(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in sorted(digits.source.rglob("*.png"))[:2]]
+    bad = [(f"broken/{i:02d}.png", f"not an image {i}".encode()) for i in range(23)]
+    open_ui(page, jobs_server, "library")
+    page.set_input_files("#archive-file", upload(zip_of(good + bad), "broken.zip", "application/zip"))
+    page.fill("#archive-domain", "mnist")
+    page.click("#archive-form button[type=submit]")
+    card = page.locator("#archive-job .job-card[data-job-id]")
+    expect(card.locator(".badge")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(card.locator(".job-summary")).to_have_text("2 added, 0 already stored, 23 failed")
+    job_id = card.get_attribute("data-job-id")
+    errors = [f"{e['item']}: {e['message']}" for e in jobs_server.client().get(f"/v1/jobs/{job_id}").json()["errors"]]
+    assert len(errors) == 23
+
+    assert _error_pages(page, card.locator(".job-errors")) == errors
+    screenshot(page, "job-errors")
+
+    # The same in the jobs table, where the list starts folded.
+    page.click("[data-tab=models]")
+    row = page.locator(f"#jobs-table tr[data-job-id='{job_id}']")
+    expect(row.locator(".job-errors .error-list")).to_be_hidden()
+    row.locator(".job-errors summary").click()
+    assert _error_pages(page, row.locator(".job-errors")) == errors
+
+
+def _error_pages(page: Page, box: Locator) -> list[str]:
+    """Every error line of a job's error list, read page by page with Next, checking the page controls."""
+    expect(box.locator("summary")).to_have_text("23 errors")
+    prev, next_ = box.get_by_role("button", name="Previous"), box.get_by_role("button", name="Next")
+    lines: list[str] = []
+    for first, last in ((1, 10), (11, 20), (21, 23)):
+        expect(box.locator(".error-range")).to_have_text(f"{first}–{last} of 23")
+        expect(box.locator(".error-list li")).to_have_count(last - first + 1)
+        expect(prev).to_be_enabled() if first > 1 else expect(prev).to_be_disabled()
+        lines += box.locator(".error-list li").all_inner_texts()
+        if last < 23:
+            next_.click()
+    expect(next_).to_be_disabled()
+    prev.click()
+    expect(box.locator(".error-range")).to_have_text("11–20 of 23")
+    return lines
+
+
+# Every state the upload's progress bar takes, recorded by the page itself (the test only reads it afterwards).
+_RECORD_UPLOAD_PROGRESS = """() => {
+    window.uploadProgress = [];
+    const box = document.getElementById("archive-job");
+    new MutationObserver(() => {
+        const bar = box.querySelector(".upload-progress");
+        if (!bar) return;
+        const text = box.querySelector(".upload-card .progress-text").textContent;
+        window.uploadProgress.push({ value: bar.value, max: bar.max, text });
+    }).observe(box, { childList: true, subtree: true });
+}"""

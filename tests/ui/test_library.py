@@ -1,4 +1,5 @@
-"""The library page in a real browser: browse with filters and pages, upload images, delete, refused writes."""
+"""The library page in a real browser: browse with filters and pages, upload images, delete, refused writes,
+"more like this" from a card, the stored domains offered in every domain field."""
 
 from __future__ import annotations
 
@@ -114,3 +115,56 @@ def test_writes_without_a_valid_key_show_the_api_message(page: Page, library_ser
     # the key is kept in localStorage across reloads
     page.reload()
     expect(page.locator("#api-key")).to_have_value(API_KEY)
+
+
+def test_more_like_this_from_a_library_card_shows_the_hits_in_the_search_tab(
+    page: Page, library_server: LiveServer
+) -> None:
+    open_ui(page, library_server, "library", api_key=None)  # a search: no key needed
+    card = page.locator("#library-grid figure").nth(5)
+    image_id = card.get_attribute("data-id")
+    response = library_server.client().post(f"/v1/images/{image_id}/similar", params={"k": 12})
+    expected = [hit["id"] for hit in response.json()["hits"]]
+
+    card.get_by_role("button", name="More like this").click()
+    expect(page).to_have_url(re.compile(r"#search$"))
+    expect(page.locator("[data-panel=search]")).to_be_visible()
+    expect(page.locator("[data-panel=library]")).to_be_hidden()
+    expect(page.locator("#query-title")).to_have_text(f"More like image #{image_id}")
+    expect(page.locator("#query-preview")).to_have_attribute("src", f"/v1/images/{image_id}/content")
+    hits = page.locator("#hits .hit")
+    expect(hits).to_have_count(len(expected))
+    assert [int(hits.nth(i).get_attribute("data-id") or 0) for i in range(len(expected))] == expected
+    screenshot(page, "library-more-like-this")
+
+
+def domain_options(page: Page) -> list[tuple[str, str]]:
+    """``(value, label)`` of the options of the ``#domains`` list that every domain field uses."""
+    options = page.locator("#domains option")
+    return [(str(o.get_attribute("value")), o.evaluate("option => option.label")) for o in options.all()]
+
+
+def test_domain_fields_list_the_stored_domains_before_any_search(
+    page: Page, library_server: LiveServer, digits: DigitFolders
+) -> None:
+    open_ui(page, library_server)  # the search tab: nothing searched, nothing browsed yet
+    for field in ("#opt-domain", "#filter-domain", "#upload-domain", "#archive-domain", "#train-source"):
+        expect(page.locator(field)).to_have_attribute("list", "domains")
+    expect(page.locator("#domains option")).to_have_count(2)
+    assert domain_options(page) == [("mnist", "mnist (20 images)"), ("usps", "usps (40 images)")]
+
+    # The list follows this page's writes: a new domain appears with its count, an emptied one goes.
+    page.click("[data-tab=library]")
+    page.set_input_files("#upload-files", upload(mnist_pngs(digits, 30)[29][0], "new.png"))
+    page.fill("#upload-domain", "phone")
+    page.click("#upload-form button[type=submit]")
+    expect(page.locator("#upload-result")).to_contain_text("1 added")
+    expect(page.locator("#domains option")).to_have_count(3)
+    assert domain_options(page)[1] == ("phone", "phone (1 image)")
+
+    apply_filter(page, domain="phone")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#library-grid figure").first.get_by_role("button", name="Delete").click()
+    expect(page.locator("#library-notice")).to_contain_text("Deleted image")
+    expect(page.locator("#domains option")).to_have_count(2)
+    assert [value for value, _ in domain_options(page)] == ["mnist", "usps"]
