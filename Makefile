@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO ?= photos
 
 .PHONY: install run test lint typecheck bench bench-digits demo-model clean
 
@@ -11,10 +12,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 install: $(STAMP)
 
 demo-model: install
-	$(PY) scripts/demo_model.py --out var/demo-model
+	$(PY) -m scripts.demo_model --demo $(DEMO)
 
 run: install
-	$(PY) -m scripts.run_demo
+	$(PY) -m scripts.run_demo --demo $(DEMO)
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy

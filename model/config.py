@@ -32,6 +32,7 @@ class TrainConfig:
     backbone: str = "auto"  # model.choice: lenet for small digit-like images, efficientnet_lite0 otherwise
     backbone_weights: str | None = None
     mode: str = "auto"  # frozen (cached backbone features) or finetune; auto: frozen on CPU for pretrained
+    hash_hidden: int = 0  # width of a hidden ReLU layer before the hash projection; 0: linear projection
     backbone_lr_mult: float = 0.1  # finetune: a pretrained backbone learns at lr × this (random ones at lr)
     feature_views: int = 4  # frozen: views cached per image, the plain one plus augmented ones
     feature_cache: str | None = None  # frozen: cache folder (default: $METAH_FEATURE_CACHE or ~/.cache/metah)
@@ -80,6 +81,8 @@ class TrainConfig:
             raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.backbone_lr_mult < 0:
             raise ConfigError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if self.hash_hidden < 0:
+            raise ConfigError(f"hash_hidden must be >= 0, got {self.hash_hidden}")
         if self.loader_workers < -1:
             raise ConfigError(f"loader_workers must be -1 (auto) or >= 0, got {self.loader_workers}")
         for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "feature_views", "memory_budget_mb"):

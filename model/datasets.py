@@ -1,4 +1,5 @@
-"""The digit domains shipped in ``data/digits`` and a writer that lays any array set out as image folders.
+"""The digit domains shipped in ``data/digits``, the PACS subset in ``data/pacs``, and a writer that lays any
+array set out as image folders.
 
 Used by the benchmark, the demo and the tests; users bring their own folders instead.
 """
@@ -15,6 +16,7 @@ from PIL import Image
 from model.errors import DataError
 
 DIGITS_DIR = Path(__file__).resolve().parents[1] / "data" / "digits"
+PACS_DIR = Path(__file__).resolve().parents[1] / "data" / "pacs"  # photo / sketch / cartoon subset (README there)
 DIGIT_DOMAINS = {"mnist": "mnist_test.npz", "usps": "usps.npz", "mnist_m": "mnist_m.npz"}
 
 

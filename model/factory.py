@@ -28,6 +28,7 @@ def build_network(config: TrainConfig, backbone: Backbone, num_classes: int) -> 
         discriminator=weights.needs_discriminator,
         max_steps=config.iterations,
         grl_alpha=config.grl_alpha,
+        hidden=config.hash_hidden,
     )
     return MeTAHNet.build(backbone, heads)
 

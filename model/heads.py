@@ -18,19 +18,29 @@ def check_bits(bits: int) -> int:
 
 
 class HashLayer(nn.Module):
-    """Linear projection with the tanh relaxation of the sign function.
+    """Projection (linear, or one hidden ReLU layer then linear) with the tanh relaxation of the sign function.
+
+    Args:
+        in_features: width of the backbone's features.
+        bits: code length.
+        hidden: width of the hidden layer; 0 projects linearly.
 
     Shape:
         features ``[N, in_features]`` → relaxed codes ``[N, bits]`` in ``(-1, 1)``.
     """
 
-    def __init__(self, in_features: int, bits: int) -> None:
+    def __init__(self, in_features: int, bits: int, hidden: int = 0) -> None:
         super().__init__()
         self.bits = check_bits(bits)
-        self.linear = nn.Linear(in_features, bits)
+        self.hidden = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True)) if hidden else None
+        self.linear = nn.Linear(hidden or in_features, bits)
+
+    def projection(self) -> nn.Module:
+        """The part before the tanh: what the exported encoder applies, followed by the sign."""
+        return self.linear if self.hidden is None else nn.Sequential(self.hidden, self.linear)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.linear(features))
+        return torch.tanh(self.projection()(features))
 
 
 class DomainDiscriminator(nn.Module):

@@ -33,7 +33,7 @@ class Encoder(nn.Module):
         (bit = value > 0; a pre-activation of exactly 0 maps to -1).
     """
 
-    def __init__(self, normalize: Normalize, backbone: nn.Module, projection: nn.Linear) -> None:
+    def __init__(self, normalize: Normalize, backbone: nn.Module, projection: nn.Module) -> None:
         super().__init__()
         self.normalize = normalize
         self.backbone = backbone
@@ -71,9 +71,10 @@ class Heads(nn.Module):
         discriminator: bool,
         max_steps: int,
         grl_alpha: float = 10.0,
+        hidden: int = 0,
     ) -> None:
         super().__init__()
-        self.hash = HashLayer(in_features, bits)
+        self.hash = HashLayer(in_features, bits, hidden)
         self.grl = GradientReverseLayer(max_steps, grl_alpha)
         self.classifier = nn.Linear(bits, num_classes) if classifier else None
         self.discriminator = DomainDiscriminator(bits) if discriminator else None
@@ -118,7 +119,7 @@ class MeTAHNet(nn.Module):
 
     def encoder(self) -> Encoder:
         """The exportable part, sharing this network's modules (no copy)."""
-        return Encoder(self.normalize, self.backbone, self.heads.hash.linear)
+        return Encoder(self.normalize, self.backbone, self.heads.hash.projection())
 
     def with_heads(self, heads: Heads) -> MeTAHNet:
         """A network sharing this one's normalisation and backbone, with other heads (the averaged ones)."""

@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     parser.add_argument("--max-requests", type=int, default=20_000)
     args = parser.parse_args()
-    model = ensure_demo_model(Path("var/demo-model"))
+    model = ensure_demo_model(Path("var/demo-model"), "digits")
     encoder = load_encoder(model)
     max_pixels = Settings.model_construct().max_pixels
     real, _, queries = image_sets(args.real, 0, args.queries)

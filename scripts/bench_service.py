@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": shlex.join(["python", "-m", "scripts.bench_service", *(sys.argv[1:] if argv is None else argv)]),
         "plan": plan.__dict__,
     }
-    model_path = ensure_demo_model(args.model_dir)
+    model_path = ensure_demo_model(args.model_dir, "digits")
     encoder = load_encoder(model_path)
     results["model"] = f"{encoder.metadata['model_version']} ({encoder.metadata['backbone']}, {encoder.bits} bits)"
     settings = Settings.model_construct()  # the defaults metah serve runs with (the server gets no METAH_* tuning)

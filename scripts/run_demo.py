@@ -1,9 +1,11 @@
 """``make run``: the demo model, a running ``metah serve`` and a cross-domain demo library, in one command.
 
 1. trains the demo encoder once (``scripts/demo_model.py``; reused afterwards);
-2. starts ``metah serve`` on ``METAH_HOST:METAH_PORT`` (default http://127.0.0.1:8000) with that model;
-3. when the library is empty, uploads USPS and MNIST-M digits from ``data/digits`` through the HTTP API
-   (the same ``POST /v1/images`` a user calls), with their labels;
+2. starts ``metah serve`` on ``METAH_HOST:METAH_PORT`` (default http://127.0.0.1:8000) with that model, its data
+   in ``METAH_DATA_DIR`` (default ``var/demo-<demo>``, one folder per demo);
+3. when the library is empty, uploads it through the HTTP API (the same ``POST /v1/images`` a user calls), with
+   labels: the ``photos`` demo (default) stores the PACS photos and cartoons of ``data/pacs`` (search them by
+   drawing a sketch); the ``digits`` demo USPS and MNIST-M digits from ``data/digits``;
 4. prints the URL and keeps serving until Ctrl-C.
 
 Running it again reuses the model, the database and the images, and is ready in seconds.
@@ -28,8 +30,11 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from model.datasets import load_digits, stratified_sample
-from scripts.demo_model import ensure_demo_model
+from model.datasets import PACS_DIR, load_digits, stratified_sample
+from scripts.demo_model import DEMOS, ensure_demo_model
+
+Upload = tuple[str, str, str, bytes]  # domain, label, file name, bytes
+LIBRARY_DOMAINS = {"photos": ("photo", "cartoon"), "digits": ("usps", "mnist_m")}
 
 
 def wait_ready(client: httpx.Client, server: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -53,17 +58,29 @@ def png_bytes(image: object) -> bytes:
     return buffer.getvalue()
 
 
-def ingest_library(client: httpx.Client, per_class: int) -> int:
+def digit_uploads(per_class: int) -> list[Upload]:
     uploads = []
-    for name in ("usps", "mnist_m"):
+    for name in LIBRARY_DOMAINS["digits"]:
         domain = load_digits(name)
         for index in stratified_sample(domain.labels, per_class, seed=0):
-            uploads.append((name, str(int(domain.labels[index])), png_bytes(domain.images[index])))
+            uploads.append((name, str(int(domain.labels[index])), f"{name}.png", png_bytes(domain.images[index])))
+    return uploads
 
-    def upload(item: tuple[str, str, bytes]) -> int:
-        domain, label, data = item
-        files = {"image": (f"{domain}.png", data, "image/png")}
-        response = client.post("/v1/images", files=files, data={"domain": domain, "label": label})
+
+def photo_uploads() -> list[Upload]:
+    """Every PACS photo and cartoon of ``data/pacs``, as stored (JPEG), labelled by their class folder."""
+    return [
+        (domain, path.parent.name, path.name, path.read_bytes())
+        for domain in LIBRARY_DOMAINS["photos"]
+        for path in sorted((PACS_DIR / domain).glob("*/*"))
+        if path.is_file()
+    ]
+
+
+def ingest_library(client: httpx.Client, uploads: list[Upload]) -> int:
+    def upload(item: Upload) -> int:
+        domain, label, name, data = item
+        response = client.post("/v1/images", files={"image": (name, data)}, data={"domain": domain, "label": label})
         response.raise_for_status()
         return response.status_code
 
@@ -71,19 +88,21 @@ def ingest_library(client: httpx.Client, per_class: int) -> int:
         return sum(status == 201 for status in pool.map(upload, uploads))
 
 
-def ensure_library(client: httpx.Client, per_class: int) -> None:
+def ensure_library(client: httpx.Client, demo: str, per_class: int) -> None:
     """Upload the demo library when the service holds no image yet."""
     if client.get("/v1/images", params={"limit": 1}).json()["items"]:
         print("the demo library is already there")
         return
-    print("uploading the demo library (USPS and MNIST-M digits) ...")
-    print(f"{ingest_library(client, per_class)} images ingested")
+    print(f"uploading the {demo} demo library ({' and '.join(LIBRARY_DOMAINS[demo])}) ...")
+    uploads = photo_uploads() if demo == "photos" else digit_uploads(per_class)
+    print(f"{ingest_library(client, uploads)} images ingested")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=Path("var/demo-model"))
-    parser.add_argument("--per-class", type=int, default=150, help="demo images per digit and domain")
+    parser.add_argument("--demo", choices=DEMOS, default="photos")
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: METAH_DATA_DIR/demo-model")
+    parser.add_argument("--per-class", type=int, default=150, help="digits demo: images per digit and domain")
     parser.add_argument("--url", default=None, help="only upload the library to the metah already serving here")
     parser.add_argument("--wait", type=float, default=600, help="with --url: seconds to wait for /readyz")
     args = parser.parse_args()
@@ -91,11 +110,13 @@ def main() -> None:
     if args.url:
         with httpx.Client(base_url=args.url, headers=headers, timeout=60) as client:
             wait_ready(client, None, timeout=args.wait)
-            ensure_library(client, args.per_class)
+            ensure_library(client, args.demo, args.per_class)
         return
-    model = ensure_demo_model(args.model_dir)
+    data_dir = Path(os.environ.get("METAH_DATA_DIR") or Path("var") / f"demo-{args.demo}")
+    model = ensure_demo_model(args.model_dir or data_dir / "demo-model", args.demo)
     # A terminal, not a log collector: readable lines unless METAH_LOG_FORMAT says otherwise.
     env = {"METAH_LOG_FORMAT": "text", **os.environ, "METAH_MODEL": str(model.resolve())}
+    env["METAH_DATA_DIR"] = str(data_dir)
     host, port = env.setdefault("METAH_HOST", "127.0.0.1"), env.setdefault("METAH_PORT", "8000")
     url = f"http://{host}:{port}"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a plain `kill` also stops the server below
@@ -103,7 +124,7 @@ def main() -> None:
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
             wait_ready(client, server, timeout=120)
-            ensure_library(client, args.per_class)
+            ensure_library(client, args.demo, args.per_class)
             print(f"\nmetah is serving on {url}  (API docs: {url}/docs; Ctrl-C stops it)\n", flush=True)
         server.wait()
     except KeyboardInterrupt:

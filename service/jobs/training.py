@@ -76,7 +76,13 @@ def run_training(context: JobContext) -> dict[str, Any]:
         except (ConfigError, DataError) as exc:
             raise JobFailedError(str(exc), code="invalid_training") from exc
         row = register_artefact(context.settings, context.db, result.paths.model, activate=False)
-    out: dict[str, Any] = {"version": row.version, "metrics": row.metrics, "sources": sources, "targets": targets}
+    out: dict[str, Any] = {
+        "version": row.version,
+        "metrics": row.metrics,
+        "sources": sources,
+        "targets": targets,
+        **{key: result.metrics[key] for key in ("backbone", "mode", "choices")},
+    }
     if params.get("activate"):
         try:
             out["activation_job_id"] = activation.enqueue_activation(context.db, row.version)

@@ -171,6 +171,7 @@ export function initModels({ onChange }) {
       bits: Number(byId("train-bits").value),
       method: byId("train-method").value,
       backbone: byId("train-backbone").value,
+      mode: byId("train-mode").value,
       iterations: Number(byId("train-iterations").value),
       activate: byId("train-activate").checked,
     };

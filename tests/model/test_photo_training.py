@@ -112,7 +112,7 @@ def test_the_artefact_computes_the_codes_the_run_scored(frozen_run: tuple[Path, 
     keys, _ = extract_features(files, backbone, cache, 1, device=torch.device("cpu"), workers=0)
     features = torch.cat(list(FeatureTable(cache, keys, 1, 2**30).plain()))
     with torch.no_grad():
-        from_features = torch.where(restored.net.heads.hash.linear(features) > 0, 1.0, -1.0).numpy()
+        from_features = torch.where(restored.net.heads.hash.projection()(features) > 0, 1.0, -1.0).numpy()
     loaded = load_encoder(out / "model.pt")
     assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
 

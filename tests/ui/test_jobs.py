@@ -55,6 +55,11 @@ def test_archive_training_and_activation_with_live_progress(
     models = page.locator("#models-table tbody tr")
     expect(models).to_have_count(1)
     old_version = models.first.get_attribute("data-version")
+    # Only backbones that train well here are offered, and the form says why the ResNets are not.
+    offered = page.locator("#train-backbone option").evaluate_all("options => options.map(o => o.value)")
+    assert offered == ["auto", "efficientnet_lite0", "efficientnet_lite2", "lenet"]
+    expect(page.locator("#train-backbone-note")).to_contain_text("ResNet-18/50 are not offered here")
+    expect(page.locator("#train-mode")).to_have_value("auto")
     page.fill("#train-source", "mnist")
     page.fill("#train-target", "usps")
     page.select_option("#train-bits", "16")
@@ -70,7 +75,9 @@ def test_archive_training_and_activation_with_live_progress(
     expect(row.locator("progress")).to_have_js_property("value", 20)
 
     # The new version is listed with its metrics and activated from its row.
-    new_version = jobs_server.client().get(f"/v1/jobs/{job_id}").json()["result"]["version"]
+    trained = jobs_server.client().get(f"/v1/jobs/{job_id}").json()["result"]
+    new_version = trained["version"]
+    assert (trained["backbone"], trained["mode"]) == ("lenet", "finetune")  # auto, from 28 px digits
     expect(row.locator(".job-summary")).to_contain_text(f"model {new_version}")
     expect(models).to_have_count(2)
     new_row = page.locator(f"#models-table tr[data-version='{new_version}']")

@@ -1,0 +1,84 @@
+"""What every benchmark record carries (commit, command, machine, date) and the statistics its tables use."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# two-sided 95 % quantiles of Student's t by degrees of freedom (scipy is not a dependency)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def cpu_name() -> str:
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def describe_run() -> dict[str, Any]:
+    """Commit, command line, machine and date, for every raw benchmark record."""
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name(0)}"
+    return {
+        "commit": git_commit(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and *sample* standard deviation (n − 1); the std is 0 for a single value."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Mean of ``a − b`` over paired seeds with its 95 % t confidence interval; ``holds`` when it excludes 0."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean, std = mean_std(diffs)
+    n = len(diffs)
+    half = T_975.get(n - 1, 1.96) * std / math.sqrt(n) if n > 1 else math.inf
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "holds": float(mean - half > 0)}
+
+
+def cosine_map(
+    queries: torch.Tensor, query_labels: np.ndarray, database: torch.Tensor, database_labels: np.ndarray
+) -> float:
+    """MAP@all of ranking the database by cosine similarity of continuous features (ties by database index).
+
+    Shape:
+        queries ``[Q, D]``, database ``[N, D]``, labels ``[Q]`` / ``[N]``.
+    """
+    q = torch.nn.functional.normalize(queries.float(), dim=1)
+    d = torch.nn.functional.normalize(database.float(), dim=1)
+    similarity = (q @ d.T).numpy()
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    relevant = database_labels[order] == query_labels[:, None]
+    hits = np.cumsum(relevant, axis=1)
+    ranks = np.arange(1, relevant.shape[1] + 1)
+    precision = np.where(relevant, hits / ranks, 0.0).sum(axis=1)
+    return float(np.mean(precision / np.maximum(relevant.sum(axis=1), 1)))
