@@ -179,6 +179,18 @@ class TrainingData:
     cache: FeatureCache | None = None
     source_features: FeatureTable | None = None
 
+    @property
+    def batches(self) -> str:
+        """Where batches come from (recorded in metrics.json): ``images_in_memory``, ``images_streamed``,
+        ``features_in_memory`` or ``features_from_disk`` (some cached features did not fit the budget)."""
+        inputs = self.inputs
+        if isinstance(inputs, InMemoryImages):
+            return "images_in_memory"
+        if isinstance(inputs, StreamedImages):
+            return "images_streamed"
+        tables = [inputs.source, *([] if inputs.target is None else [inputs.target])]
+        return "features_in_memory" if all(table.table is not None for table in tables) else "features_from_disk"
+
 
 def prepare_data(
     config: TrainConfig,
@@ -477,6 +489,8 @@ def train(
                 log.info("%s", line)
         visible = group.is_main and (sys.stderr.isatty() if show_progress is None else show_progress)
         data = prepare_data(config, backbone, source, target, device, visible)
+        if group.is_main:
+            log.info("batches: %s (memory budget %d MB)", data.batches.replace("_", " "), config.memory_budget_mb)
         skipped = report_skipped(data.skipped) if group.is_main else []
         trainer = Trainer(config, backbone, data, paths, group, device)
         if resume and paths.checkpoint.exists():
@@ -517,6 +531,7 @@ def _finish(trainer: Trainer, eval_sets: EvalSets, summary: RunSummary) -> Train
         "backbone": config.backbone,
         "mode": config.mode,
         "choices": summary.choices,
+        "batches": trainer.data.batches,
         "iterations": config.iterations,
         "seed": config.seed,
         "world_size": group.world_size,
