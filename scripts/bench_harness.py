@@ -1,6 +1,7 @@
 """The shared parts of the service benchmarks (``scripts/bench_service.py``, ``bench_search_resnet50.py``,
-``bench_scale_http.py``): statistics, machine description, real digit uploads, a real ``metah serve`` on
-loopback, single searches over HTTP and in-process, and the bounded load generator."""
+``bench_scale_http.py``): statistics, machine description, real uploads (digits, PACS photos), a real
+``metah serve`` on loopback, encoding artefact vs eager, bulk ingestion and single searches over HTTP and
+in-process, and the bounded load generator."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import io
 import itertools
+import mimetypes
 import platform
 import re
 import secrets
@@ -24,6 +26,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,9 @@ from PIL import Image
 from index import HashIndex
 from index.threads import available_cpus
 from model.datasets import load_digits
-from model.export import LoadedEncoder
+from model.export import LoadedEncoder, load_encoder
+from model.factory import restore_network
+from model.preprocess import to_model_input
 from scripts.run_demo import wait_ready
 from service.pipeline import decode, encode, probe
 
@@ -171,11 +176,16 @@ def machine() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Upload:
-    """A real digit as PNG bytes, with its label and domain."""
+    """A real image file's bytes (a digit as PNG, a PACS JPEG), with its label, domain and file suffix."""
 
     data: bytes
     label: str
     domain: str
+    suffix: str = ".png"
+
+    @property
+    def media_type(self) -> str:
+        return mimetypes.guess_type(f"image{self.suffix}")[0] or "application/octet-stream"
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -216,13 +226,35 @@ def interleave(*groups: list[Upload]) -> list[Upload]:
     return [u for row in itertools.zip_longest(*groups) for u in row if u is not None]
 
 
+def folder_uploads(root: Path, domain: str) -> list[Upload]:
+    """Every file of an ImageFolder ``root`` (one sub-folder per class), sorted by path, as ``domain``."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [Upload(p.read_bytes(), p.parent.name, domain, p.suffix.lower()) for p in files]
+
+
+def photo_sets(root: Path, domains: Sequence[str], queries: int, seed: int) -> tuple[list[Upload], list[Upload]]:
+    """Real photos from ``root/<domain>/<class>/…`` (the PACS subset in ``data/pacs``): a library of every file
+    of ``domains`` but the queries, and ``queries`` of them drawn evenly across the domains (seeded), never
+    stored. Both interleave the domains."""
+    rng = np.random.default_rng(seed)
+    library, held_out = [], []
+    for i, domain in enumerate(domains):
+        files = folder_uploads(root / domain, domain)
+        share = queries // len(domains) + (i < queries % len(domains))
+        picked = set(rng.choice(len(files), size=share, replace=False).tolist())
+        held_out.append([u for j, u in enumerate(files) if j in picked])
+        library.append([u for j, u in enumerate(files) if j not in picked])
+    return interleave(*library), interleave(*held_out)
+
+
 def zip_archive(uploads: Sequence[Upload]) -> bytes:
-    """A zip of the PNGs (stored: PNG is compressed already) with ``manifest.csv`` (path, label, domain)."""
+    """A zip of the images (stored: PNG and JPEG are compressed already) with ``manifest.csv`` (path, label,
+    domain)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         lines = ["path,label,domain"]
         for i, upload in enumerate(uploads):
-            name = f"{upload.domain}/{i:06d}.png"
+            name = f"{upload.domain}/{i:06d}{upload.suffix}"
             archive.writestr(name, upload.data)
             lines.append(f"{name},{upload.label},{upload.domain}")
         archive.writestr("manifest.csv", "\n".join(lines) + "\n")
@@ -301,8 +333,135 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
+def wait_for_worker(server: Server) -> None:
+    """The job worker starts after the API is ready: wait for its log line too."""
+    log = server.log_path
+    wait_for(lambda: b'"worker started"' in log.read_bytes(), timeout=120, what="the job worker", interval=0.2)
+
+
 def indexed(server: Server) -> int:
     return int(server.client.get("/readyz").json()["indexed"])
+
+
+# ------------------------------------------------------------------------------------- 1. encoding
+
+
+def encoding_sweep(
+    model_path: Path,
+    pixels: np.ndarray,
+    repeats: int,
+    thread_counts: Sequence[int],
+    batch_sizes: Sequence[int],
+    images_per_timing: int,
+) -> list[dict[str, Any]]:
+    """Images/s of the eager network (rebuilt from the ``checkpoint.pt`` beside the artefact) vs the exported
+    artefact, same batch: each timing covers at least ``images_per_timing`` images, the two alternate, the first
+    round warms up, the median of the other ``repeats`` counts.
+
+    Shape:
+        pixels: uint8 ``[M, H, W, 3]`` at the encoder's input size, ``M ≥ max(batch_sizes)``.
+    """
+    artefact = load_encoder(model_path).module
+    eager = restore_network(model_path.with_name("checkpoint.pt")).net.encoder().eval()
+    rows = []
+    default_threads = torch.get_num_threads()
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for batch_size in batch_sizes:
+            batch = to_model_input(pixels[:batch_size])
+            loops = max(1, images_per_timing // batch_size)
+            timings: dict[str, list[float]] = {"eager": [], "artefact": []}
+            with torch.inference_mode():
+                same = torch.equal(eager(batch) > 0, artefact(batch) > 0)
+                for _ in range(repeats + 1):  # the first round warms up
+                    for name, module in (("eager", eager), ("artefact", artefact)):
+                        started = time.perf_counter()
+                        for _ in range(loops):
+                            module(batch)
+                        timings[name].append(time.perf_counter() - started)
+            eager_rate = loops * batch_size / float(np.median(timings["eager"][1:]))
+            artefact_rate = loops * batch_size / float(np.median(timings["artefact"][1:]))
+            rows.append(
+                {
+                    "threads": threads,
+                    "batch": batch_size,
+                    "eager_images_per_s": eager_rate,
+                    "artefact_images_per_s": artefact_rate,
+                    "ratio": ratio(artefact_rate, eager_rate),
+                    "same_bits": bool(same),
+                }
+            )
+            print(f"  encode threads={threads} batch={batch_size}: {rows[-1]}", flush=True)
+    torch.set_num_threads(default_threads)
+    return rows
+
+
+# ------------------------------------------------------------------------------------ 2. ingestion
+
+
+def ingest_in_process(
+    encoder: LoadedEncoder, uploads: Sequence[Upload], batch_size: int, max_pixels: int
+) -> dict[str, Any]:
+    """probe → decode per image, encode per batch; returns the rate and the codes (``uint8 [N, B]``)."""
+    started = time.perf_counter()
+    parts = []
+    for start in range(0, len(uploads), batch_size):
+        pixels = []
+        for upload in uploads[start : start + batch_size]:
+            probe(upload.data, max_pixels)
+            pixels.append(decode(encoder, upload.data, max_pixels))
+        parts.append(encode(encoder, np.stack(pixels)))
+    seconds = time.perf_counter() - started
+    return {"images": len(uploads), "seconds": seconds, "images_per_s": len(uploads) / seconds, "codes": parts}
+
+
+def ingest_job_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str, Any]:
+    """Send one zip to ``POST /v1/ingest-jobs``; time until the job has succeeded and until the API's index
+    holds the images (``/readyz`` ``indexed``)."""
+    archive = zip_archive(uploads)
+    before = indexed(server)
+    started = time.perf_counter()
+    response = server.client.post(
+        "/v1/ingest-jobs",
+        files={"archive": ("images.zip", archive, "application/zip")},
+        data={"domain": uploads[0].domain},  # the fallback: the manifest names every image's domain
+    )
+    response.raise_for_status()
+    accepted = time.perf_counter() - started
+    job_id = response.json()["job_id"]
+    job: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal job
+        job = server.client.get(f"/v1/jobs/{job_id}").json()
+        return job["status"] in ("succeeded", "failed", "cancelled")
+
+    wait_for(finished, timeout=1800, what=f"ingest job {job_id}")
+    succeeded = time.perf_counter() - started
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"ingest job {job_id} ended {job['status']}: {job['errors'][:5]}")
+    created = int(job["result"]["created"])
+    wait_for(lambda: indexed(server) >= before + created, timeout=300, what="the API index to follow the job")
+    in_index = time.perf_counter() - started
+    created_at, started_at, finished_at = (
+        datetime.fromisoformat(job[key]) if job.get(key) else None
+        for key in ("created_at", "started_at", "finished_at")
+    )
+    processing = (finished_at - started_at).total_seconds() if started_at and finished_at else None
+    queued = (started_at - created_at).total_seconds() if created_at and started_at else None
+    return {
+        "images": len(uploads),
+        "archive_bytes": len(archive),
+        "result": job["result"],
+        "item_errors": len(job["errors"]),
+        "upload_accepted_s": accepted,
+        "succeeded_s": succeeded,
+        "in_api_index_s": in_index,
+        "job_queued_s": queued,
+        "job_processing_s": processing,
+        "images_per_s": created / succeeded,
+        "images_per_s_job_processing": created / processing if processing else None,
+    }
 
 
 # --------------------------------------------------------------------------------------- 3. search
@@ -316,8 +475,9 @@ def search_in_process(encoder: LoadedEncoder, index: HashIndex, data: bytes, max
     return [int(d) for d in hits.distances]
 
 
-def search_over_http(client: httpx.Client, data: bytes) -> httpx.Response:
-    return client.post("/v1/search", files={"image": ("query.png", data, "image/png")}, params={"k": K})
+def search_over_http(client: httpx.Client, query: Upload) -> httpx.Response:
+    image = (f"query{query.suffix}", query.data, query.media_type)
+    return client.post("/v1/search", files={"image": image}, params={"k": K})
 
 
 # ---------------------------------------------------------------------------------- 4. concurrency
@@ -381,7 +541,7 @@ def http_caller(server: Server, queries: Sequence[Upload]) -> Callable[[], Abstr
     @contextmanager
     def open_call() -> Iterator[Call]:
         with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            yield lambda i: search_over_http(client, queries[i % len(queries)].data).status_code == 200
+            yield lambda i: search_over_http(client, queries[i % len(queries)]).status_code == 200
 
     return open_call
 
@@ -428,7 +588,7 @@ def single_uploads_over_http(server: Server, uploads: Sequence[Upload]) -> dict[
         t0 = time.perf_counter()
         response = server.client.post(
             "/v1/images",
-            files={"image": ("digit.png", upload.data, "image/png")},
+            files={"image": (f"image{upload.suffix}", upload.data, upload.media_type)},
             data={"domain": upload.domain, "label": upload.label},
         )
         latencies.append(time.perf_counter() - t0)
@@ -449,13 +609,13 @@ def single_searches(
 ) -> dict[str, Any]:
     """Each query over HTTP then in-process, interleaved; the distance lists must agree."""
     for query in queries[:5]:  # warm-up
-        search_over_http(server.client, query.data)
+        search_over_http(server.client, query)
         search_in_process(encoder, index, query.data, max_pixels)
     scrape_before = stage_totals(server.client.get("/metrics").text)
     http, local, mismatches, errors, took, noop = [], [], 0, 0, [], []
     for query in queries:
         t0 = time.perf_counter()
-        response = search_over_http(server.client, query.data)
+        response = search_over_http(server.client, query)
         http.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         expected = search_in_process(encoder, index, query.data, max_pixels)

@@ -50,8 +50,6 @@ import torch
 
 from index.threads import available_cpus
 from model.export import LoadedEncoder, load_encoder
-from model.factory import restore_network
-from model.preprocess import to_model_input
 from scripts import pyspy
 from scripts.bench_harness import (
     CLIENTS,
@@ -62,9 +60,12 @@ from scripts.bench_harness import (
     build_index,
     children_of,
     describe,
+    encoding_sweep,
     http_caller,
     image_sets,
     indexed,
+    ingest_in_process,
+    ingest_job_over_http,
     latency_summary,
     load_test,
     local_caller,
@@ -77,11 +78,10 @@ from scripts.bench_harness import (
     single_uploads_over_http,
     size_label,
     verdict,
-    wait_for,
-    zip_archive,
+    wait_for_worker,
 )
 from scripts.demo_model import ensure_demo_model
-from service.pipeline import code_of, decode, encode, probe
+from service.pipeline import code_of, decode, probe
 from service.settings import Settings
 
 BATCH_SIZES = (1, 8, 32, 128, 512)
@@ -89,112 +89,7 @@ INGEST_RATIO_TARGET = 0.7
 SEARCH_OVERHEAD_TARGET_MS = 5.0
 
 
-# --------------------------------------------------------------------------------------- 1. encoding
-
-
-def encoding_sweep(
-    model_path: Path, pixels: np.ndarray, repeats: int, thread_counts: Sequence[int]
-) -> list[dict[str, Any]]:
-    """Images/s of the eager network vs the exported artefact, same batch, interleaved timings (median)."""
-    artefact = load_encoder(model_path).module
-    eager = restore_network(model_path.with_name("checkpoint.pt")).net.encoder().eval()
-    rows = []
-    default_threads = torch.get_num_threads()
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
-        for batch_size in BATCH_SIZES:
-            batch = to_model_input(pixels[:batch_size])
-            loops = max(1, 512 // batch_size)  # each timing covers at least 512 images
-            timings: dict[str, list[float]] = {"eager": [], "artefact": []}
-            with torch.inference_mode():
-                same = torch.equal(eager(batch) > 0, artefact(batch) > 0)
-                for _ in range(repeats + 1):  # the first round warms up
-                    for name, module in (("eager", eager), ("artefact", artefact)):
-                        started = time.perf_counter()
-                        for _ in range(loops):
-                            module(batch)
-                        timings[name].append(time.perf_counter() - started)
-            eager_rate = loops * batch_size / float(np.median(timings["eager"][1:]))
-            artefact_rate = loops * batch_size / float(np.median(timings["artefact"][1:]))
-            rows.append(
-                {
-                    "threads": threads,
-                    "batch": batch_size,
-                    "eager_images_per_s": eager_rate,
-                    "artefact_images_per_s": artefact_rate,
-                    "ratio": ratio(artefact_rate, eager_rate),
-                    "same_bits": bool(same),
-                }
-            )
-            print(f"  encode threads={threads} batch={batch_size}: {rows[-1]}", flush=True)
-    torch.set_num_threads(default_threads)
-    return rows
-
-
 # ------------------------------------------------------------------------------------- 2. ingestion
-
-
-def ingest_in_process(
-    encoder: LoadedEncoder, uploads: Sequence[Upload], batch_size: int, max_pixels: int
-) -> dict[str, Any]:
-    """probe → decode per image, encode per batch; returns the rate and the codes (``uint8 [N, B]``)."""
-    started = time.perf_counter()
-    parts = []
-    for start in range(0, len(uploads), batch_size):
-        pixels = []
-        for upload in uploads[start : start + batch_size]:
-            probe(upload.data, max_pixels)
-            pixels.append(decode(encoder, upload.data, max_pixels))
-        parts.append(encode(encoder, np.stack(pixels)))
-    seconds = time.perf_counter() - started
-    return {"images": len(uploads), "seconds": seconds, "images_per_s": len(uploads) / seconds, "codes": parts}
-
-
-def ingest_job_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str, Any]:
-    """Send one zip to ``POST /v1/ingest-jobs``; time until the job has succeeded and until the API's index
-    holds the images (``/readyz`` ``indexed``)."""
-    archive = zip_archive(uploads)
-    before = indexed(server)
-    started = time.perf_counter()
-    response = server.client.post(
-        "/v1/ingest-jobs", files={"archive": ("digits.zip", archive, "application/zip")}, data={"domain": "digits"}
-    )
-    response.raise_for_status()
-    accepted = time.perf_counter() - started
-    job_id = response.json()["job_id"]
-    job: dict[str, Any] = {}
-
-    def finished() -> bool:
-        nonlocal job
-        job = server.client.get(f"/v1/jobs/{job_id}").json()
-        return job["status"] in ("succeeded", "failed", "cancelled")
-
-    wait_for(finished, timeout=1800, what=f"ingest job {job_id}")
-    succeeded = time.perf_counter() - started
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"ingest job {job_id} ended {job['status']}: {job['errors'][:5]}")
-    created = int(job["result"]["created"])
-    wait_for(lambda: indexed(server) >= before + created, timeout=300, what="the API index to follow the job")
-    in_index = time.perf_counter() - started
-    created_at, started_at, finished_at = (
-        datetime.fromisoformat(job[key]) if job.get(key) else None
-        for key in ("created_at", "started_at", "finished_at")
-    )
-    processing = (finished_at - started_at).total_seconds() if started_at and finished_at else None
-    queued = (started_at - created_at).total_seconds() if created_at and started_at else None
-    return {
-        "images": len(uploads),
-        "archive_bytes": len(archive),
-        "result": job["result"],
-        "item_errors": len(job["errors"]),
-        "upload_accepted_s": accepted,
-        "succeeded_s": succeeded,
-        "in_api_index_s": in_index,
-        "job_queued_s": queued,
-        "job_processing_s": processing,
-        "images_per_s": created / succeeded,
-        "images_per_s_job_processing": created / processing if processing else None,
-    }
 
 
 def profile_ingestion(server: Server, uploads: Sequence[Upload], out: Path, base: dict[str, Any], command: str) -> None:
@@ -467,14 +362,15 @@ def main(argv: list[str] | None = None) -> None:
         print("1. encoding: artefact vs eager", flush=True)
         sweep_pixels = np.stack([decode(encoder, u.data, max_pixels) for u in bulk[: max(BATCH_SIZES)]])
         threads = sorted({1, available_cpus()})
-        results["encoding"] = encoding_sweep(model_path, sweep_pixels, plan.encode_repeats, threads)
+        results["encoding"] = encoding_sweep(
+            model_path, sweep_pixels, plan.encode_repeats, threads, BATCH_SIZES, images_per_timing=512
+        )
 
     torch.set_num_threads(settings.torch_threads)  # the service's single-image setting, for every baseline below
     args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="data-", dir=args.work) as data_dir:
         with metah_serve(Path(data_dir), model_path, workers=1, log_path=args.work / "serve.log") as server:
-            log = args.work / "serve.log"  # the job worker starts after the API is ready: wait for it too
-            wait_for(lambda: b'"worker started"' in log.read_bytes(), timeout=120, what="the job worker", interval=0.2)
+            wait_for_worker(server)
             rss_before = server.memory()
             print("2. ingestion", flush=True)
             base = ingest_in_process(encoder, bulk, batch_size, max_pixels)

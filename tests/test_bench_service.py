@@ -8,6 +8,7 @@ import math
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from scripts.bench_harness import (
     load_test,
     parse_size,
     percentile,
+    photo_sets,
     ratio,
     size_label,
     stage_means_ms,
@@ -72,6 +74,28 @@ def test_zip_archive_has_a_manifest_naming_every_image() -> None:
         rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
         assert [(r["label"], r["domain"]) for r in rows] == [("3", "usps"), ("7", "mnist_m")]
         assert [archive.read(r["path"]) for r in rows] == [b"png-a", b"png-b"]
+
+
+def test_zip_archive_keeps_each_image_s_suffix() -> None:
+    uploads = [Upload(b"jpeg", "dog", "photo", ".jpg"), Upload(b"png", "3", "usps")]
+    with zipfile.ZipFile(io.BytesIO(zip_archive(uploads))) as archive:
+        assert [n for n in archive.namelist() if n != "manifest.csv"] == ["photo/000000.jpg", "usps/000001.png"]
+    assert (uploads[0].media_type, uploads[1].media_type) == ("image/jpeg", "image/png")
+
+
+def test_photo_sets_hold_queries_out_of_the_library_evenly(tmp_path: Path) -> None:
+    for domain in ("photo", "cartoon"):
+        for label in ("dog", "house"):
+            (tmp_path / domain / label).mkdir(parents=True)
+            for i in range(5):
+                (tmp_path / domain / label / f"{i}.jpg").write_bytes(f"{domain}-{label}-{i}".encode())
+    library, queries = photo_sets(tmp_path, ("photo", "cartoon"), queries=5, seed=0)
+    assert len(library) == 15 and len(queries) == 5
+    assert not {u.data for u in library} & {u.data for u in queries}
+    assert [u.domain for u in queries].count("photo") == 3 and library[0].domain == "photo"
+    assert all(u.data.decode().startswith(f"{u.domain}-{u.label}-") and u.suffix == ".jpg" for u in library)
+    again, _ = photo_sets(tmp_path, ("photo", "cartoon"), queries=5, seed=0)
+    assert again == library
 
 
 def test_load_test_counts_every_request_and_error() -> None:

@@ -53,6 +53,28 @@ def test_round_trip_gives_identical_binary_codes_and_metadata(tmp_path: Path) ->
     assert loaded.metadata["classes"][3] == "3"
 
 
+def test_channels_last_weights_change_no_code_and_no_input_contract(tmp_path: Path) -> None:
+    """The artefact stores its convolutions channels-last (faster on CPU); inputs stay NCHW ``[0, 1]`` tensors
+    in whatever memory layout, and the codes stay those of the eager network."""
+    net = _net()
+    path = tmp_path / "model.pt"
+    export_encoder(net.encoder(), _metadata(net, 16), path)
+    module = load_encoder(path).module
+    constants = [
+        node.t("value")
+        for node in module.graph.findAllNodes("prim::Constant")
+        if node.hasAttribute("value") and node.kindOf("value") == "t"
+    ]
+    kernels = [t for t in constants if t.dim() == 4 and t.shape[-1] > 1]  # the convolutions' weights
+    assert kernels and all(t.is_contiguous(memory_format=torch.channels_last) for t in kernels)
+    assert not any(t.is_contiguous() for t in kernels)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        eager = net.encoder().eval()(x)
+        assert torch.equal(module(x), eager)
+        assert torch.equal(module(x.contiguous(memory_format=torch.channels_last)), eager)
+
+
 def test_the_digit_encoder_is_scripted_not_traced() -> None:
     """Tracing (the fallback for unscriptable third-party backbones) would freeze shape-dependent branches."""
     scripted = torch.jit.script(_net().encoder())
