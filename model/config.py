@@ -64,8 +64,8 @@ class TrainConfig:
 
     @property
     def weights(self) -> LossWeights:
-        """The explicit loss weights, or the method's preset."""
-        return self.loss_weights if self.loss_weights is not None else method_weights(self.method)
+        """The explicit loss weights, or the method's preset for the training mode."""
+        return self.loss_weights if self.loss_weights is not None else method_weights(self.method, self.mode)
 
     def validated(self) -> TrainConfig:
         """Return self after checking every field a user can get wrong (raises ConfigError)."""

@@ -61,3 +61,15 @@ def min_entropy_loss(class_logits: torch.Tensor) -> torch.Tensor:
     """
     log_p = F.log_softmax(class_logits, dim=1)
     return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def diversity_loss(class_logits: torch.Tensor) -> torch.Tensor:
+    """Negative entropy of the batch's *mean* class distribution; minimising it spreads the predictions over the
+    classes, the counterweight to :func:`min_entropy_loss` that keeps target codes from collapsing onto a few
+    classes (the "diversity" half of information maximisation, SHOT, Liang et al. ICML 2020).
+
+    Shape:
+        class_logits ``[N, C]`` → scalar in ``[-log C, 0]``.
+    """
+    mean = F.softmax(class_logits, dim=1).mean(dim=0)
+    return (mean * torch.log(mean.clamp_min(1e-12))).sum()

@@ -1,6 +1,7 @@
 """One objective for every method: the methods differ only in their loss weights.
 
-``source_only`` = pairwise + quantisation; ``tah`` = + adversarial; ``metah`` = + classification + entropy.
+``source_only`` = pairwise + quantisation; ``tah`` = + adversarial; ``metah`` = + classification + entropy
+(+ diversity, the counterweight of the entropy term that the frozen-feature defaults use).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from model.errors import ConfigError
 from model.losses import (
     adversarial_loss,
     classification_loss,
+    diversity_loss,
     min_entropy_loss,
     pairwise_t_loss,
     quantization_loss,
@@ -27,16 +29,17 @@ class LossWeights:
     adversarial: float = 0.0
     classification: float = 0.0
     entropy: float = 0.0
+    diversity: float = 0.0
     entropy_ramp: bool = True
     balance_pairs: bool = True
 
     @property
     def uses_target(self) -> bool:
-        return self.adversarial > 0 or self.entropy > 0
+        return self.adversarial > 0 or self.entropy > 0 or self.diversity > 0
 
     @property
     def needs_classifier(self) -> bool:
-        return self.classification > 0 or self.entropy > 0
+        return self.classification > 0 or self.entropy > 0 or self.diversity > 0
 
     @property
     def needs_discriminator(self) -> bool:
@@ -46,16 +49,30 @@ class LossWeights:
         return asdict(self)
 
 
+# Training the whole network (LeNet on digits): chosen on MNIST <-> USPS (README, digit benchmark).
 METHODS: dict[str, LossWeights] = {
     "source_only": LossWeights(),
     "tah": LossWeights(adversarial=1.0),
     "metah": LossWeights(adversarial=1.0, classification=1.0, entropy=0.3),
 }
 
+# Heads on frozen pretrained features (the photo path): each method's best point of the same small grid, by
+# validation MAP@all on PACS photo -> sketch and photo -> cartoon (scripts/bench_photos.py, benchmarks/photos).
+# MeTAH's min-entropy alone drove sketch codes into the wrong classes; balanced by the diversity term it holds.
+FROZEN_METHODS: dict[str, LossWeights] = {
+    "source_only": LossWeights(pairwise=10.0, quantization=0.1),
+    "tah": LossWeights(pairwise=10.0, quantization=0.8, adversarial=3.0),
+    "metah": LossWeights(
+        pairwise=10.0, quantization=0.8, adversarial=1.0, classification=1.0, entropy=0.1, diversity=0.1
+    ),
+}
 
-def method_weights(method: str) -> LossWeights:
+
+def method_weights(method: str, mode: str = "finetune") -> LossWeights:
+    """The method's default loss weights for a training mode (``frozen`` has its own, see above)."""
+    presets = FROZEN_METHODS if mode == "frozen" else METHODS
     try:
-        return METHODS[method]
+        return presets[method]
     except KeyError:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}") from None
 
@@ -93,10 +110,14 @@ def compute_objective(
             raise ConfigError("the classification and entropy losses need a network built with a classifier")
         terms["classification"] = classification_loss(out.class_logits[:n_source], source_labels)
         total = total + weights.classification * terms["classification"]
-        if weights.entropy > 0 and out.class_logits.shape[0] > n_source:
-            terms["entropy"] = min_entropy_loss(out.class_logits[n_source:])
-            entropy_weight = weights.entropy * (ramp if weights.entropy_ramp else 1.0)
-            total = total + entropy_weight * terms["entropy"]
+        target_logits = out.class_logits[n_source:]
+        scale = ramp if weights.entropy_ramp else 1.0
+        if weights.entropy > 0 and target_logits.shape[0] > 0:
+            terms["entropy"] = min_entropy_loss(target_logits)
+            total = total + weights.entropy * scale * terms["entropy"]
+        if weights.diversity > 0 and target_logits.shape[0] > 0:
+            terms["diversity"] = diversity_loss(target_logits)
+            total = total + weights.diversity * scale * terms["diversity"]
     values = {name: float(value.detach()) for name, value in terms.items()}
     values["loss"] = float(total.detach())
     return total, values

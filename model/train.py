@@ -413,7 +413,7 @@ class Trainer:
                 files, self.backbone, self.data.cache, 1, device=self.device, workers=loader_workers(self.config)
             )
             table = FeatureTable(self.data.cache, keys, 1, self.config.memory_budget_mb * 2**20)
-        projection = final.heads.hash.linear
+        projection = final.heads.hash.projection()
         chunks = [projection(batch.to(self.device)) for batch in table.plain()]
         z = torch.cat(chunks).cpu()
         return torch.where(z > 0, 1.0, -1.0).numpy()

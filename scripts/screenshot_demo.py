@@ -1,7 +1,13 @@
-"""The README's picture of the UI: search a running demo (``make run``) with an MNIST test digit, a domain the
-demo library does not hold (it holds USPS scans and MNIST-M colour digits), and save the page.
+"""The README's pictures of the UI: search a running demo and save the page.
 
-    .venv/bin/python -m scripts.screenshot_demo --url http://127.0.0.1:8000 --out docs/ui-search.png
+* photos demo (``make run``): a PACS sketch of a giraffe (``--query``), searched among the library's photos and
+  cartoons;
+* digits demo (``make run DEMO=digits``): an MNIST test digit, a domain the demo library does not hold (it holds
+  USPS scans and MNIST-M colour digits).
+
+    .venv/bin/python -m scripts.screenshot_demo --query data/pacs/sketch/giraffe/7401.png \
+        --out docs/ui-search-photos.png
+    .venv/bin/python -m scripts.screenshot_demo --out docs/ui-search.png      # the digits demo
 
 Needs Debian's Chromium (``/usr/bin/chromium``) and the playwright package (requirements-dev.txt).
 """
@@ -43,7 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--out", type=Path, default=Path("docs/ui-search.png"))
-    parser.add_argument("--index", type=int, default=7, help="which MNIST test digit to search with")
+    parser.add_argument("--query", type=Path, default=None, help="an image file to search with")
+    parser.add_argument("--index", type=int, default=7, help="without --query: which MNIST test digit")
     parser.add_argument("--k", type=int, default=18)
     parser.add_argument("--domain", default="", help="search only this domain ('' for all)")
     args = parser.parse_args()
@@ -53,7 +60,10 @@ def main() -> None:
         page.goto(args.url)
         page.fill("#opt-k", str(args.k))
         page.fill("#opt-domain", args.domain)
-        query = FilePayload(name="mnist.png", mimeType="image/png", buffer=mnist_query(args.index))
+        if args.query is not None:
+            query = FilePayload(name=args.query.name, mimeType="image/png", buffer=args.query.read_bytes())
+        else:
+            query = FilePayload(name="mnist.png", mimeType="image/png", buffer=mnist_query(args.index))
         page.set_input_files("#search-file", files=query)
         expect(page.locator("#hits .hit")).to_have_count(args.k)
         for thumbnail in page.locator("#hits img").all():

@@ -10,6 +10,7 @@ import torch
 from model.losses import (
     adversarial_loss,
     classification_loss,
+    diversity_loss,
     min_entropy_loss,
     pairwise_t_loss,
     quantization_loss,
@@ -93,3 +94,20 @@ def test_entropy_gradient_makes_the_response_more_confident() -> None:
     after = torch.softmax(stepped, 1).max().item()
     assert after > before
     assert min_entropy_loss(stepped).item() < min_entropy_loss(logits.detach()).item()
+
+
+def test_diversity_is_the_negative_entropy_of_the_mean_prediction() -> None:
+    # two confident predictions on different classes: the mean is [0.5, 0.5, 0] -> -log 2
+    spread = torch.tensor([[50.0, 0.0, 0.0], [0.0, 50.0, 0.0]])
+    assert diversity_loss(spread).item() == pytest.approx(-math.log(2), abs=1e-6)
+    # the same confident class twice: the mean is one-hot -> 0, the largest (worst) value
+    collapsed = torch.tensor([[50.0, 0.0, 0.0], [50.0, 0.0, 0.0]])
+    assert diversity_loss(collapsed).item() == pytest.approx(0.0, abs=1e-6)
+    # uniform mean over C classes is the minimum, -log C
+    assert diversity_loss(torch.zeros(4, 5)).item() == pytest.approx(-math.log(5), abs=1e-6)
+    # a gradient step moves a collapsed batch towards using more classes
+    logits = torch.tensor([[3.0, 0.0, 0.0], [2.0, 0.5, 0.0]], requires_grad=True)
+    diversity_loss(logits).backward()
+    assert logits.grad is not None
+    stepped = logits.detach() - 0.5 * logits.grad
+    assert diversity_loss(stepped).item() < diversity_loss(logits.detach()).item()

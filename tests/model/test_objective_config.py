@@ -124,6 +124,7 @@ def test_default_config_is_the_documented_recipe() -> None:
         "adversarial": 1.0,
         "classification": 1.0,
         "entropy": 0.3,
+        "diversity": 0.0,
         "entropy_ramp": True,
         "balance_pairs": True,
     }
@@ -134,3 +135,29 @@ def test_the_weight_average_never_spans_more_than_a_sixth_of_a_short_run() -> No
     assert TrainConfig(iterations=100).average_decay == pytest.approx(0.94)
     assert TrainConfig(iterations=5).average_decay == 0.0  # each update copies: the last iterate
     assert TrainConfig(iterations=100_000, ema_decay=0.9).average_decay == 0.9
+
+
+def test_frozen_features_have_their_own_presets_and_explicit_weights_win() -> None:
+    from model.objective import FROZEN_METHODS
+
+    frozen = TrainConfig(mode="frozen")
+    assert frozen.weights == FROZEN_METHODS["metah"]
+    assert frozen.weights.diversity > 0 and frozen.weights.entropy > 0  # entropy never without its counterweight
+    assert TrainConfig(mode="finetune").weights == METHODS["metah"]
+    assert TrainConfig(mode="auto").weights == METHODS["metah"]  # before the mode is resolved
+    explicit = LossWeights(pairwise=2.0)
+    assert TrainConfig(mode="frozen", loss_weights=explicit).weights == explicit
+
+
+def test_the_diversity_term_enters_the_objective_ramped_like_the_entropy() -> None:
+    torch.manual_seed(0)
+    out = NetOutput(torch.tanh(torch.randn(8, 16)), torch.randn(8, 3), None)
+    labels = torch.tensor([0, 1, 2, 0])
+    weights = LossWeights(classification=1.0, entropy=0.1, diversity=0.5)
+    _, values = compute_objective(out, labels, weights, ramp=1.0)
+    assert "diversity" in values and values["diversity"] < 0
+    half, _ = compute_objective(out, labels, weights, ramp=0.5)
+    full, _ = compute_objective(out, labels, weights, ramp=1.0)
+    without, _ = compute_objective(out, labels, LossWeights(classification=1.0), ramp=1.0)
+    ramped_part = float(full - without)
+    assert float(half - without) == pytest.approx(ramped_part / 2, rel=1e-5)
