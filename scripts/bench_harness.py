@@ -105,6 +105,12 @@ def rss_kib(pid: int | str = "self") -> int:
     return memory_kib(pid)["VmRSS"]
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time a process has used so far, all its threads (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children_of(pid: int) -> list[int]:
     """The live child processes of ``pid`` (Linux ``/proc``), whichever of its threads started them."""
     found = []
@@ -402,7 +408,9 @@ def encoding_sweep(
 def ingest_in_process(
     encoder: LoadedEncoder, uploads: Sequence[Upload], batch_size: int, max_pixels: int
 ) -> dict[str, Any]:
-    """probe → decode per image, encode per batch; returns the rate and the codes (``uint8 [N, B]``)."""
+    """probe → decode per image, encode per batch; returns the rate, this process's CPU seconds and the codes
+    (``uint8 [N, B]``)."""
+    cpu = cpu_seconds()
     started = time.perf_counter()
     parts = []
     for start in range(0, len(uploads), batch_size):
@@ -412,14 +420,25 @@ def ingest_in_process(
             pixels.append(decode(encoder, upload.data, max_pixels))
         parts.append(encode(encoder, np.stack(pixels)))
     seconds = time.perf_counter() - started
-    return {"images": len(uploads), "seconds": seconds, "images_per_s": len(uploads) / seconds, "codes": parts}
+    cpu = cpu_seconds() - cpu
+    return {
+        "images": len(uploads),
+        "seconds": seconds,
+        "images_per_s": len(uploads) / seconds,
+        "cpu_s": cpu,
+        "codes": parts,
+    }
 
 
 def ingest_job_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str, Any]:
     """Send one zip to ``POST /v1/ingest-jobs``; time until the job has succeeded and until the API's index
-    holds the images (``/readyz`` ``indexed``)."""
+    holds the images (``/readyz`` ``indexed``), and the CPU seconds the API and the job worker used meanwhile.
+
+    The job is polled every 0.2 s: a client polling faster takes CPU from the worker on a small machine."""
     archive = zip_archive(uploads)
     before = indexed(server)
+    processes = {"api": server.pid, **{f"worker{i}": pid for i, pid in enumerate(children_of(server.pid))}}
+    cpu = {name: cpu_seconds(pid) for name, pid in processes.items()}
     started = time.perf_counter()
     response = server.client.post(
         "/v1/ingest-jobs",
@@ -436,8 +455,9 @@ def ingest_job_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str,
         job = server.client.get(f"/v1/jobs/{job_id}").json()
         return job["status"] in ("succeeded", "failed", "cancelled")
 
-    wait_for(finished, timeout=1800, what=f"ingest job {job_id}")
+    wait_for(finished, timeout=1800, what=f"ingest job {job_id}", interval=0.2)
     succeeded = time.perf_counter() - started
+    cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in processes.items()}
     if job["status"] != "succeeded":
         raise RuntimeError(f"ingest job {job_id} ended {job['status']}: {job['errors'][:5]}")
     created = int(job["result"]["created"])
@@ -461,6 +481,7 @@ def ingest_job_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str,
         "job_processing_s": processing,
         "images_per_s": created / succeeded,
         "images_per_s_job_processing": created / processing if processing else None,
+        "cpu_s": cpu,
     }
 
 
@@ -607,19 +628,27 @@ def single_uploads_over_http(server: Server, uploads: Sequence[Upload]) -> dict[
 def single_searches(
     server: Server, encoder: LoadedEncoder, index: HashIndex, queries: Sequence[Upload], max_pixels: int
 ) -> dict[str, Any]:
-    """Each query over HTTP then in-process, interleaved; the distance lists must agree."""
+    """Each query over HTTP then in-process, interleaved; the distance lists must agree.
+
+    Also the CPU time of each side (``cpu_ms``): the client's thread and the server process during the HTTP
+    search, this thread during the in-process one. Wall time beyond the CPU time is waiting: for the other
+    process, for a core."""
     for query in queries[:5]:  # warm-up
         search_over_http(server.client, query)
         search_in_process(encoder, index, query.data, max_pixels)
     scrape_before = stage_totals(server.client.get("/metrics").text)
     http, local, mismatches, errors, took, noop = [], [], 0, 0, [], []
+    cpu: dict[str, list[float]] = {"client": [], "server": [], "in_process": []}
     for query in queries:
-        t0 = time.perf_counter()
+        t0, c0, s0 = time.perf_counter(), time.thread_time(), cpu_seconds(server.pid)
         response = search_over_http(server.client, query)
         http.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        cpu["server"].append(cpu_seconds(server.pid) - s0)
+        cpu["client"].append(time.thread_time() - c0)
+        t0, c0 = time.perf_counter(), time.thread_time()
         expected = search_in_process(encoder, index, query.data, max_pixels)
         local.append(time.perf_counter() - t0)
+        cpu["in_process"].append(time.thread_time() - c0)
         t0 = time.perf_counter()
         server.client.get("/healthz")  # the floor: a route that does nothing, same connection
         noop.append(time.perf_counter() - t0)
@@ -637,6 +666,7 @@ def single_searches(
         "server_took_ms": latency_summary(took),
         "healthz": latency_summary(noop),
         "server_stage_mean_ms": stage_means_ms(scrape_before, scrape_after),
+        "cpu_ms": {side: latency_summary(seconds) for side, seconds in cpu.items()},
         "errors": errors,
         "distance_mismatches": mismatches,
     }

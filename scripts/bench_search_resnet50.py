@@ -185,19 +185,27 @@ def markdown(results: dict[str, Any]) -> str:
             "worker's setting). HTTP: the client's wall time from the upload until the job has succeeded, on a fresh "
             "server per round (API + one job worker; client, API and worker share the machine).",
             "",
-            "| round | first | images | in-process img/s | HTTP img/s | job processing img/s | HTTP / in-process |",
-            "|---:|---|---:|---:|---:|---:|---:|",
+            "| round | first | images | in-process img/s | HTTP img/s | job processing img/s | HTTP / in-process "
+            "| in-process CPU s | worker CPU s | API CPU s |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             *[
                 f"| {i + 1} | {'HTTP' if r['http_first'] else 'in-process'} | {r['http']['result']['created']} | "
                 f"{r['in_process']['images_per_s']:.1f} | {r['http']['images_per_s']:.1f} | "
-                f"{r['http']['images_per_s_job_processing'] or float('nan'):.1f} | {r['ratio']:.3f} |"
+                f"{r['http']['images_per_s_job_processing'] or float('nan'):.1f} | {r['ratio']:.3f} | "
+                f"{r['in_process']['cpu_s']:.1f} | {r['http']['cpu_s'].get('worker0', float('nan')):.1f} | "
+                f"{r['http']['cpu_s']['api']:.1f} |"
                 for i, r in enumerate(ing["rounds"])
             ],
             f"| median | | | {ing['summary']['median_in_process_images_per_s']:.1f} | "
             f"{ing['summary']['median_http_images_per_s']:.1f} | "
-            f"{ing['summary']['median_job_processing_images_per_s']:.1f} | **{ing['summary']['ratio']:.3f}** |",
+            f"{ing['summary']['median_job_processing_images_per_s']:.1f} | **{ing['summary']['ratio']:.3f}** | | | |",
+            "",
+            "CPU s: user + system time of this process during the in-process side, of the job worker and of the API "
+            "process from the upload until the job had succeeded (`/proc`, 10 ms ticks). Wall time beyond CPU time "
+            "is time spent waiting for a core the other jobs on the machine held.",
         ]
     if search := results.get("search"):
+        cpu = search["cpu_ms"]
         lines += [
             "",
             f"## 3. Single search (k=10), {search['queries']} queries, interleaved one by one",
@@ -218,6 +226,11 @@ def markdown(results: dict[str, Any]) -> str:
             "means (ms, from `/metrics`): "
             + ", ".join(f"{k} {v:.1f}" for k, v in search["server_stage_mean_ms"].items())
             + f". Distance mismatches {search['distance_mismatches']}, errors {search['errors']}.",
+            "",
+            f"CPU per search, mean ms: in-process {cpu['in_process']['mean_ms']:.1f}; over HTTP, the server process "
+            f"{cpu['server']['mean_ms']:.1f} (10 ms ticks) and the client's thread {cpu['client']['mean_ms']:.1f}. "
+            f"Load average {results['machine']['load_average_at_start']} at start on "
+            f"{results['machine']['cpus_available']} CPUs.",
         ]
     return "\n".join(lines) + "\n"
 
