@@ -22,7 +22,9 @@ Conventions, stated once for the whole project:
   relevant item of |rel ∩ ball| / |rel| (NaN when no query has a relevant item). Recall is 1 at r = bits.
 
 Queries are processed ``chunk`` at a time, vectorised within a chunk; peak memory is roughly 50-80 bytes per
-(query, database) pair of a chunk (about 130-200 MB for ``chunk=256`` and 10,000 database items).
+(query, database) pair of a chunk (about 130-200 MB for ``chunk=256`` and 10,000 database items). A chunk holds
+at most :data:`MAX_CHUNK_PAIRS` pairs (fewer queries against a larger database), so that memory does not grow
+with the database: 256 queries against 1,000,000 items would otherwise take 13-20 GB.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "MAX_CHUNK_PAIRS",
     "PRCurve",
     "RetrievalMetrics",
     "evaluate_retrieval",
     "hamming_distances",
     "hamming_ranking",
 ]
+
+MAX_CHUNK_PAIRS = 2**22  # (query, database) pairs per chunk: 200-340 MB; 256 queries up to 16,384 items
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,8 @@ def evaluate_retrieval(
         database_labels: integer class of each database item.
         ks: cut-offs for precision@k (each clipped to the database size; keys keep the value asked for).
         radius: Hamming radius of the ball behind ``map_radius2`` and ``precision_radius2``.
-        chunk: queries processed at once (bounds memory, not results).
+        chunk: queries processed at once (bounds memory, not results); fewer when ``chunk × D`` would pass
+            :data:`MAX_CHUNK_PAIRS`.
 
     Shape:
         query_codes: ``[Q, bits]``, query_labels: ``[Q]``, database_codes: ``[D, bits]``,
@@ -186,6 +192,7 @@ def evaluate_retrieval(
     pr_recall_sum = np.zeros(bits + 1)
     pr_recall_count = 0
 
+    chunk = max(1, min(chunk, MAX_CHUNK_PAIRS // num_database))
     for start in range(0, num_queries, chunk):
         dist = _distances(q_codes[start : start + chunk], d_codes)  # [c, D]
         size = dist.shape[0]

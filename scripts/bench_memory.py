@@ -18,11 +18,12 @@ backbone, see :data:`ALLOWANCE_MB`) is checked on the larger of the trainer's an
 
 Frozen needs a pretrained backbone, and EfficientNet-Lite0 costs about 15 ms per image on the 2-core CPU this
 was written on (15 minutes per 60,000 images and view), so the 50k frozen runs use **LeNet with a weights file
-of random weights** saved by this script (Lite0 runs frozen on the 1k folder only): a weights file makes a backbone count as pretrained (model/choice.py).
-Its features mean nothing, but they are stored, read and batched exactly like real ones (512 float16 numbers
-per image and view). The finetune runs include EfficientNet-Lite0 at 224×224, whose 60,000 decoded images
-(9 GB) are far above the 1 GB budget, so they stream from disk; it runs 5 small steps only, but encodes every
-source image for the end-of-run evaluation like any run (the longest part: about an hour here).
+of random weights** saved by this script (Lite0 runs frozen on the 1k folder only): a weights file makes a
+backbone count as pretrained (model/choice.py). Its features mean nothing, but they are stored, read and batched
+exactly like real ones (512 float16 numbers per image and view). The finetune runs include EfficientNet-Lite0 at
+224×224, whose 60,000 decoded images (9 GB) are far above the 1 GB budget, so they stream from disk; it runs 5
+small steps only, but encodes every source image for the end-of-run evaluation like any run (the longest part:
+about an hour here).
 
     nice -n 5 .venv/bin/python scripts/bench_memory.py --out benchmarks/memory/results
 
@@ -66,9 +67,9 @@ BOUND_REASON = (
     "The budget governs the training data a run holds (decoded images, or cached features); the allowance covers "
     "what it needs besides, whatever the folder size: Python with this CUDA build of torch (about 0.7 GB "
     "resident after `import torch`), the backbone, optimiser and activations at the run's batch size, the "
-    "end-of-run evaluation (encoding in batches of 128, ranking 256 queries at a time) and the loader workers' "
-    "own pages. LeNet's activations are small; EfficientNet-Lite0's at 224×224 take gigabytes (a 128-image "
-    "no-grad forward pass when encoding or extracting features)."
+    "end-of-run evaluation (encoding in batches of 128, ranking at most 4M (query, item) pairs at a time) and "
+    "the loader workers' own pages. LeNet's activations are small; EfficientNet-Lite0's at 224×224 take "
+    "gigabytes (a 128-image no-grad forward pass when encoding or extracting features)."
 )
 
 

@@ -1,5 +1,6 @@
 """The bounded-memory paths: past ``memory_budget_mb`` images stream from disk and cached features are read per
-batch, and a run that takes them trains exactly like one that holds everything in memory.
+batch, and a run that takes them trains exactly like one that holds everything in memory; the end-of-run
+evaluation ranks fewer queries at once against a larger database.
 
 (The peak memory itself, on 50,000 images, is measured by ``scripts/bench_memory.py``.)
 """
@@ -12,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+import model.metrics
 from model.backbones import build_backbone
 from model.batches import CachedFeatures, InMemoryImages, StreamedImages
 from model.config import TrainConfig
 from model.data import list_labelled_folder, list_unlabelled_folder
 from model.evaluate import encode_files
 from model.export import load_encoder
+from model.metrics import evaluate_retrieval
 from model.train import TrainingData, prepare_data, train
 from tests.conftest import DigitFolders
 
@@ -91,3 +94,25 @@ def test_a_frozen_run_reading_features_from_disk_trains_like_one_holding_them(
     queries = list_labelled_folder(digits.query)
     codes = [encode_files(load_encoder(run.paths.model).module, queries, (32, 32)) for run in (held, bounded)]
     assert np.array_equal(codes[0], codes[1])
+
+
+def test_evaluation_ranks_fewer_queries_at_once_against_a_larger_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = np.random.default_rng(0)
+    query, database = (np.where(generator.random((n, 16)) > 0.5, 1.0, -1.0) for n in (40, 300))
+    q_labels, d_labels = generator.integers(0, 4, 40), generator.integers(0, 4, 300)
+    expected = evaluate_retrieval(query, q_labels, database, d_labels)
+    rows: list[int] = []
+    distances = model.metrics._distances
+
+    def recorded(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+        rows.append(q.shape[0])
+        return distances(q, d)
+
+    monkeypatch.setattr(model.metrics, "_distances", recorded)
+    monkeypatch.setattr(model.metrics, "MAX_CHUNK_PAIRS", 1000)  # 3 queries × 300 items per chunk
+    got = evaluate_retrieval(query, q_labels, database, d_labels)
+    assert max(rows) == 3 and sum(rows) == 40
+    for name in ("map_all", "map_radius2", "precision_radius2", "precision_at_k"):  # the same up to summation order
+        assert getattr(got, name) == pytest.approx(getattr(expected, name))
+    np.testing.assert_allclose(got.pr_curve.precision, expected.pr_curve.precision)
+    np.testing.assert_allclose(got.pr_curve.recall, expected.pr_curve.recall)
