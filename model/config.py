@@ -34,7 +34,7 @@ class TrainConfig:
     mode: str = "auto"  # frozen (cached backbone features) or finetune; auto: frozen on CPU for pretrained
     hash_hidden: int = 0  # width of a hidden ReLU layer before the hash projection; 0: linear projection
     backbone_lr_mult: float = 0.1  # finetune: a pretrained backbone learns at lr × this (random ones at lr)
-    feature_views: int = 4  # frozen: views cached per image, the plain one plus augmented ones
+    feature_views: int = 2  # frozen: views cached per image, the plain one plus augmented ones (PACS validation)
     feature_cache: str | None = None  # frozen: cache folder (default: $METAH_FEATURE_CACHE or ~/.cache/metah)
     loader_workers: int = -1  # decoding processes; -1: one per two CPU cores, at least one, at most four
     memory_budget_mb: int = 1024  # decoded training images (or features) up to this size are held in memory

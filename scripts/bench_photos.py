@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Iterable
@@ -358,13 +359,45 @@ def _fmt(pair: tuple[float, float]) -> str:
     return f"{pair[0]:.4f} ± {pair[1]:.4f}"
 
 
+def time_frozen_runs(args: argparse.Namespace) -> None:
+    """Wall time of one default frozen run on photo → sketch (seed 0 split), first with an empty feature cache,
+    then again with the cache it filled; one JSON line each in ``OUT/timing.jsonl``."""
+    target = list_labelled_folder(args.pacs / "sketch", what="target")
+    split = split_target("photo-sketch", target, 0, args.work)
+    cache = args.work / "timing-cache"
+    if cache.exists():
+        shutil.rmtree(cache)
+    for attempt in ("cold", "warm"):
+        config = TrainConfig(seed=0, feature_cache=str(cache))
+        started = time.perf_counter()
+        result = train(
+            config, args.pacs / "photo", split.train_dir, args.work / "timing" / attempt, show_progress=False
+        )
+        line = {
+            "task": "photo-sketch",
+            "cache": attempt,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "train_seconds": result.metrics["train_seconds"],
+            "backbone": result.metrics["backbone"],
+            "mode": result.metrics["mode"],
+            "feature_views": config.feature_views,
+            "source_images": result.metrics["source_images"],
+            "target_images": result.metrics["target_images"],
+            "torch_threads": torch.get_num_threads(),
+            **describe_run(),
+        }
+        with (args.out / "timing.jsonl").open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pacs", type=Path, default=Path("../shared/data/pacs"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/photos"))
     parser.add_argument("--work", type=Path, default=Path("var/bench-photos"))
     parser.add_argument("--cache", type=Path, default=Path("var/feature-cache"))
-    parser.add_argument("--stage", choices=["tune", "table", "report"], required=True)
+    parser.add_argument("--stage", choices=["tune", "table", "report", "time"], required=True)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--bits", nargs="+", type=int, default=None, help="tune: 64; table: 32 64")
@@ -376,6 +409,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("METAH_BENCH_THREADS", "1")))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.stage == "time":
+        time_frozen_runs(args)
+        return
     if args.stage == "report":
         (args.out / "results.md").write_text(summarise(args.out))
         print((args.out / "results.md").read_text())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="only upload the library to the metah already serving here")
     parser.add_argument("--wait", type=float, default=600, help="with --url: seconds to wait for /readyz")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the training's choices and progress
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per uploaded image
     headers = {"X-API-Key": os.environ["METAH_API_KEY"]} if os.environ.get("METAH_API_KEY") else {}
     if args.url:
         with httpx.Client(base_url=args.url, headers=headers, timeout=60) as client:
