@@ -68,8 +68,8 @@ def export_encoder(encoder: nn.Module, metadata: dict[str, Any], path: Path) -> 
     """Script, freeze and save ``encoder`` (a copy, on CPU, in eval mode) with ``metadata`` inside.
 
     The copy's convolution weights are stored channels-last (NHWC), so the CPU's convolutions run in that layout
-    from the first one on: at one thread, 2–3× the images/s of the eager NCHW network for EfficientNet-Lite0,
-    where the NCHW artefact gave 1.25–1.6× (``benchmarks/service/efficientnet_lite0*.md``). Before, only the
+    from the first one on: at one thread, 1.8–2.6× the images/s of the eager NCHW network for EfficientNet-Lite0,
+    where the NCHW artefact gave 1.3–1.5× (``benchmarks/service/efficientnet_lite0*.md``). Before, only the
     layout the caller's network happened to be in was kept (training converts it in place, a restored checkpoint
     is NCHW). Only the memory layout changes: the input is still ``[N, 3, H, W]`` in ``[0, 1]``, the output
     ``[N, bits]`` of ±1 (CONTRACT §3).
