@@ -38,6 +38,7 @@ import PIL
 from PIL import Image, features
 
 from model.preprocess import decode_image, draft_scale
+from scripts.bench_stats import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_SIZE = (4032, 3024)  # (width, height): a 12-megapixel 4:3 phone photo
@@ -52,14 +53,8 @@ def git_commit() -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [
-            ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln
-        ]
-        cpu = names[0] if names else cpu
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "cpus_available": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),

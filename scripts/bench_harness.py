@@ -42,6 +42,7 @@ from model.datasets import load_digits
 from model.export import LoadedEncoder, load_encoder
 from model.factory import restore_network
 from model.preprocess import to_model_input
+from scripts.bench_stats import cpu_name
 from scripts.run_demo import wait_ready
 from service.pipeline import decode, encode, probe
 
@@ -157,14 +158,8 @@ def describe(machine: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [
-            ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln
-        ]
-        cpu = names[0] if names else cpu
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpus_available": available_cpus(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
