@@ -386,20 +386,24 @@ class Trainer:
         visible = self.group.is_main and (sys.stderr.isatty() if show_progress is None else show_progress)
         if isinstance(self.data.inputs, StreamedImages):
             self.data.inputs.start(self.sampler, self.config.batch_size, total - self.step, self.config.seed)
-        with (
-            tqdm(total=total, initial=self.step, disable=not visible, desc="train", unit="step") as bar,
-            one_thread() if self.frozen else contextlib.nullcontext(),
-        ):
-            while self.step < total:
-                values = self.train_step()
-                if self.step % self.config.log_every == 0 or self.step == total:
-                    self.history.append({"step": float(self.step), **values})
-                    bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
-                if self.group.is_main and self.step % self.config.checkpoint_every == 0 and self.step < total:
-                    save_checkpoint(self.paths.checkpoint, self.state())
-                bar.update(1)
-                if on_step is not None:
-                    on_step(self.step, total)
+        try:
+            with (
+                tqdm(total=total, initial=self.step, disable=not visible, desc="train", unit="step") as bar,
+                one_thread() if self.frozen else contextlib.nullcontext(),
+            ):
+                while self.step < total:
+                    values = self.train_step()
+                    if self.step % self.config.log_every == 0 or self.step == total:
+                        self.history.append({"step": float(self.step), **values})
+                        bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+                    if self.group.is_main and self.step % self.config.checkpoint_every == 0 and self.step < total:
+                        save_checkpoint(self.paths.checkpoint, self.state())
+                    bar.update(1)
+                    if on_step is not None:
+                        on_step(self.step, total)
+        finally:
+            if isinstance(self.data.inputs, StreamedImages):
+                self.data.inputs.stop()  # its workers must not outlive training
 
     # --- end of run --------------------------------------------------------------------------------
     @property

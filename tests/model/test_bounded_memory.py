@@ -7,6 +7,7 @@ evaluation ranks fewer queries at once against a larger database.
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,11 @@ from model.backbones import build_backbone
 from model.batches import CachedFeatures, InMemoryImages, StreamedImages
 from model.config import TrainConfig
 from model.data import list_labelled_folder, list_unlabelled_folder
+from model.distributed import ProcessGroup
 from model.evaluate import encode_files
 from model.export import load_encoder
 from model.metrics import evaluate_retrieval
-from model.train import TrainingData, prepare_data, train
+from model.train import RunPaths, Trainer, TrainingData, prepare_data, train
 from tests.conftest import DigitFolders
 
 CPU = torch.device("cpu")
@@ -70,6 +72,20 @@ def test_past_the_budget_images_stream_and_features_stay_on_disk(
     assert on_disk.inputs.target.table is None
     index, views = torch.tensor([0, 5, 5, 17]), torch.tensor([0, 0, 1, 1])
     assert torch.equal(on_disk.inputs.source.gather(index, views), in_memory.inputs.source.gather(index, views))
+
+
+def test_streaming_workers_end_with_training(digits: DigitFolders, tmp_path: Path) -> None:
+    """Idle, they would hold their copies of the trainer's pages through the evaluation."""
+    config = TrainConfig(
+        backbone="lenet", mode="finetune", iterations=3, batch_size=8, memory_budget_mb=1, loader_workers=2
+    ).validated()
+    data = _prepare(config, digits)
+    assert isinstance(data.inputs, StreamedImages)
+    trainer = Trainer(config, build_backbone("lenet"), data, RunPaths(tmp_path), ProcessGroup(), CPU)
+    before = set(multiprocessing.active_children())
+    trainer.run(show_progress=False)
+    assert trainer.step == 3
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_a_frozen_run_reading_features_from_disk_trains_like_one_holding_them(
