@@ -1,8 +1,9 @@
 """Searches: an upload or a stored image's code against the serving index, answered with database rows.
 
-A search is four calls: decode → encode → pack (:func:`service.pipeline.code_of`), ``index.search``,
-``repository.images_by_ids``, :func:`to_response` (which also reports the query's code). Hits whose row is
-gone (deleted after the index was read) are dropped, so a deleted image is never returned.
+A search is four calls: decode → encode → pack (:func:`service.pipeline.code_of`), :func:`nearest_rows`
+(``index.search`` + ``repository.images_by_ids``), :func:`to_response` (which also reports the query's code).
+Hits whose row is gone (deleted after the index was read) are dropped, so a deleted image is never returned,
+and the index is asked for more until ``k`` live hits are found or it has none left.
 """
 
 from __future__ import annotations
@@ -38,10 +39,7 @@ def search_upload(runtime: Runtime, pair: ServingPair, data: bytes, query: Searc
         pixels = decode(pair.encoder, data, runtime.settings.max_pixels)
     with stage("encode"):
         code = encode(pair.encoder, pixels[None])[0]
-    with stage("search"):
-        hits = _search(pair, code, query, query.k)
-    with stage("hydrate"), runtime.db.session() as session:
-        rows = repository.images_by_ids(session, hits.ids.tolist())
+    hits, rows = nearest_rows(runtime, pair, code, query)
     return to_response(pair, code, hits, rows, started, query.k)
 
 
@@ -55,19 +53,34 @@ def search_similar(runtime: Runtime, pair: ServingPair, image_id: int, query: Se
     if stored is None:
         raise ConflictError(f"image {image_id} has no code of model {pair.model_version} yet", code="not_encoded")
     code = np.frombuffer(stored, np.uint8)
-    with runtime.metrics.stage("search"):
-        hits = _search(pair, code, query, query.k + 1)
-    keep = hits.ids != image_id
-    hits = Hits(hits.ids[keep], hits.distances[keep])
-    with runtime.metrics.stage("hydrate"), runtime.db.session() as session:
-        rows = repository.images_by_ids(session, hits.ids.tolist())
+    hits, rows = nearest_rows(runtime, pair, code, query, exclude=image_id)
     return to_response(pair, code, hits, rows, started, query.k)
 
 
-def _search(pair: ServingPair, code: np.ndarray, query: SearchQuery, k: int) -> Hits:
-    return pair.index.search(
-        code, k, domain=query.domain, max_distance=query.max_distance, model_version=pair.model_version
-    )[0]
+def nearest_rows(
+    runtime: Runtime, pair: ServingPair, code: np.ndarray, query: SearchQuery, *, exclude: int | None = None
+) -> tuple[Hits, dict[int, Image]]:
+    """The index's hits nearest to ``code`` (without id ``exclude``) and the rows of those still stored.
+
+    The serving index can hold ids whose rows were deleted after it was read (it drops them at its next
+    catch-up). Their hits have no row, so when fewer than ``query.k`` hits have one, the index is asked again
+    for twice as many, until ``k`` have a row or the index returned fewer than asked (it has no more).
+    """
+    asked = query.k + (exclude is not None)
+    while True:
+        with runtime.metrics.stage("search"):
+            hits = pair.index.search(
+                code, asked, domain=query.domain, max_distance=query.max_distance, model_version=pair.model_version
+            )[0]
+        exhausted = len(hits) < asked
+        if exclude is not None:
+            keep = hits.ids != exclude
+            hits = Hits(hits.ids[keep], hits.distances[keep])
+        with runtime.metrics.stage("hydrate"), runtime.db.session() as session:
+            rows = repository.images_by_ids(session, hits.ids.tolist())
+        if len(rows) >= query.k or exhausted:
+            return hits, rows
+        asked *= 2
 
 
 def describe_code(code: np.ndarray, bits: int) -> QueryCode:
