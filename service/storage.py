@@ -1,8 +1,8 @@
 """Content-addressed storage of original image bytes under ``data_dir/images``.
 
 A blob's path is derived from its SHA-256 alone (``images/ab/cd/abcd…``), never from a user-supplied name, so
-no upload can choose where it is written. Writes are atomic (temporary file, fsync, rename); writing bytes
-that are already stored is a no-op.
+no upload can choose where it is written. Writes are atomic and durable (temporary file, fsync, rename, fsync
+of the folder, whose entry the rename changed); writing bytes that are already stored is a no-op.
 """
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ def _syncfs(folder: Path) -> bool:
     return True
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` durable (a rename or a new file is only on disk once its folder is)."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class BlobStore:
     """Blobs keyed by SHA-256, stored under ``root`` (the data dir); paths in the DB are relative to it."""
 
@@ -72,7 +81,13 @@ class BlobStore:
             for target in written:
                 with open(target, "rb") as handle:
                     os.fsync(handle.fileno())
+            for folder in sorted({folder for target in written for folder in self._folders_of(target)}):
+                fsync_folder(folder)
         return [relative for relative, _ in results]
+
+    def _folders_of(self, target: Path) -> list[Path]:
+        """The folders from a blob's up to the store's root: ``images/ab/cd``, ``images/ab``, ``images``, root."""
+        return [folder for folder in target.parents if folder.is_relative_to(self.root)]
 
     def _write(self, data: bytes, *, sync: bool) -> tuple[str, bool]:
         """Write ``data`` under its digest (temporary file, then rename) unless it is already there.
@@ -88,11 +103,13 @@ class BlobStore:
             if stat.S_ISREG(existing.st_mode) and existing.st_size == len(data):
                 return relative, False
         tmp = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
+        made_folders = False
         try:
             try:
                 handle = open(tmp, "xb")  # noqa: SIM115  # closed below, on every path
             except FileNotFoundError:
                 target.parent.mkdir(parents=True, exist_ok=True)
+                made_folders = True
                 handle = open(tmp, "xb")  # noqa: SIM115
             with handle:
                 handle.write(data)
@@ -103,6 +120,9 @@ class BlobStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if sync:  # the rename, and any folder just made, are entries of their parent folders
+            for folder in self._folders_of(target) if made_folders else [target.parent]:
+                fsync_folder(folder)
         return relative, True
 
     def delete(self, relative: str) -> None:

@@ -43,7 +43,7 @@ from service.pipeline import ImageInfo, decode, encode, probe
 from service.registry import load_registered
 from service.schemas import DOMAIN_PATTERN
 from service.settings import Settings
-from service.storage import sha256_hex
+from service.storage import fsync_folder, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def _store_archive(settings: Settings, upload: IO[bytes]) -> tuple[str, str]:
         hexdigest = digest.hexdigest()
         relative = f"archives/{hexdigest}"
         os.replace(tmp, settings.data_dir / relative)
+        fsync_folder(folder)  # the job row about to be committed names this file
         return hexdigest, relative
     finally:
         tmp.unlink(missing_ok=True)
