@@ -15,8 +15,9 @@ The background task also notices a model activation (another active row in ``mod
 new model, builds its index from the ``codes`` table and swaps the serving pair; the swap's catch-up applies
 the changes after the new index's ``last_change`` with the new model, so no write is lost.
 
-Caveat: the cursor assumes changes commit in id order. SQLite's single writer guarantees that; on PostgreSQL
-concurrent transactions can commit out of sequence order, so a small look-back window would be needed there.
+The cursor relies on changes becoming visible in id order. SQLite's single writer guarantees that; on
+PostgreSQL every writer takes a transaction-scoped advisory lock before it draws a change id and holds it until
+commit (``repository.CHANGES_LOCK_KEY``), so commits follow id order there too.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 A request takes :attr:`ActivePair.current` once and uses that pair throughout, so its query is encoded by the
 same model that encoded the index it searches. Index writes go through :class:`ActivePair` so that none is
-lost or misplaced during a swap (the model-activation job of the next increment builds a new pair, then calls
-:meth:`ActivePair.swap` with a ``catch_up`` that re-encodes the database changes after the new index's
-``last_change``).
+lost or misplaced during a swap: after an activation job has re-encoded the images, the API's
+:meth:`service.follow.ChangeFollower.follow_activation` builds the new pair, then calls :meth:`ActivePair.swap`
+with a ``catch_up`` that applies the database changes after the new index's ``last_change`` (encoding any image
+still without a code of the new model).
 """
 
 from __future__ import annotations
