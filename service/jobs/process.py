@@ -1,7 +1,8 @@
 """Job workers as child processes of ``metah serve`` (``METAH_WORKERS``, default 1), and ``metah worker``.
 
-A child gets the parent's settings through ``METAH_*`` variables and exits when it is told to (SIGTERM: the
-running job goes back to the queue between batches) or when its parent is gone.
+A child gets the parent's settings through ``METAH_*`` variables, except the API key (a worker answers no
+request), and exits when it is told to (SIGTERM: the running job goes back to the queue between batches) or
+when its parent is gone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 PARENT_PID_ENV = "METAH_WORKER_PARENT_PID"
 STOP_TIMEOUT_S = 15
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Settings a worker has no use for, kept out of its environment: it checks no request's key.
+NOT_FOR_WORKERS = frozenset({"api_key"})
 
 
 def handlers() -> dict[str, Handler]:
@@ -44,9 +47,9 @@ def _env_value(value: Any) -> str:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that rebuilds ``settings`` in a child process."""
+    """The environment that rebuilds ``settings`` in a worker process, less :data:`NOT_FOR_WORKERS`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAH_")}
-    for name, value in settings.model_dump().items():
+    for name, value in settings.model_dump(exclude=set(NOT_FOR_WORKERS)).items():
         if value is not None:
             env[f"METAH_{name.upper()}"] = _env_value(value)
     env["METAH_DATABASE_URL"] = settings.sqlalchemy_url
