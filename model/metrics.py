@@ -12,14 +12,17 @@ Conventions, stated once for the whole project:
   precision at that position. **MAP@all** (``map_all``) is the mean AP over queries using the whole database
   ranking; a query with no relevant item in the database has AP 0 and still counts in the mean.
 * **Within Hamming radius r** (r = 2 by default), the retrieved list is the ranked prefix of items at distance
-  ``<= r`` (the "ball"). ``precision_radius2`` = |relevant ∩ ball| / |ball|, 0 when the ball is empty (as in
-  TAH). ``map_radius2`` = AP over the ball's ranked list, i.e. the sum of precision at each relevant position
-  inside the ball divided by the number of relevant items in the ball; 0 when the ball is empty or holds no
-  relevant item. Both are averaged over all queries. (The ``radius2`` fields hold the value at ``radius``.)
+  ``<= r`` (the "ball"). **Precision within radius r** (``precision_radius2``) = |relevant ∩ ball| / |ball|,
+  **0 when the ball is empty**, averaged over all queries: the definition of the hashing literature's
+  evaluation code (TAH, HashNet), and the only one in this project (the PR curve uses it too; see
+  :data:`RADIUS_METRICS_NOTE`). ``map_radius2`` = AP over the ball's ranked list, i.e. the sum of precision at
+  each relevant position inside the ball divided by the number of relevant items in the ball; 0 when the ball
+  is empty or holds no relevant item, averaged over all queries. (The ``radius2`` fields hold the value at
+  ``radius``.)
 * **precision@k**: fraction of relevant items among the first ``min(k, D)`` of the ranking.
-* **PR curve**: for each radius r in ``0..bits``, precision = mean over queries whose ball is non-empty of
-  |rel ∩ ball| / |ball| (NaN when no query has a non-empty ball); recall = mean over queries with at least one
-  relevant item of |rel ∩ ball| / |rel| (NaN when no query has a relevant item). Recall is 1 at r = bits.
+* **PR curve**: for each radius r in ``0..bits``, precision = precision within radius r as above (so the curve's
+  point at r = 2 is ``precision_radius2``); recall = mean over queries with at least one relevant item of
+  |rel ∩ ball| / |rel| (NaN when no query has a relevant item). Recall is 1 at r = bits.
 
 Queries are processed ``chunk`` at a time, vectorised within a chunk; peak memory is roughly 50-80 bytes per
 (query, database) pair of a chunk (about 130-200 MB for ``chunk=256`` and 10,000 database items). A chunk holds
@@ -37,6 +40,7 @@ import numpy as np
 
 __all__ = [
     "MAX_CHUNK_PAIRS",
+    "RADIUS_METRICS_NOTE",
     "PRCurve",
     "RetrievalMetrics",
     "evaluate_retrieval",
@@ -45,6 +49,11 @@ __all__ = [
 ]
 
 MAX_CHUNK_PAIRS = 2**22  # (query, database) pairs per chunk: 200-340 MB; 256 queries up to 16,384 items
+# The definitions behind the radius columns of every results table (MAP@r≤2, P@r≤2), stated under each table.
+RADIUS_METRICS_NOTE = (
+    "MAP@r≤2 and P@r≤2: MAP and precision of the items within Hamming radius 2 of each query, averaged over all "
+    "queries, a query with an empty ball counting 0 (the definition of TAH's and HashNet's evaluation code)."
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class PRCurve:
 
     Shape:
         radius: int64 ``[bits + 1]`` (``0..bits``);
-        precision, recall: float64 ``[bits + 1]`` (NaN where undefined).
+        precision, recall: float64 ``[bits + 1]`` (recall is NaN when no query has a relevant item).
     """
 
     radius: np.ndarray
@@ -185,10 +194,9 @@ def evaluate_retrieval(
     ball_radius = min(radius, bits)
     cut_offs = {k: min(k, num_database) for k in ks}
 
-    ap_all = ap_ball = precision_ball = 0.0
+    ap_all = ap_ball = 0.0
     hits_at = dict.fromkeys(ks, 0.0)
     pr_precision_sum = np.zeros(bits + 1)
-    pr_precision_count = np.zeros(bits + 1, dtype=np.int64)
     pr_recall_sum = np.zeros(bits + 1)
     pr_recall_count = 0
 
@@ -217,25 +225,21 @@ def evaluate_retrieval(
         ball_hits = relevant_in_ball[:, ball_radius]  # [c]
         ball_numerator = np.bincount(rows, np.where(ranks < ball[rows], precision_here, 0.0), size)
         ap_ball += float(np.sum(ball_numerator / np.maximum(ball_hits, 1)))  # 0 when no hit in the ball
-        precision_ball += float(np.sum(ball_hits / np.maximum(ball, 1)))  # 0 when the ball is empty
 
         for k, cut in cut_offs.items():
             hits_at[k] += int(np.count_nonzero(ranks < cut)) / cut
 
-        non_empty = in_ball > 0
-        pr_precision_sum += np.sum(relevant_in_ball / np.maximum(in_ball, 1), axis=0)  # empty balls add 0
-        pr_precision_count += np.sum(non_empty, axis=0)
+        pr_precision_sum += np.sum(relevant_in_ball / np.maximum(in_ball, 1), axis=0)  # 0 when the ball is empty
         has_relevant = num_relevant > 0
         pr_recall_sum += np.sum(relevant_in_ball[has_relevant] / num_relevant[has_relevant, None], axis=0)
         pr_recall_count += int(np.sum(has_relevant))
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pr_precision = np.where(pr_precision_count > 0, pr_precision_sum / pr_precision_count, np.nan)
+    pr_precision = pr_precision_sum / num_queries  # every query counts, as in precision_radius2
     pr_recall = pr_recall_sum / pr_recall_count if pr_recall_count else np.full(bits + 1, np.nan)
     return RetrievalMetrics(
         map_all=ap_all / num_queries,
         map_radius2=ap_ball / num_queries,
-        precision_radius2=precision_ball / num_queries,
+        precision_radius2=float(pr_precision[ball_radius]),  # one definition: the curve's point at radius
         precision_at_k={k: hits / num_queries for k, hits in hits_at.items()},
         pr_curve=PRCurve(
             radius=np.arange(bits + 1, dtype=np.int64),

@@ -26,7 +26,7 @@ def plot_pr_curves(
 ) -> None:
     """Draw one precision-recall curve per entry (one point per Hamming radius) and save a PNG.
 
-    Points where precision is NaN (no query retrieved anything at that radius) are left out.
+    Points where precision or recall is NaN (recall: no query has a relevant item) are left out.
 
     Args:
         curves: legend label → curve, e.g. ``{"mnist→usps 64b": metrics.pr_curve}``.

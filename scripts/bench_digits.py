@@ -33,7 +33,7 @@ from model.data import ImageSet, load_labelled_folder
 from model.datasets import ArrayDomain, load_digits, split_queries, write_image_folder
 from model.evaluate import encode_images, score
 from model.export import load_encoder
-from model.metrics import PRCurve
+from model.metrics import RADIUS_METRICS_NOTE, PRCurve
 from model.plots import plot_pr_curves
 from model.train import train
 
@@ -167,7 +167,7 @@ def markdown_table(rows: list[dict[str, Any]], protocol: str) -> str:
         lines.append(
             f"| {row['task']} | {row['bits']} | {name} | {' | '.join(cells)} | {row['train_seconds.mean']:.0f} |"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, "", RADIUS_METRICS_NOTE])
 
 
 def check_targets(rows: list[dict[str, Any]]) -> list[str]:

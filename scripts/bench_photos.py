@@ -40,7 +40,7 @@ from model.evaluate import encode_files, shared_label_ids
 from model.export import load_encoder
 from model.factory import restore_network
 from model.features import FeatureCache, FeatureTable, extract_features
-from model.metrics import RetrievalMetrics, evaluate_retrieval
+from model.metrics import RADIUS_METRICS_NOTE, RetrievalMetrics, evaluate_retrieval
 from model.objective import LossWeights
 from model.train import train
 from scripts.bench_stats import cosine_map, describe_run, mean_std, paired_difference
@@ -322,6 +322,7 @@ def summarise(out: Path) -> str:
                 f"| {' | '.join(shown)} | {target_db} "
                 f"| {len(members)} |"
             )
+        lines += ["", RADIUS_METRICS_NOTE]
         lines += ["", "## Paired comparisons (test MAP@all, same seeds and splits; 95 % t interval)", ""]
         lines += ["| task | bits | comparison | mean difference | 95 % CI | holds |", "|---|---:|---|---:|---|---|"]
         for (task, bits, method), members in sorted(cells.items()):

@@ -114,13 +114,30 @@ def test_empty_ball_gives_zero_precision_and_map_within_radius() -> None:
     assert metrics.precision_radius2 == 0.0
     assert metrics.map_radius2 == 0.0
     assert metrics.map_all == pytest.approx(1.0)  # the whole ranking still finds both
-    # No query has a non-empty ball below radius 3: precision undefined there, recall 0.
-    assert np.isnan(metrics.pr_curve.precision[:3]).all()
-    np.testing.assert_allclose(metrics.pr_curve.precision[3:], [1.0, 1.0])
+    # The ball is empty below radius 3: precision 0 there (the same rule as precision_radius2), recall 0.
+    np.testing.assert_allclose(metrics.pr_curve.precision, [0, 0, 0, 1.0, 1.0])
     np.testing.assert_allclose(metrics.pr_curve.recall, [0, 0, 0, 0.5, 1.0])
-    as_json = json.loads(json.dumps(metrics.to_dict()))
-    assert as_json["pr_curve"]["precision"][:3] == [None, None, None]
+    as_json = json.loads(json.dumps(metrics.to_dict(), allow_nan=False))
+    assert as_json["pr_curve"]["precision"][:3] == [0.0, 0.0, 0.0]
     assert as_json["precision_at_k"] == {"1": 1.0}
+
+
+def test_precision_within_a_radius_has_one_definition() -> None:
+    """Precision within radius r is the same number as the PR curve's point at r: empty balls count 0 in both
+    (the definition of TAH's and HashNet's evaluation code), whichever radius is asked for."""
+    database = codes(code_at(0), code_at(1), code_at(3))
+    labels = np.array([0, 1, 0])
+    # Query 0 (all +1): ball sizes 1, 2, 2, 3, 3 by radius. Query 1 (distance 4, 3, 1): empty below radius 1.
+    query = codes(code_at(0), code_at(4))
+    q_labels = np.array([0, 0])
+    precisions = []
+    for radius in range(5):
+        metrics = evaluate_retrieval(query, q_labels, database, labels, radius=radius, ks=(1,))
+        assert metrics.precision_radius2 == pytest.approx(metrics.pr_curve.precision[radius]), radius
+        precisions.append(metrics.precision_radius2)
+    query_0 = [1 / 1, 1 / 2, 1 / 2, 2 / 3, 2 / 3]
+    query_1 = [0.0, 1 / 1, 1 / 1, 1 / 2, 2 / 3]  # its radius-0 ball is empty: 0, not left out of the mean
+    np.testing.assert_allclose(precisions, [(a + b) / 2 for a, b in zip(query_0, query_1, strict=True)])
 
 
 def test_recall_is_nan_when_no_query_has_a_relevant_item() -> None:
@@ -200,8 +217,7 @@ def brute_force(
             p_at[k].append(sum(top) / len(top))
         for r in range(bits + 1):
             inside = [rel[i] for i, j in enumerate(ranked) if dist[j] <= r]
-            if inside:
-                pr_p[r].append(sum(inside) / len(inside))
+            pr_p[r].append(sum(inside) / len(inside) if inside else 0.0)  # an empty ball counts 0
             if sum(rel):
                 pr_r[r].append(sum(inside) / sum(rel))
     return RetrievalMetrics(
