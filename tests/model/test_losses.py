@@ -15,6 +15,8 @@ from model.losses import (
     pairwise_t_loss,
     quantization_loss,
 )
+from model.network import NetOutput
+from model.objective import METHODS, compute_objective, method_weights
 
 
 def softplus(x: float) -> float:
@@ -111,3 +113,37 @@ def test_diversity_is_the_negative_entropy_of_the_mean_prediction() -> None:
     assert logits.grad is not None
     stepped = logits.detach() - 0.5 * logits.grad
     assert diversity_loss(stepped).item() < diversity_loss(logits.detach()).item()
+
+
+# Four 2-bit codes, labels [0, 0, 1, 1]: two similar pairs (each counted in both orders), four dissimilar ones.
+#   similar    (0,1): d² = 4, z = 1/5    (2,3): d² = 8, z = 1/9
+#   dissimilar (0,2): d² = 8, z = 1/9    (0,3): d² = 0, z = 1    (1,2), (1,3): d² = 4, z = 1/5
+BALANCE_CODES = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0], [1.0, 1.0]])
+BALANCE_LABELS = torch.tensor([0, 0, 1, 1])
+SIMILAR_MEAN = ((softplus(1 / 5) - 1 / 5) + (softplus(1 / 9) - 1 / 9)) / 2
+DISSIMILAR_MEAN = (softplus(1 / 9) + softplus(1.0) + 2 * softplus(1 / 5)) / 4
+
+
+def test_pairwise_balanced_weighs_similar_and_dissimilar_pairs_half_each() -> None:
+    balanced = pairwise_t_loss(BALANCE_CODES, BALANCE_LABELS, balanced=True)
+    assert balanced.item() == pytest.approx((SIMILAR_MEAN + DISSIMILAR_MEAN) / 2, abs=1e-6)
+    # unbalanced, the eight dissimilar ordered pairs outweigh the four similar ones two to one
+    plain = pairwise_t_loss(BALANCE_CODES, BALANCE_LABELS, balanced=False)
+    assert plain.item() == pytest.approx((SIMILAR_MEAN + 2 * DISSIMILAR_MEAN) / 3, abs=1e-6)
+
+
+def test_pairwise_balanced_with_one_kind_of_pair_is_that_kind_s_mean() -> None:
+    codes = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])  # d² = 4, 8, 4 → z = 1/5, 1/9, 1/5
+    all_similar = pairwise_t_loss(codes, torch.tensor([5, 5, 5]), balanced=True)
+    assert all_similar.item() == pytest.approx((2 * (softplus(1 / 5) - 1 / 5) + softplus(1 / 9) - 1 / 9) / 3, abs=1e-6)
+    all_dissimilar = pairwise_t_loss(codes, torch.tensor([0, 1, 2]), balanced=True)
+    assert all_dissimilar.item() == pytest.approx((2 * softplus(1 / 5) + softplus(1 / 9)) / 3, abs=1e-6)
+
+
+def test_every_method_s_objective_uses_the_balanced_pairwise_loss() -> None:
+    labels = BALANCE_LABELS
+    out = NetOutput(BALANCE_CODES, class_logits=torch.zeros(4, 2), domain_logits=torch.zeros(4))
+    for method in METHODS:
+        for mode in ("finetune", "frozen"):
+            _, values = compute_objective(out, labels, method_weights(method, mode), ramp=1.0)
+            assert values["pairwise"] == pytest.approx((SIMILAR_MEAN + DISSIMILAR_MEAN) / 2, abs=1e-6), method
