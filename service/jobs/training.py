@@ -1,17 +1,19 @@
 """Training jobs: stored images → temporary ImageFolders → :func:`model.train.train` → registered model.
 
-The source domain's labelled images become one sub-folder per label (unlabelled ones are left out); the
-target domain's images go into one flat folder. ``on_step`` reports the optimisation steps as the job's
-progress (and is where a cancel is noticed). The artefact is registered with its metrics; with ``activate``
+The source domain's labelled images become one sub-folder per label (unlabelled ones are left out), named by
+:func:`class_folder_name` (one folder per distinct label, so labels such as ``a/b`` and ``a_b`` stay two
+classes); the target domain's images go into one flat folder. ``on_step`` reports the optimisation steps as
+the job's progress (and is where a cancel is noticed). The artefact is registered with its metrics; with ``activate``
 an activation job is queued for it.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import select
 
@@ -24,12 +26,25 @@ from service.jobs.worker import JobContext, JobFailedError
 from service.registry import register_artefact
 
 KIND = "train"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
 
 
-def _folder_name(label: str) -> str:
-    """A file-system-safe, distinct-enough class folder name for a label."""
-    return _UNSAFE.sub("_", label)[:100] or "_"
+def class_folder_name(label: str) -> str:
+    """A file-system-safe class folder name for a label, distinct for distinct labels.
+
+    The label percent-encoded (UTF-8; letters, digits and ``_.-~`` kept, a leading ``.`` written ``%2E``, the
+    empty label ``%``): readable for plain labels, and ``urllib.parse.unquote`` gives the label back, which is
+    how a class name in the model's metadata reads. A name longer than :data:`MAX_FOLDER_NAME` keeps its start
+    and ends in ``%_`` and a digest of the label; no percent-encoding produces ``%_``, so it cannot meet a
+    short name.
+    """
+    name = quote(label, safe="")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name) <= MAX_FOLDER_NAME:
+        return name or "%"
+    digest = hashlib.sha256(label.encode()).hexdigest()[:32]
+    return f"{name[: MAX_FOLDER_NAME - 34]}%_{digest}"
 
 
 def export_domain(context: JobContext, domain: str, out: Path, *, labelled: bool) -> int:
@@ -40,7 +55,7 @@ def export_domain(context: JobContext, domain: str, out: Path, *, labelled: bool
     with context.db.session() as session:
         rows = session.execute(query).all()
     for image_id, label, stored_path in rows:
-        folder = out / _folder_name(str(label)) if labelled else out
+        folder = out / class_folder_name(str(label)) if labelled else out
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{image_id}.img").write_bytes(context.store.path(str(stored_path)).read_bytes())
     return len(rows)
