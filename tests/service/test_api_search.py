@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from index import hamming_distances
 from model.export import load_encoder
@@ -36,6 +40,26 @@ def _oracle(artefact: Path, stored: dict[int, bytes], query: bytes) -> list[tupl
     return sorted(zip(distances.tolist(), ids, strict=True))
 
 
+def _artefact_oracle(artefact: Path, stored: dict[int, bytes], query: bytes) -> list[tuple[int, int]]:
+    """The same ranking from the artefact alone, nothing of metah's own code: ``torch.jit.load``, CONTRACT §3's
+    preprocessing written out (decode → RGB → bilinear resize of the whole image to ``input_size`` → ``[0, 1]``),
+    bit = value > 0, and the Hamming distance as the count of unequal bits."""
+    extra = {"metah.json": ""}
+    module = torch.jit.load(str(artefact), _extra_files=extra)
+    height, width = json.loads(extra["metah.json"])["input_size"]
+
+    def bits_of(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+        x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            out: np.ndarray = module(x)[0].numpy() > 0
+        return out
+
+    query_bits = bits_of(query)
+    return sorted((int((bits_of(data) != query_bits).sum()), image_id) for image_id, data in stored.items())
+
+
 def test_search_orders_hits_by_distance_then_id(
     client: httpx.Client, stored: dict[int, bytes], api_artefact: Path, digit_pngs: list[tuple[bytes, str]]
 ) -> None:
@@ -46,6 +70,8 @@ def test_search_orders_hits_by_distance_then_id(
     assert body["bits"] == 16 and body["model_version"] and body["took_ms"] >= 0
     got = [(hit["distance"], hit["id"]) for hit in body["hits"]]
     assert got == _oracle(api_artefact, stored, query)
+    assert got == _artefact_oracle(api_artefact, stored, query)
+    assert len({distance for distance, _ in got}) > 3  # a ranking, not a tie of everything
     assert set(body["hits"][0]) == {"id", "distance", "domain", "label", "metadata", "content_url"}
 
     top = search(client, query, k=5).json()["hits"]
