@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
+from service.registry import PLOT_FILES
 from tests.conftest import DigitFolders
 from tests.service.test_api_jobs import JOB_SETTINGS, WorkerThread, zip_of
 from tests.ui.conftest import LiveServer, PNGs, StartServer, open_ui, screenshot, seed, upload
@@ -55,6 +56,7 @@ def test_archive_training_and_activation_with_live_progress(
     models = page.locator("#models-table tbody tr")
     expect(models).to_have_count(1)
     old_version = models.first.get_attribute("data-version")
+    assert old_version is not None
     # Only backbones that train well here are offered, and the form says why the ResNets are not.
     offered = page.locator("#train-backbone option").evaluate_all("options => options.map(o => o.value)")
     assert offered == ["auto", "efficientnet_lite0", "efficientnet_lite2", "lenet"]
@@ -90,18 +92,25 @@ def test_archive_training_and_activation_with_live_progress(
     expect(page.locator(f"#models-table tr[data-version='{old_version}'] .activate")).to_be_visible()
     expect(page.locator("#server-status")).to_contain_text(f"model {new_version}")
 
-    # The training run's plots: shown when the model's folder holds them, otherwise a clear note.
-    row.get_by_role("button", name="Plots").click()
-    figures = page.locator("#plots figure.plot")
-    expect(figures).to_have_count(2)
+    # The training run's plots: a training job always stores both beside its artefact, and both are shown.
     folder = jobs_server.settings.models_dir / new_version
-    for name in ("loss_curves.png", "pr_curve.png"):
+    assert [name for name in PLOT_FILES if not (folder / name).is_file()] == []
+    row.get_by_role("button", name="Plots").click()
+    expect(page.locator("#plots figure.plot")).to_have_count(len(PLOT_FILES))
+    for name in PLOT_FILES:
         figure = page.locator(f"#plots figure[data-plot='{name}']")
-        if (folder / name).is_file():
-            expect(figure).to_have_class(re.compile(r"\bloaded\b"))
-        else:
-            expect(figure.locator(".missing")).to_contain_text("stored for this version")
+        expect(figure).to_have_class(re.compile(r"\bloaded\b"))
+        assert figure.locator("img").evaluate("image => image.naturalWidth") > 0, name
+    expect(page.locator("#plots .missing")).to_have_count(0)
     screenshot(page, "models-and-jobs")
+
+    # A version whose folder lacks a figure shows a clear note in its place, and the figure it has.
+    old_folder = jobs_server.settings.models_dir / old_version
+    (old_folder / "pr_curve.png").unlink()
+    page.locator(f"#models-table tr[data-version='{old_version}']").get_by_role("button", name="Plots").click()
+    expect(page.locator("#plots h3")).to_contain_text(old_version)
+    expect(page.locator("#plots figure[data-plot='pr_curve.png'] .missing")).to_contain_text("stored for this version")
+    expect(page.locator("#plots figure[data-plot='loss_curves.png']")).to_have_class(re.compile(r"\bloaded\b"))
 
 
 def test_a_queued_job_is_cancelled_and_a_refused_request_explained(page: Page, library_server: LiveServer) -> None:
