@@ -1,0 +1,633 @@
+"""One benchmark runner for every task: the digit pairs (LeNet, trained end to end) and the PACS photo pairs
+(frozen EfficientNet-Lite0 features), every method, tuned on validation queries, reported on test queries.
+
+Protocol. The source domain is labelled: the training set and the database. Each seed splits the target domain
+into 10 % **validation** queries, 10 % **test** queries and 80 % unlabelled training images. Every run is scored on
+both query sets and two protocols (target queries vs the source database; vs the target training images, their
+labels used only for scoring). Every choice — each method's loss weights from its small grid below, the same
+budget for every method — is made on validation MAP@all (mean over the tasks of a training mode and the tuning
+seeds); the tables report the test queries only. TAH is also reported at its reference weighting.
+
+Raw results: one JSON line per run and query split in ``OUT/runs.jsonl`` (``task``, ``method``, ``bits``,
+``seed``, ``split``, ``variant``, ``map_all``, ``map_radius2``, ``precision_radius2``, both protocols, ``commit``,
+``command``, ``machine``, ``date``); ``OUT/cosine.jsonl`` holds the no-hashing reference. An interrupted
+benchmark resumes where it stopped; ``--stage report`` rebuilds ``results.md`` and the plots from the raw lines.
+
+    .venv/bin/python -m scripts.bench --stage all --family digits --out benchmarks/retrieval
+    .venv/bin/python -m scripts.bench --stage all --family photos --pacs ../shared/data/pacs
+
+Scoring. Digit runs are scored with the exported ``model.pt`` itself. Photo runs compute codes the way the
+artefact does (frozen features of the plain image → hash projection → sign) from the feature cache, and encode
+``--artefact-check`` test images with ``model.pt`` to record how many codes agree exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from functools import cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.backbones import build_backbone
+from model.config import TrainConfig
+from model.data import FileSet, decode_files, list_labelled_folder
+from model.datasets import load_digits, write_image_folder
+from model.evaluate import encode_files, encode_images, shared_label_ids
+from model.export import load_encoder
+from model.factory import restore_network
+from model.features import FeatureCache, FeatureTable, extract_features
+from model.metrics import evaluate_retrieval
+from model.objective import LossWeights
+from model.preprocess import to_model_input
+from model.train import train
+from scripts.bench_stats import cosine_map, describe_run, mean_std, paired_difference
+
+METHODS = ("source_only", "tah", "metah")
+METRICS = ("map_all", "map_radius2", "precision_radius2")
+PROTOCOLS = ("target_vs_source", "target_vs_target")
+SPLITS = ("validation", "test")
+PHOTO_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class Task:
+    family: str  # "digits" (LeNet, finetune) or "photos" (EfficientNet-Lite0, frozen)
+    source: str
+    target: str
+
+    @property
+    def mode(self) -> str:
+        return "finetune" if self.family == "digits" else "frozen"
+
+
+TASKS: dict[str, Task] = {
+    "mnist-usps": Task("digits", "mnist", "usps"),
+    "usps-mnist": Task("digits", "usps", "mnist"),
+    "photo-cartoon": Task("photos", "photo", "cartoon"),
+    "photo-sketch": Task("photos", "photo", "sketch"),
+}
+
+
+def _w(p: float, q: float, a: float = 0.0, c: float = 0.0, e: float = 0.0, d: float = 0.0) -> LossWeights:
+    return LossWeights(pairwise=p, quantization=q, adversarial=a, classification=c, entropy=e, diversity=d)
+
+
+# The tuning grid, per training mode and method: a few points each, the same budget for every method. TAH's
+# reference weighting (pairwise 10, quantisation 0.8, adversarial 1) is in every TAH grid and reported on its own.
+TAH_REFERENCE = "p10-q0.8-a1"
+GRID: dict[str, dict[str, dict[str, LossWeights]]] = {
+    "finetune": {
+        "source_only": {"p1-q0.1": _w(1, 0.1), "p1-q0.3": _w(1, 0.3), "p10-q0.8": _w(10, 0.8)},
+        "tah": {
+            TAH_REFERENCE: _w(10, 0.8, a=1),
+            "p10-q0.8-a0.3": _w(10, 0.8, a=0.3),
+            "p1-q0.1-a1": _w(1, 0.1, a=1),
+            "p1-q0.1-a0.3": _w(1, 0.1, a=0.3),
+        },
+        "metah": {
+            "p1-q0.1-a1-c1-e0.3": _w(1, 0.1, a=1, c=1, e=0.3),
+            "p1-q0.1-a1-c1-e0.1": _w(1, 0.1, a=1, c=1, e=0.1),
+            "p10-q0.8-a1-c1-e0.1": _w(10, 0.8, a=1, c=1, e=0.1),
+            "p1-q0.1-a1-c1-e0.3-d0.1": _w(1, 0.1, a=1, c=1, e=0.3, d=0.1),
+        },
+    },
+    "frozen": {
+        "source_only": {"p1-q0.1": _w(1, 0.1), "p10-q0.1": _w(10, 0.1), "p10-q0.8": _w(10, 0.8)},
+        "tah": {
+            TAH_REFERENCE: _w(10, 0.8, a=1),
+            "p10-q0.8-a0.3": _w(10, 0.8, a=0.3),
+            "p10-q0.8-a3": _w(10, 0.8, a=3),
+            "p1-q0.1-a1": _w(1, 0.1, a=1),
+        },
+        "metah": {
+            "p10-q0.8-a1-c1-e0.1-d0.1": _w(10, 0.8, a=1, c=1, e=0.1, d=0.1),
+            "p10-q0.8-a3-c1-e0.1-d0.1": _w(10, 0.8, a=3, c=1, e=0.1, d=0.1),
+            "p10-q0.8-a3-c1-e0.1-d0.3": _w(10, 0.8, a=3, c=1, e=0.1, d=0.3),
+            "p10-q0.8-a1-c1-e0.1": _w(10, 0.8, a=1, c=1, e=0.1),
+        },
+    },
+}
+
+# MeTAH with one part taken out, each derived from MeTAH's chosen weights.
+ABLATIONS = {
+    "no-classifier": lambda w: replace(w, classification=0.0),
+    "no-entropy": lambda w: replace(w, entropy=0.0, diversity=0.0),
+    "no-adversary": lambda w: replace(w, adversarial=0.0),
+    "entropy-unramped": lambda w: replace(w, entropy_ramp=False),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: every task becomes a labelled source folder, a labelled target file list and per-seed split folders.
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    source_dir: Path
+    source: FileSet
+    target: FileSet
+
+
+@dataclass(frozen=True)
+class Split:
+    validation: np.ndarray
+    test: np.ndarray
+    train: np.ndarray
+    train_dir: Path  # the unlabelled 80 %: a flat folder of symlinks
+
+
+def task_files(name: str, work: Path, pacs: Path) -> TaskFiles:
+    task = TASKS[name]
+    if task.family == "photos":
+        source_dir, target_dir = pacs / task.source, pacs / task.target
+    else:
+        source_dir, target_dir = (_digit_folder(domain, work) for domain in (task.source, task.target))
+    source = list_labelled_folder(source_dir, what="source")
+    return TaskFiles(source_dir, source, list_labelled_folder(target_dir, what="target"))
+
+
+def _digit_folder(domain: str, work: Path) -> Path:
+    folder = work / "data" / domain
+    if not (folder / ".complete").exists():
+        write_image_folder(load_digits(domain), folder)
+        (folder / ".complete").touch()
+    return folder
+
+
+def split_target(name: str, target: FileSet, seed: int, work: Path) -> Split:
+    """Seeded 10 / 10 / 80 split of the target into validation queries, test queries and training images."""
+    order = np.random.default_rng(seed).permutation(len(target))
+    tenth = round(len(target) * 0.1)
+    validation, test, rest = np.sort(order[:tenth]), np.sort(order[tenth : 2 * tenth]), np.sort(order[2 * tenth :])
+    train_dir = work / "splits" / name / f"seed{seed}" / "target_train"
+    if not (train_dir / ".complete").exists():
+        train_dir.mkdir(parents=True, exist_ok=True)
+        for index in rest:
+            path = target.paths[index]
+            link = train_dir / f"{path.parent.name}_{path.name}"
+            if not link.exists():
+                link.symlink_to(path.resolve())
+        (train_dir / ".complete").touch()
+    return Split(validation, test, rest, train_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One run: train, then score both query splits on both protocols.
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str
+    method: str
+    bits: int
+    seed: int
+    variant: str
+    weights: LossWeights
+    stage: str  # "tune", "table" or "ablation": why the run exists (the choice reads validation rows only)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.method}/{self.bits}/{self.seed}/{self.variant}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    work: Path
+    pacs: Path
+    cache: Path
+    iterations: int | None
+    device: str
+    threads: int
+    artefact_check: int
+
+
+@cache
+def _files(name: str, work: Path, pacs: Path) -> TaskFiles:
+    return task_files(name, work, pacs)
+
+
+@cache
+def _photo_features(name: str, work: Path, pacs: Path, cache_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen backbone's features of the plain source and target images (view 0), from the cache."""
+    files = _files(name, work, pacs)
+    backbone = build_backbone(PHOTO_BACKBONE)
+    feature_cache = FeatureCache(cache_root, PHOTO_BACKBONE, backbone)
+    tables = []
+    for file_set in (files.source, files.target):
+        keys, skipped = extract_features(file_set, backbone, feature_cache, 1, device=torch.device("cpu"), workers=0)
+        if skipped:
+            raise RuntimeError(f"{len(skipped)} file(s) of {name} did not decode: {skipped[:3]}")
+        tables.append(torch.cat(list(FeatureTable(feature_cache, keys, 1, 2**31).plain())))
+    return tables[0], tables[1]
+
+
+@cache
+def _digit_images(name: str, work: Path, pacs: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    files = _files(name, work, pacs)
+    return decode_files(files.source, (32, 32)).images, decode_files(files.target, (32, 32), what="target").images
+
+
+def _signs(values: torch.Tensor) -> np.ndarray:
+    return torch.where(values > 0, 1.0, -1.0).numpy()
+
+
+def _codes(spec: RunSpec, run_dir: Path, settings: Settings) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Codes of every source and target image, the way the exported artefact computes them, plus a check."""
+    files = _files(spec.task, settings.work, settings.pacs)
+    if TASKS[spec.task].mode == "finetune":
+        loaded = load_encoder(run_dir / "model.pt")  # the artefact itself
+        source_images, target_images = _digit_images(spec.task, settings.work, settings.pacs)
+        return encode_images(loaded.module, source_images), encode_images(loaded.module, target_images), {}
+    source_features, target_features = _photo_features(spec.task, settings.work, settings.pacs, settings.cache)
+    projection = restore_network(run_dir / "checkpoint.pt").net.heads.hash.projection().eval()
+    with torch.no_grad():
+        source_codes, target_codes = _signs(projection(source_features)), _signs(projection(target_features))
+    split = split_target(spec.task, files.target, spec.seed, settings.work)
+    sample = split.test[: settings.artefact_check]
+    loaded = load_encoder(run_dir / "model.pt")
+    artefact = encode_files(loaded.module, files.target.take(sample), loaded.input_size)
+    check = {
+        "images": len(sample),
+        "codes_equal": float(np.mean(np.all(artefact == target_codes[sample], axis=1))),
+        "bits_equal": float(np.mean(artefact == target_codes[sample])),
+    }
+    return source_codes, target_codes, check
+
+
+def _metrics(query: np.ndarray, query_labels: np.ndarray, db: np.ndarray, db_labels: np.ndarray) -> dict[str, float]:
+    result = evaluate_retrieval(query, query_labels, db, db_labels)
+    return {key: float(getattr(result, key)) for key in METRICS}
+
+
+def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
+    """Train one configuration and return one record per query split (validation, test)."""
+    torch.set_num_threads(settings.threads)
+    # TorchScript stays the artefact (CONTRACT); its deprecation notice would repeat once per run
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.* is deprecated")
+    task = TASKS[spec.task]
+    files = _files(spec.task, settings.work, settings.pacs)
+    split = split_target(spec.task, files.target, spec.seed, settings.work)
+    overrides: dict[str, Any] = {"iterations": settings.iterations} if settings.iterations else {}
+    config = TrainConfig(
+        method=spec.method,
+        bits=spec.bits,
+        seed=spec.seed,
+        backbone="lenet" if task.family == "digits" else PHOTO_BACKBONE,
+        mode=task.mode,
+        feature_cache=str(settings.cache),
+        loss_weights=spec.weights,
+        eval_queries=100,
+        loader_workers=0,
+        device=settings.device,
+        **overrides,
+    )
+    run_dir = settings.work / "runs" / spec.key.replace("/", os.sep)
+    started = time.perf_counter()
+    result = train(config, files.source_dir, split.train_dir, run_dir, show_progress=False)
+    seconds = time.perf_counter() - started
+    source_codes, target_codes, check = _codes(spec, run_dir, settings)
+    target_labels, source_labels = shared_label_ids(files.target, files.source)
+    common = {
+        "key": spec.key,
+        "stage": spec.stage,
+        "task": spec.task,
+        "family": task.family,
+        "method": spec.method,
+        "bits": spec.bits,
+        "seed": spec.seed,
+        "variant": spec.variant,
+        "loss_weights": spec.weights.to_dict(),
+        "backbone": result.metrics["backbone"],
+        "mode": result.metrics["mode"],
+        "iterations": config.iterations,
+        "train_seconds": round(seconds, 2),
+        "device": result.metrics["device"],
+        "threads": settings.threads,
+        "artefact_check": check,
+        **describe_run(),
+    }
+    records = []
+    for split_name in SPLITS:
+        queries = getattr(split, split_name)
+        record = {**common, "split": split_name}
+        record["target_vs_source"] = _metrics(
+            target_codes[queries], target_labels[queries], source_codes, source_labels
+        )
+        record["target_vs_target"] = _metrics(
+            target_codes[queries], target_labels[queries], target_codes[split.train], target_labels[split.train]
+        )
+        record.update(record["target_vs_source"])  # the headline protocol at the top level
+        records.append(record)
+    return records
+
+
+def cosine_reference(name: str, seed: int, settings: Settings, run_dir: Path | None) -> dict[str, Any]:
+    """No hashing: the backbone's continuous features ranked by cosine similarity, target queries vs source.
+
+    Photos: the frozen pretrained features (what every photo run's hash layer reads). Digits: the features of the
+    trained MeTAH run's own backbone (``run_dir``), so the line shows what the sign and the bits cost or gain.
+    """
+    torch.set_num_threads(settings.threads)
+    files = _files(name, settings.work, settings.pacs)
+    split = split_target(name, files.target, seed, settings.work)
+    if TASKS[name].family == "photos":
+        source_features, target_features = _photo_features(name, settings.work, settings.pacs, settings.cache)
+    else:
+        assert run_dir is not None
+        net = restore_network(run_dir / "checkpoint.pt").net.eval()
+        source_images, target_images = _digit_images(name, settings.work, settings.pacs)
+        with torch.no_grad():
+            source_features = torch.cat([net.features(to_model_input(c)) for c in source_images.split(1024)])
+            target_features = torch.cat([net.features(to_model_input(c)) for c in target_images.split(1024)])
+    target_labels, source_labels = shared_label_ids(files.target, files.source)
+    scores = {
+        split_name: cosine_map(
+            target_features[getattr(split, split_name)],
+            target_labels[getattr(split, split_name)],
+            source_features,
+            source_labels,
+        )
+        for split_name in SPLITS
+    }
+    return {"key": f"{name}/{seed}", "task": name, "seed": seed, **scores, **describe_run()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plans: which runs each stage needs, given what the raw file already holds.
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def chosen(runs: Sequence[dict[str, Any]], tasks: Sequence[str], tune_seeds: Sequence[int]) -> dict[str, str]:
+    """Per training mode and method, the grid variant with the best mean **validation** MAP@all at 64 bits over
+    that mode's tasks and the tuning seeds; only variants run on every (task, seed) compete."""
+    best: dict[str, str] = {}
+    for mode in {TASKS[t].mode for t in tasks}:
+        mode_tasks = [t for t in tasks if TASKS[t].mode == mode]
+        for method in METHODS:
+            scores: dict[str, dict[tuple[str, int], float]] = {}
+            for run in runs:
+                if (
+                    run["split"] == "validation"
+                    and run["method"] == method
+                    and run["bits"] == 64
+                    and run["task"] in mode_tasks
+                    and run["seed"] in tune_seeds
+                    and run["variant"] in GRID[mode][method]
+                ):
+                    scores.setdefault(run["variant"], {})[(run["task"], run["seed"])] = run["map_all"]
+            needed = len(mode_tasks) * len(tune_seeds)
+            complete = {v: statistics.fmean(s.values()) for v, s in scores.items() if len(s) == needed}
+            if complete:
+                best[f"{mode}/{method}"] = max(sorted(complete), key=lambda v: complete[v])
+    return best
+
+
+def plan(stage: str, args: argparse.Namespace, runs: Sequence[dict[str, Any]]) -> list[RunSpec]:
+    done = {run["key"] for run in runs}
+    specs: list[RunSpec] = []
+    if stage == "tune":
+        for task in args.tasks:
+            mode = TASKS[task].mode
+            for method in args.methods:
+                for variant, weights in GRID[mode][method].items():
+                    specs += [RunSpec(task, method, 64, s, variant, weights, stage) for s in args.tune_seeds]
+    else:
+        choice = chosen(runs, args.tasks, args.tune_seeds)
+        for task in args.tasks:
+            mode = TASKS[task].mode
+            picked = {m: choice.get(f"{mode}/{m}") for m in args.methods}
+            if any(v is None for v in picked.values()):
+                raise SystemExit(f"{task}: tuning is incomplete ({picked}); run --stage tune first")
+            if stage == "table":
+                for method, variant in picked.items():
+                    assert variant is not None
+                    weights = GRID[mode][method][variant]
+                    for bits in args.bits:
+                        seeds = args.seeds[:5] if bits == 64 else args.seeds[:3]
+                        specs += [RunSpec(task, method, bits, s, variant, weights, stage) for s in seeds]
+                if "tah" in args.methods:
+                    reference = GRID[mode]["tah"][TAH_REFERENCE]
+                    specs += [RunSpec(task, "tah", 64, s, TAH_REFERENCE, reference, stage) for s in args.seeds[:5]]
+            elif stage == "ablation":
+                base = picked["metah"]
+                assert base is not None
+                for name, change in ABLATIONS.items():
+                    weights = change(GRID[mode]["metah"][base])
+                    specs += [RunSpec(task, "metah", 64, s, f"{base}/{name}", weights, stage) for s in args.seeds[:3]]
+    unique = {spec.key: spec for spec in specs if spec.key not in done}
+    return list(unique.values())
+
+
+def execute(specs: Sequence[RunSpec], settings: Settings, processes: int, out: Path) -> None:
+    """Run the specs in ``processes`` worker processes; append each run's lines as it finishes."""
+    if not specs:
+        return
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
+        pending: dict[Future[list[dict[str, Any]]], RunSpec] = {}
+        queue: Iterator[RunSpec] = iter(specs)
+        for spec in queue:
+            pending[pool.submit(one_run, spec, settings)] = spec
+            if len(pending) >= processes * 2:
+                break
+        finished = 0
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec = pending.pop(future)
+                records = future.result()
+                with (out / "runs.jsonl").open("a") as fh:
+                    fh.writelines(json.dumps(record) + "\n" for record in records)
+                finished += 1
+                validation, test = (r["map_all"] for r in records)
+                print(
+                    f"[{finished}/{len(specs)} {time.perf_counter() - started:.0f}s] {spec.key}: validation "
+                    f"{validation:.4f} test {test:.4f} ({records[0]['train_seconds']:.0f}s)",
+                    flush=True,
+                )
+                following = next(queue, None)
+                if following is not None:
+                    pending[pool.submit(one_run, following, settings)] = following
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report: every table from the raw lines.
+
+
+def _fmt(values: Sequence[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
+    runs, cosine = read_lines(out / "runs.jsonl"), read_lines(out / "cosine.jsonl")
+    choice = chosen(runs, tasks, tune_seeds)
+    lines = [
+        "# Cross-domain retrieval benchmark",
+        "",
+        "Generated by `python -m scripts.bench --stage report` from `runs.jsonl` and `cosine.jsonl` (raw: one JSON "
+        "line per run and query split, each with its commit, command, machine and date). The source domain is the "
+        "labelled training set and the database; each seed splits the target domain into 10 % validation queries, "
+        "10 % test queries and 80 % unlabelled training images. Every choice was made on validation MAP@all; every "
+        "number below is on the **test** queries. Mean ± sample std (n − 1) over seeds.",
+        "",
+        "## Chosen weights (validation MAP@all, 64 bits, mean over the mode's tasks and seeds "
+        f"{', '.join(map(str, tune_seeds))})",
+        "",
+        "| mode | method | variant | validation MAP@all | chosen |",
+        "|---|---|---|---:|---|",
+    ]
+    for mode in sorted({TASKS[t].mode for t in tasks}):
+        mode_tasks = [t for t in tasks if TASKS[t].mode == mode]
+        for method in METHODS:
+            for variant in GRID[mode][method]:
+                values = [
+                    r["map_all"]
+                    for r in runs
+                    if r["split"] == "validation"
+                    and r["task"] in mode_tasks
+                    and r["method"] == method
+                    and r["variant"] == variant
+                    and r["bits"] == 64
+                    and r["seed"] in tune_seeds
+                ]
+                if values:
+                    mark = "**yes**" if choice.get(f"{mode}/{method}") == variant else ""
+                    lines.append(f"| {mode} | {method} | {variant} | {statistics.fmean(values):.4f} | {mark} |")
+    tests = [r for r in runs if r["split"] == "test"]
+    for task in tasks:
+        mode = TASKS[task].mode
+        cells: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for run in tests:
+            if run["task"] != task:
+                continue
+            label = run["method"] if choice.get(f"{mode}/{run['method']}") == run["variant"] else None
+            if run["method"] == "tah" and run["variant"] == TAH_REFERENCE:
+                label = "tah (reference weights)" if label is None else label
+            if run["stage"] == "ablation":
+                label = f"metah − {run['variant'].split('/')[-1]}"
+            if label is not None:
+                cells.setdefault((run["bits"], label), []).append(run)
+        if not cells:
+            continue
+        lines += ["", f"## {task} (test queries)", ""]
+        for protocol in PROTOCOLS:
+            lines += [
+                f"{protocol.replace('_', ' ')}:",
+                "",
+                "| bits | method | MAP@all | MAP@r≤2 | P@r≤2 (empty ball = 0) | seeds | train s |",
+                "|---:|---|---|---|---|---:|---:|",
+            ]
+            for (bits, label), members in sorted(cells.items()):
+                shown = [_fmt([m[protocol][key] for m in members]) for key in METRICS]
+                seconds = statistics.fmean(m["train_seconds"] for m in members)
+                lines.append(f"| {bits} | {label} | {' | '.join(shown)} | {len(members)} | {seconds:.0f} |")
+            lines.append("")
+        lines += ["Paired comparisons (test MAP@all, target vs source, same seeds and splits; 95 % t interval):", ""]
+        lines += ["| bits | comparison | mean difference | 95 % CI | holds |", "|---:|---|---:|---|---|"]
+        for (bits, label), members in sorted(cells.items()):
+            if label != "metah":
+                continue
+            mine = {m["seed"]: m["map_all"] for m in members}
+            for rival in ("tah", "tah (reference weights)", "source_only"):
+                theirs = {m["seed"]: m["map_all"] for m in cells.get((bits, rival), [])}
+                seeds = sorted(set(mine) & set(theirs))
+                if len(seeds) < 2:
+                    continue
+                diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+                lines.append(
+                    f"| {bits} | metah − {rival} | {diff['mean']:+.4f} | [{diff['low']:+.4f}, {diff['high']:+.4f}] "
+                    f"| {'yes' if diff['holds'] else 'no'} |"
+                )
+        refs = [c["test"] for c in cosine if c["task"] == task]
+        if refs:
+            lines += ["", f"No hashing (cosine similarity of the backbone's features): {_fmt(refs)} MAP@all."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["tune", "table", "ablation", "cosine", "report", "all"], required=True)
+    parser.add_argument("--family", choices=["digits", "photos", "all"], default="all")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--bits", nargs="+", type=int, default=[16, 32, 64])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="64 bits: 5; others: 3")
+    parser.add_argument("--tune-seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--iterations", type=int, default=None, help="override every run's steps (stated)")
+    parser.add_argument("--processes", type=int, default=None, help="runs at once (default: CPU cores)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/retrieval"))
+    parser.add_argument("--work", type=Path, default=Path("var/bench"))
+    parser.add_argument("--pacs", type=Path, default=Path("../shared/data/pacs"))
+    parser.add_argument("--cache", type=Path, default=Path("var/feature-cache"))
+    parser.add_argument("--artefact-check", type=int, default=32, help="photo test images encoded by model.pt")
+    args = parser.parse_args()
+    if args.tasks is None:
+        args.tasks = [t for t, spec in TASKS.items() if args.family in ("all", spec.family)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work = args.work.resolve()
+    settings = Settings(
+        args.work,
+        args.pacs.resolve(),
+        args.cache.resolve(),
+        args.iterations,
+        args.device,
+        args.threads,
+        args.artefact_check,
+    )
+    processes = args.processes or max(1, (os.cpu_count() or 1) // args.threads)
+    for task in args.tasks:  # features and folders once, before the runs read them in parallel
+        if TASKS[task].family == "photos":
+            _photo_features(task, settings.work, settings.pacs, settings.cache)
+        else:
+            _files(task, settings.work, settings.pacs)
+    stages = ["tune", "table", "ablation", "cosine", "report"] if args.stage == "all" else [args.stage]
+    for stage in stages:
+        started = time.perf_counter()
+        if stage in ("tune", "table", "ablation"):
+            specs = plan(stage, args, read_lines(args.out / "runs.jsonl"))
+            print(f"{stage}: {len(specs)} run(s) on {processes} process(es) × {args.threads} thread(s)", flush=True)
+            execute(specs, settings, processes, args.out)
+        elif stage == "cosine":
+            write_cosine(args, settings)
+        else:
+            (args.out / "results.md").write_text(report(args.out, args.tasks, args.tune_seeds))
+        print(f"{stage}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def write_cosine(args: argparse.Namespace, settings: Settings) -> None:
+    runs = read_lines(args.out / "runs.jsonl")
+    path = args.out / "cosine.jsonl"
+    done = {line["key"] for line in read_lines(path)}
+    choice = chosen(runs, args.tasks, args.tune_seeds)
+    for task in args.tasks:
+        for seed in args.seeds[:3]:
+            if f"{task}/{seed}" in done:
+                continue
+            run_dir = None
+            if TASKS[task].family == "digits":
+                variant = choice[f"{TASKS[task].mode}/metah"]
+                run_dir = settings.work / "runs" / task / "metah" / "64" / str(seed) / variant
+            with path.open("a") as fh:
+                fh.write(json.dumps(cosine_reference(task, seed, settings, run_dir)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
