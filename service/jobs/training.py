@@ -1,31 +1,48 @@
-"""Training jobs: stored images → temporary ImageFolders → :func:`model.train.train` → registered model.
+"""Training jobs: stored images → ImageFolders in the job's run folder → :func:`model.train.train` → registered
+model.
 
 The source domain's labelled images become one sub-folder per label (unlabelled ones are left out), named by
 :func:`class_folder_name` (one folder per distinct label, so labels such as ``a/b`` and ``a_b`` stay two
 classes); the target domain's images go into one flat folder. ``on_step`` reports the optimisation steps as
-the job's progress (and is where a cancel is noticed). The artefact is registered with its metrics; with ``activate``
-an activation job is queued for it.
+the job's progress (and is where a cancel is noticed). The artefact is registered with its metrics; with
+``activate`` an activation job is queued for it.
+
+Each job works in its own run folder, ``data_dir/training/job-<id>`` (:func:`run_folder`), and training writes
+a checkpoint there every tenth of the run (at most every 200 steps). A job that runs again after its worker
+died (kill -9, a lost machine) or stopped finds the folder and resumes from the last checkpoint. The folder is
+removed when the job succeeds, fails or is cancelled; folders of jobs that will not run again (left by a worker
+that died, then cancelled) are removed when the next training job starts.
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
+import logging
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import select
 
-from migrations.models import Image
+from migrations.models import Image, Job
+from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
-from model.errors import ConfigError, DataError
-from model.train import train
-from service.jobs import activation
-from service.jobs.worker import JobContext, JobFailedError
+from model.errors import CheckpointError, ConfigError, DataError
+from model.train import RunPaths, TrainResult, train
+from service.jobs import activation, queue
+from service.jobs.worker import JobContext, JobFailedError, Released
 from service.registry import register_artefact
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 KIND = "train"
+RUNS = "training"  # data_dir/training/job-<id>: a job's run folder
+_RUN_FOLDER = re.compile(r"job-(\d+)")
+CHECKPOINTS_PER_RUN = 10
+MAX_CHECKPOINT_EVERY = 200  # model.config.TrainConfig's default
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
 
 
@@ -61,18 +78,94 @@ def export_domain(context: JobContext, domain: str, out: Path, *, labelled: bool
     return len(rows)
 
 
+def run_folder(settings: Settings, job_id: int) -> Path:
+    """The run folder of training job ``job_id``: the same for every attempt of the job."""
+    return settings.data_dir / RUNS / f"job-{job_id}"
+
+
+def remove_stale_run_folders(context: JobContext) -> list[Path]:
+    """Remove the run folders of jobs that will not run again (neither queued nor running) and the temporary
+    folders (``metah-train-*``) of older versions; returns what was removed."""
+    runs = context.settings.data_dir / RUNS
+    found = {}
+    for path in runs.iterdir() if runs.is_dir() else []:
+        if (match := _RUN_FOLDER.fullmatch(path.name)) is not None:
+            found[int(match[1])] = path
+    with context.db.session() as session:
+        pending = select(Job.id).where(Job.id.in_(list(found)), Job.status.in_([queue.QUEUED, queue.RUNNING]))
+        alive = set(session.scalars(pending))
+    stale = [path for job_id, path in found.items() if job_id not in alive]
+    stale += [path for path in context.settings.data_dir.glob("metah-train-*") if path.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed the run folder %s of a job that will not run again", path)
+    return stale
+
+
+def _resume_step(paths: RunPaths) -> int | None:
+    """The step of the run folder's checkpoint, or ``None`` when there is none (a corrupt one is removed)."""
+    if not paths.checkpoint.is_file():
+        return None
+    try:
+        return int(load_checkpoint(paths.checkpoint)["step"])
+    except CheckpointError as exc:
+        log.warning("training from the start: %s", exc)
+        paths.checkpoint.unlink(missing_ok=True)
+        return None
+
+
+def _train(context: JobContext, config: TrainConfig, root: Path) -> tuple[TrainResult, int]:
+    """Train in ``root`` (resuming from its checkpoint when there is one); returns the result and the step
+    training resumed from (0: from the start)."""
+    paths = RunPaths(root / "run")
+    step = _resume_step(paths)
+
+    def on_step(done: int, total: int) -> None:
+        if done % 5 == 0 or done == total:
+            context.progress(done, total)
+
+    def attempt(resume: bool) -> TrainResult:
+        try:
+            return train(
+                config,
+                root / "source",
+                root / "target",
+                paths.root,
+                resume=resume,
+                on_step=on_step,
+                show_progress=False,
+            )
+        except (ConfigError, DataError) as exc:
+            raise JobFailedError(str(exc), code="invalid_training") from exc
+
+    if step is None:
+        return attempt(False), 0
+    log.info("job %d resumes training from step %d", context.job.id, step)
+    try:
+        return attempt(True), step
+    except CheckpointError as exc:  # the images changed since (other classes): the checkpoint does not fit
+        log.warning("job %d trains from the start: %s", context.job.id, exc)
+        shutil.rmtree(paths.root, ignore_errors=True)
+        return attempt(False), 0
+
+
 def run_training(context: JobContext) -> dict[str, Any]:
     params = context.job.params
+    iterations = int(params["iterations"])
     config = TrainConfig(
         method=str(params["method"]),
         bits=int(params["bits"]),
         backbone=str(params["backbone"]),
         mode=str(params.get("mode", "auto")),  # jobs queued before the field existed
-        iterations=int(params["iterations"]),
+        iterations=iterations,
         feature_cache=str(context.settings.data_dir / "feature-cache"),  # shared by every job on the same images
+        checkpoint_every=max(1, min(MAX_CHECKPOINT_EVERY, iterations // CHECKPOINTS_PER_RUN)),
     )
-    with tempfile.TemporaryDirectory(prefix="metah-train-", dir=context.settings.data_dir) as tmp:
-        root = Path(tmp)
+    remove_stale_run_folders(context)
+    root = run_folder(context.settings, context.job.id)
+    try:
+        for part in ("source", "target"):  # exported again: images may have been added or deleted since
+            shutil.rmtree(root / part, ignore_errors=True)
         sources = export_domain(context, str(params["source_domain"]), root / "source", labelled=True)
         targets = export_domain(context, str(params["target_domain"]), root / "target", labelled=False)
         if not sources or not targets:
@@ -81,21 +174,20 @@ def run_training(context: JobContext) -> dict[str, Any]:
                 code="no_training_data",
             )
         context.progress(0, config.iterations)
-
-        def on_step(step: int, total: int) -> None:
-            if step % 5 == 0 or step == total:
-                context.progress(step, total)
-
-        try:
-            result = train(config, root / "source", root / "target", root / "run", on_step=on_step, show_progress=False)
-        except (ConfigError, DataError) as exc:
-            raise JobFailedError(str(exc), code="invalid_training") from exc
+        result, resumed_from = _train(context, config, root)
         row = register_artefact(context.settings, context.db, result.paths.model, activate=False)
+    except Released:
+        raise  # the job runs again: the folder and its checkpoint stay for that attempt
+    except Exception:
+        shutil.rmtree(root, ignore_errors=True)  # failed or cancelled: the job will not run again
+        raise
+    shutil.rmtree(root, ignore_errors=True)
     out: dict[str, Any] = {
         "version": row.version,
         "metrics": row.metrics,
         "sources": sources,
         "targets": targets,
+        "resumed_from_step": resumed_from,
         **{key: result.metrics[key] for key in ("backbone", "mode", "choices")},
     }
     if params.get("activate"):

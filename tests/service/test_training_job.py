@@ -3,60 +3,90 @@ folders, and its run folder across a kill -9 of the worker process."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
-from migrations.models import Image
+from migrations.models import Image, Job, utc_now
 from migrations.runner import upgrade
+from model.checkpoint import load_checkpoint
 from model.data import list_labelled_folder
 from service.db import Database
 from service.jobs import queue, training
-from service.jobs.worker import JobContext
+from service.jobs.process import handlers, settings_env
+from service.jobs.worker import JobContext, Worker
 from service.settings import Settings
-from service.storage import BlobStore, sha256_hex
+from service.storage import sha256_hex
 from tests.conftest import DigitFolders
-from tests.service.conftest import make_settings
+from tests.service.conftest import REPO, make_settings
+
+TRAINING = {"source_domain": "mnist", "target_domain": "usps", "bits": 16, "method": "metah", "backbone": "lenet"}
 
 
 @dataclass
 class Library:
     settings: Settings
     db: Database
-    store: BlobStore
+    worker: Worker  # not running: its blob store, and run_once() for the next job
 
-    def add(self, data: bytes, domain: str, label: str | None) -> None:
-        relative, _ = self.store.put(data)
+    def add(self, images: list[tuple[bytes, str, str | None]]) -> None:
+        """Store ``(bytes, domain, label)`` images (blobs and rows, one transaction)."""
+        paths = self.worker.store.put_many([data for data, _, _ in images])
         with self.db.session() as session:
-            session.add(
-                Image(
-                    sha256=sha256_hex(data),
-                    domain=domain,
-                    label=label,
-                    meta={},
-                    media_type="image/png",
-                    size_bytes=len(data),
-                    width=28,
-                    height=28,
-                    stored_path=relative,
+            for (data, domain, label), relative in zip(images, paths, strict=True):
+                session.add(
+                    Image(
+                        sha256=sha256_hex(data),
+                        domain=domain,
+                        label=label,
+                        meta={},
+                        media_type="image/png",
+                        size_bytes=len(data),
+                        width=28,
+                        height=28,
+                        stored_path=relative,
+                    )
                 )
-            )
             session.commit()
 
-    def context(self, job_id: int | None = None, **params: Any) -> JobContext:
-        """A claimed job's context (a new training job's unless ``job_id`` names a queued one)."""
-        if job_id is None:
-            with self.db.session() as session:
-                job_id = queue.enqueue(session, training.KIND, params).id
-                session.commit()
+    def add_digits(self, digits: DigitFolders, *, target: bool = True) -> None:
+        """Every third MNIST digit, labelled, in ``mnist``; every third USPS digit, unlabelled, in ``usps``."""
+        images: list[tuple[bytes, str, str | None]] = [
+            (path.read_bytes(), "mnist", path.parent.name) for path in sorted(digits.source.rglob("*.png"))[::3]
+        ]
+        if target:
+            images += [(path.read_bytes(), "usps", None) for path in sorted(digits.target.rglob("*.png"))[::3]]
+        self.add(images)
+
+    def enqueue(self, **params: Any) -> int:
+        with self.db.session() as session:
+            job_id = queue.enqueue(session, training.KIND, params).id
+            session.commit()
+        return job_id
+
+    def job(self, job_id: int) -> Job:
+        job = queue.get(self.db, job_id)
+        assert job is not None
+        return job
+
+    def context(self, **params: Any) -> JobContext:
+        """The context of a new training job, claimed."""
+        job_id = self.enqueue(**params)
         token = queue.new_token()
         job = queue.claim(self.db, token)
         assert job is not None and job.id == job_id
-        return JobContext(self.settings, self.db, self.store, job, token, threading.Event())
+        return JobContext(self.settings, self.db, self.worker.store, job, token, threading.Event())
 
 
 @pytest.fixture
@@ -65,7 +95,7 @@ def library(tmp_path: Path) -> Iterator[Library]:
     settings.data_dir.mkdir()
     upgrade(settings.sqlalchemy_url)
     db = Database(settings.sqlalchemy_url)
-    yield Library(settings, db, BlobStore(settings.data_dir))
+    yield Library(settings, db, Worker(settings, db, handlers()))
     db.close()
 
 
@@ -82,9 +112,62 @@ def test_class_folder_names_are_distinct_and_safe() -> None:
 
 def test_labels_that_look_alike_stay_distinct_classes(library: Library, digits: DigitFolders, tmp_path: Path) -> None:
     files = sorted(digits.source.rglob("*.png"))[:6]
-    for i, path in enumerate(files):
-        library.add(path.read_bytes(), "mnist", ["a/b", "a_b", "a b"][i % 3])
+    library.add([(path.read_bytes(), "mnist", ["a/b", "a_b", "a b"][i % 3]) for i, path in enumerate(files)])
     out = tmp_path / "source"
     assert training.export_domain(library.context(), "mnist", out, labelled=True) == 6
     classes = list_labelled_folder(out).classes
     assert len(classes) == 3, classes
+
+
+def test_a_training_job_killed_mid_run_resumes_from_its_checkpoint_and_leaves_no_folder(
+    library: Library, digits: DigitFolders, tmp_path: Path
+) -> None:
+    library.add_digits(digits)
+    settings = library.settings
+    leftovers = [training.run_folder(settings, 999), settings.data_dir / "metah-train-0123abcd"]
+    for folder in leftovers:  # a cancelled job's run folder, an older version's temporary folder
+        (folder / "source").mkdir(parents=True)
+    iterations = 60  # a checkpoint every 6 steps
+    job_id = library.enqueue(**TRAINING, iterations=iterations)
+    run = training.run_folder(settings, job_id)
+    checkpoint = run / "run" / "checkpoint.pt"
+
+    # A real worker process, killed with SIGKILL once it has written a checkpoint.
+    with (tmp_path / "worker.log").open("w+") as log:
+        env = {**settings_env(settings), "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-m", "service.cli", "worker"]
+        worker = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not checkpoint.is_file() and library.job(job_id).status not in queue.FINISHED:
+                assert worker.poll() is None and time.monotonic() < deadline, log.read()
+                time.sleep(0.02)
+        finally:
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()
+        log.seek(0)
+        assert checkpoint.is_file(), f"no checkpoint in the job's run folder {run}:\n{log.read()}"
+    saved = int(load_checkpoint(checkpoint)["step"])
+    assert 0 < saved < iterations and library.job(job_id).status == queue.RUNNING
+    assert not any(folder.exists() for folder in leftovers)  # swept when the job started
+
+    # The dead worker's heartbeat goes silent; the next worker queues the job again and runs it.
+    with library.db.session() as session:
+        silent = utc_now() - timedelta(seconds=settings.job_stale_after_s + 1)
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=silent))
+        session.commit()
+    assert library.worker.run_once()
+    job = library.job(job_id)
+    assert job.status == queue.SUCCEEDED and job.attempts == 2, job.errors
+    assert job.result["resumed_from_step"] == saved
+    assert (job.progress_done, job.progress_total) == (iterations, iterations)
+    assert not run.exists() and not list((settings.data_dir / training.RUNS).iterdir())
+
+
+def test_a_failed_training_job_removes_its_run_folder(library: Library, digits: DigitFolders) -> None:
+    library.add_digits(digits, target=False)
+    job_id = library.enqueue(**TRAINING, iterations=10)
+    assert library.worker.run_once()
+    job = library.job(job_id)
+    assert job.status == queue.FAILED and job.errors[0]["code"] == "no_training_data", job.errors
+    assert not training.run_folder(library.settings, job_id).exists()
