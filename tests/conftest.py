@@ -1,4 +1,5 @@
-"""Shared fixtures: small real digit folders written from the repo's own data (never from ../shared)."""
+"""Shared fixtures: small real digit folders written from the repo's own data (never from ../shared); and the
+rule that CI runs every backend (``METAH_REQUIRE_ALL_BACKENDS``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,29 @@ from model.datasets import load_digits, stratified_sample, write_image_folder
 from service.logs import StderrHandler
 
 torch.set_num_threads(1)
+
+pytest_plugins = ("pytester",)  # tests/test_backends.py runs small suites of its own
+
+
+def backends_required() -> bool:
+    """Every skip in this suite is a backend missing on this machine: PostgreSQL, Chromium, docker-compose,
+    root for a tmpfs, an optional package. A developer may run without one; CI (``.ci/run`` sets
+    ``METAH_REQUIRE_ALL_BACKENDS=1``) must not."""
+    return os.environ.get("METAH_REQUIRE_ALL_BACKENDS", "") not in ("", "0")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Under ``METAH_REQUIRE_ALL_BACKENDS=1`` a skipped test (``pytest.skip``, ``skipif``, ``importorskip``,
+    in the test or in a fixture) is reported as failed, with the skip's reason."""
+    report = yield
+    if report.skipped and backends_required() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"METAH_REQUIRE_ALL_BACKENDS is set, so this may not skip: {reason}"
+    return report
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,16 @@
 per test, and real digit PNGs.
 
 Layers: ``api_artefact`` (session: one tiny trained model) → ``database_url`` (every server test runs twice: on
-a SQLite file, and on a fresh PostgreSQL database when ``METAH_TEST_POSTGRES_URL`` names a server, as
-``.ci/run`` does) → ``start_server`` (a factory: one server per call, all stopped at teardown) → ``server`` /
-``client`` (the usual one) → ``digit_pngs`` (image bytes).
+a SQLite file, and on a fresh PostgreSQL database of :func:`postgres_admin_url`'s server) → ``start_server`` (a
+factory: one server per call, all stopped at teardown) → ``server`` / ``client`` (the usual one) →
+``digit_pngs`` (image bytes).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +31,7 @@ import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from migrations.runner import upgrade
 from model.config import TrainConfig
@@ -41,8 +44,8 @@ API_KEY = "test-key-0123456789"
 MAX_UPLOAD = 256 * 1024
 MAX_PIXELS = 1_000_000
 STARTUP_TIMEOUT_S = 30
-# A role allowed to create databases, e.g. postgresql+psycopg://metah:metah@127.0.0.1:5432/postgres.
-POSTGRES_ADMIN_URL = os.environ.get("METAH_TEST_POSTGRES_URL")
+# The local cluster's role that scripts/local-postgres.sh makes (and .ci/run uses): it may create databases.
+LOCAL_POSTGRES_URL = "postgresql+psycopg://metah:metah@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture(scope="session")
@@ -130,17 +133,50 @@ def start_live_server(settings: Settings, *, migrate: bool = True) -> LiveServer
     return LiveServer(settings, server, thread)
 
 
+def _may_create_databases(url: str) -> bool:
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            query = "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+            return bool(connection.execute(text(query)).scalar())
+    except OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+@functools.cache
+def postgres_admin_url() -> str | None:
+    """A PostgreSQL role allowed to create databases: ``METAH_TEST_POSTGRES_URL`` when set, else the local
+    cluster's ``metah`` role (as root, ``scripts/local-postgres.sh`` starts an installed cluster and makes the
+    role first); ``None`` when there is no PostgreSQL here."""
+    if url := os.environ.get("METAH_TEST_POSTGRES_URL"):
+        return url
+    if _may_create_databases(LOCAL_POSTGRES_URL):
+        return LOCAL_POSTGRES_URL
+    if os.geteuid() == 0 and shutil.which("pg_ctlcluster"):
+        subprocess.run([REPO / "scripts" / "local-postgres.sh"], capture_output=True, timeout=120, check=False)
+        if _may_create_databases(LOCAL_POSTGRES_URL):
+            return LOCAL_POSTGRES_URL
+    return None
+
+
 @contextmanager
 def fresh_postgres_database() -> Iterator[str]:
-    """The URL of a new, empty PostgreSQL database, dropped (with any connection left) afterwards."""
-    if not POSTGRES_ADMIN_URL:
-        pytest.skip("METAH_TEST_POSTGRES_URL is not set")
+    """The URL of a new, empty PostgreSQL database, dropped (with any connection left) afterwards; skipped
+    (failed under ``METAH_REQUIRE_ALL_BACKENDS``) when there is no PostgreSQL here."""
+    admin_url = postgres_admin_url()
+    if admin_url is None:
+        pytest.skip(
+            f"no PostgreSQL: set METAH_TEST_POSTGRES_URL, or make {LOCAL_POSTGRES_URL} work "
+            "(as root: scripts/local-postgres.sh --install)"
+        )
     name = f"metah_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

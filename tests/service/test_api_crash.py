@@ -31,6 +31,8 @@ from tests.service.conftest import (
 )
 from tests.service.test_api_jobs import submitted, wait_job, zip_of
 
+# A retried training job trains again (about a minute of its 120 steps on two busy cores) before it succeeds.
+TRAINING_RETRY_S = 240
 CRASH_SETTINGS = {
     "WORKER_POLL_S": "0.05",
     "JOB_HEARTBEAT_S": "0.2",
@@ -91,6 +93,16 @@ class Uploader:
         self.client.close()
 
 
+def serve_environment(data_dir: Path, model: Path, port: int, database_url: str | None) -> dict[str, str]:
+    """The environment of a crash test's ``metah serve``: SQLite in ``data_dir``, or ``database_url`` (migrated
+    here: against PostgreSQL, migrations are an explicit step)."""
+    values = {"DATA_DIR": str(data_dir), "MODEL": str(model), "PORT": str(port), "API_KEY": API_KEY}
+    if database_url is not None:
+        upgrade(database_url)
+        values["DATABASE_URL"] = database_url
+    return metah_environment(**values, **CRASH_SETTINGS)
+
+
 def all_images(client: httpx.Client) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     after: int | None = None
@@ -113,11 +125,7 @@ def test_kill_9_during_bulk_ingestion_loses_and_duplicates_nothing(
     archive = zip_of([(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in archive_files])
     archive_hashes = {hashlib.sha256(p.read_bytes()).hexdigest() for p in archive_files}
     port = free_port()
-    values = {"DATA_DIR": str(tmp_path / "var"), "MODEL": str(api_artefact), "PORT": str(port), "API_KEY": API_KEY}
-    if database_url is not None:
-        upgrade(database_url)  # against PostgreSQL, migrations are an explicit step
-        values["DATABASE_URL"] = database_url
-    env = metah_environment(**values, **CRASH_SETTINGS)
+    env = serve_environment(tmp_path / "var", api_artefact, port, database_url)
 
     with running_metah_serve(env, port) as run:
         job_id = submitted(run.client, archive, domain="mnist")
@@ -151,15 +159,18 @@ def test_kill_9_during_bulk_ingestion_loses_and_duplicates_nothing(
 
 
 def test_kill_9_during_training_then_during_activation(
-    tmp_path: Path, api_artefact: Path, digits: DigitFolders, digit_pngs: list[tuple[bytes, str]]
+    tmp_path: Path,
+    api_artefact: Path,
+    digits: DigitFolders,
+    digit_pngs: list[tuple[bytes, str]],
+    database_url: str | None,
 ) -> None:
     """Each interrupted job is queued again when its heartbeat goes silent, runs again and succeeds; the new
-    model then serves every stored image."""
+    model then serves every stored image. On SQLite and on PostgreSQL (``database_url``)."""
     mnist = zip_of([(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in sorted(digits.source.rglob("*.png"))])
     usps = zip_of([(f"{label}/{i}.png", data) for i, (data, label) in enumerate(digit_pngs)])
     port = free_port()
-    values = {"DATA_DIR": str(tmp_path / "var"), "MODEL": str(api_artefact), "PORT": str(port), "API_KEY": API_KEY}
-    env = metah_environment(**values, **CRASH_SETTINGS)
+    env = serve_environment(tmp_path / "var", api_artefact, port, database_url)
     body = {"source_domain": "mnist", "target_domain": "usps", "bits": 32, "iterations": 120}
 
     with running_metah_serve(env, port) as run:
@@ -176,7 +187,7 @@ def test_kill_9_during_training_then_during_activation(
         kill_serve_and_worker(run.process)
 
     with running_metah_serve(env, port) as run:
-        trained = wait_job(run.client, train_id)
+        trained = wait_job(run.client, train_id, timeout_s=TRAINING_RETRY_S)
         assert trained["status"] == "succeeded" and trained["result"]["sources"] == len(digits_in(mnist)), trained
         version = trained["result"]["version"]
         activation_id = run.client.post(f"/v1/models/{version}/activate").json()["job_id"]

@@ -85,10 +85,14 @@ def submitted(client: httpx.Client, archive: bytes, **kwargs: Any) -> int:
 
 
 def wait_job(
-    client: httpx.Client, job_id: int, *, until: Callable[[dict[str, Any]], bool] | None = None
+    client: httpx.Client,
+    job_id: int,
+    *,
+    until: Callable[[dict[str, Any]], bool] | None = None,
+    timeout_s: float = 60,
 ) -> dict[str, Any]:
     done = until or (lambda job: job["status"] in queue.FINISHED)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout_s
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if done(job):

@@ -1,9 +1,8 @@
-"""The job queue on its own: concurrent workers claim every job exactly once (SQLite; PostgreSQL's
-``FOR UPDATE SKIP LOCKED`` branch too when ``METAH_TEST_POSTGRES_URL`` is set), and the 0002 migration."""
+"""The job queue on its own: concurrent workers claim every job exactly once (SQLite, and PostgreSQL's
+``FOR UPDATE SKIP LOCKED`` branch), and the 0002 migration."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +28,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'metah.db'}"
         return
-    if not os.environ.get("METAH_TEST_POSTGRES_URL"):
-        pytest.skip("METAH_TEST_POSTGRES_URL is not set")
     yield request.getfixturevalue("pg_url")
 
 

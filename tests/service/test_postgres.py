@@ -1,9 +1,8 @@
 """PostgreSQL-only checks. The whole HTTP API suite also runs against PostgreSQL (see ``database_url`` in
 ``tests/service/conftest.py``); this file adds the migrations both ways on a real server.
 
-Needs ``METAH_TEST_POSTGRES_URL`` (a role allowed to create databases, e.g.
-``postgresql+psycopg://metah:metah@127.0.0.1:5432/postgres``); ``.ci/run`` starts the local PostgreSQL 15 and
-sets it. Every test gets a database of its own, dropped afterwards.
+Needs a PostgreSQL role allowed to create databases (``postgres_admin_url`` in ``tests/service/conftest.py``:
+``METAH_TEST_POSTGRES_URL``, or the local cluster). Every test gets a database of its own, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from tests.service.conftest import fresh_postgres_database
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test (skipped without ``METAH_TEST_POSTGRES_URL``)."""
+    """A fresh, empty PostgreSQL database for one test (skipped where there is no PostgreSQL)."""
     with fresh_postgres_database() as url:
         yield url
 
