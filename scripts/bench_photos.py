@@ -71,6 +71,21 @@ GRID: dict[str, dict[str, LossWeights]] = {
         "ref-a3-e0.1-d0.1": LossWeights(
             pairwise=10.0, quantization=0.8, adversarial=3.0, classification=1.0, entropy=0.1, diversity=0.1
         ),
+        "ref-a1-e0.1-d0.3": LossWeights(
+            pairwise=10.0, quantization=0.8, adversarial=1.0, classification=1.0, entropy=0.1, diversity=0.3
+        ),
+        "ref-a3-e0.1-d0.3": LossWeights(
+            pairwise=10.0, quantization=0.8, adversarial=3.0, classification=1.0, entropy=0.1, diversity=0.3
+        ),
+        "ref-a3-e0.3-d0.3": LossWeights(
+            pairwise=10.0, quantization=0.8, adversarial=3.0, classification=1.0, entropy=0.3, diversity=0.3
+        ),
+        "ref-a3-e0.1-d1": LossWeights(
+            pairwise=10.0, quantization=0.8, adversarial=3.0, classification=1.0, entropy=0.1, diversity=1.0
+        ),
+        "ref-a2-e0.1-d0.3": LossWeights(
+            pairwise=10.0, quantization=0.8, adversarial=2.0, classification=1.0, entropy=0.1, diversity=0.3
+        ),
     },
 }
 
