@@ -38,7 +38,7 @@ from service.pipeline import code_of
 from service.registry import load_registered, open_index
 from service.serving import ActivePair, ServingPair
 from service.settings import Settings
-from service.storage import BlobStore
+from service.storage import LocalBlobStore
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ CHUNK = 10_000
 class ChangeFollower:
     """Applies the ``changes`` after :attr:`cursor` to the serving index, and follows model activations."""
 
-    def __init__(self, settings: Settings, db: Database, store: BlobStore, active: ActivePair) -> None:
+    def __init__(self, settings: Settings, db: Database, store: LocalBlobStore, active: ActivePair) -> None:
         self.settings = settings
         self.db = db
         self.store = store

@@ -29,7 +29,7 @@ from service.observability import Metrics
 from service.registry import open_active_pair, save_snapshot
 from service.serving import ActivePair
 from service.settings import Settings
-from service.storage import BlobStore
+from service.storage import LocalBlobStore, open_local_blob_store
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Runtime:
 
     settings: Settings
     db: Database
-    store: BlobStore
+    store: LocalBlobStore
     active: ActivePair | None
     problem: NotReadyError | None = None
     follower: ChangeFollower | None = None
@@ -90,7 +90,7 @@ def open_runtime(settings: Settings) -> Runtime:
     torch.set_num_threads(settings.torch_threads)  # single-image inference: more threads only add overhead
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
-    store = BlobStore(settings.data_dir)
+    store = open_local_blob_store(settings)
     revision, head = current_revision(settings.sqlalchemy_url), head_revision()
     if revision != head:
         message = f"the database is at revision {revision}, this code needs {head}: run `metah migrate`"

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.storage import parse_blob_url
+
 MiB = 1024 * 1024
 
 
@@ -30,6 +32,8 @@ class Settings(BaseSettings):
 
     Attributes:
         data_dir: images (content-addressed), index snapshots and registered model artefacts.
+        blob_url: ``s3://bucket/prefix`` stores images in S3 instead of the data dir (endpoint, region and
+            credentials from the standard AWS variables); ``None`` = the data dir.
         database_url: SQLAlchemy URL; ``None`` = SQLite file ``data_dir/metah.db``.
         api_key: required in ``X-API-Key`` on writes when set; without it only a loopback host is allowed.
         model: encoder artefact registered (and activated) when the model registry is empty.
@@ -55,6 +59,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="METAH_", extra="ignore", frozen=True)
 
     data_dir: Path = Path("var")
+    blob_url: str | None = None
     database_url: str | None = None
     api_key: SecretStr | None = None
     model: Path | None = None
@@ -76,11 +81,18 @@ class Settings(BaseSettings):
     changes_poll_s: float = Field(default=1.0, gt=0)
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("api_key", "database_url", "model", mode="before")
+    @field_validator("api_key", "database_url", "model", "blob_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         return None if isinstance(text, str) and not text.strip() else value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_blob_url(value)
+        return value
 
     @model_validator(mode="after")
     def _refuse_open_writes(self) -> Settings:

@@ -19,7 +19,7 @@ from service.db import Database
 from service.jobs import queue
 from service.logs import bind
 from service.settings import Settings
-from service.storage import BlobStore
+from service.storage import LocalBlobStore, open_local_blob_store
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class JobContext:
 
     settings: Settings
     db: Database
-    store: BlobStore
+    store: LocalBlobStore
     job: Job
     token: str
     stopping: threading.Event
@@ -73,7 +73,7 @@ class Worker:
     def __init__(self, settings: Settings, db: Database, handlers: dict[str, Handler]) -> None:
         self.settings = settings
         self.db = db
-        self.store = BlobStore(settings.data_dir)
+        self.store = open_local_blob_store(settings)
         self.handlers = handlers
         self.stopping = threading.Event()
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from service.storage import BlobStore, sha256_hex
+from service.storage import LocalBlobStore, sha256_hex
 
 
 def test_put_many_writes_each_blob_once_under_its_digest(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = LocalBlobStore(tmp_path)
     blobs = [b"first image", b"second image", b"first image"]
     paths = store.put_many(blobs)
     assert (
@@ -25,7 +25,7 @@ def test_put_many_writes_each_blob_once_under_its_digest(tmp_path: Path) -> None
 
 
 def test_a_fan_out_folder_removed_behind_the_store_is_made_again(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = LocalBlobStore(tmp_path)
     relative, _ = store.put(b"one")
     shutil.rmtree(tmp_path / "images")
     assert store.put(b"one") == (relative, True)
@@ -33,7 +33,7 @@ def test_a_fan_out_folder_removed_behind_the_store_is_made_again(tmp_path: Path)
 
 
 def test_a_truncated_copy_is_replaced(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = LocalBlobStore(tmp_path)
     relative, _ = store.put(b"complete bytes")
     store.path(relative).write_bytes(b"comp")
     assert store.put(b"complete bytes") == (relative, True)
@@ -41,23 +41,24 @@ def test_a_truncated_copy_is_replaced(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = BlobStore(tmp_path)
+    store = LocalBlobStore(tmp_path)
 
     def no_space(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("service.storage.os.replace", no_space)
+    monkeypatch.setattr("service.storage.os.link", no_space)
     with pytest.raises(OSError, match="No space"):
         store.put_many([b"will not fit"])
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 class FsyncLog:
-    """Records, in order, the renames and the folders fsynced (by inode) through ``service.storage``'s ``os``."""
+    """Records, in order, the new names (links, renames) and the folders fsynced (by inode) through
+    ``service.storage``'s ``os``."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.events: list[tuple[str, int]] = []
-        real_fsync, real_replace = os.fsync, os.replace
+        real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
 
         def fsync(descriptor: int) -> None:
             status = os.fstat(descriptor)
@@ -69,8 +70,13 @@ class FsyncLog:
             real_replace(src, dst)
             self.events.append(("rename", os.stat(dst).st_ino))
 
+        def link(src: Path, dst: Path) -> None:
+            real_link(src, dst)
+            self.events.append(("rename", os.stat(dst).st_ino))
+
         monkeypatch.setattr("service.storage.os.fsync", fsync)
         monkeypatch.setattr("service.storage.os.replace", replace)
+        monkeypatch.setattr("service.storage.os.link", link)
 
     def folders_synced_after_last_rename(self) -> set[int]:
         last = max(i for i, (what, _) in enumerate(self.events) if what == "rename")
@@ -83,7 +89,7 @@ def test_put_syncs_the_folder_after_the_rename(
 ) -> None:
     """The rename is only durable once the folder holding it is fsynced; folders just made need their own
     parents synced too, up to the store's root."""
-    store = BlobStore(tmp_path)
+    store = LocalBlobStore(tmp_path)
     target = store.path(store.relative_path(sha256_hex(b"one image")))
     if fan_out_exists:
         target.parent.mkdir(parents=True)
@@ -95,7 +101,7 @@ def test_put_syncs_the_folder_after_the_rename(
 
 
 def test_put_many_without_syncfs_syncs_the_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = BlobStore(tmp_path)
+    store = LocalBlobStore(tmp_path)
     monkeypatch.setattr("service.storage._syncfs", lambda folder: False)
     log = FsyncLog(monkeypatch)
     paths = store.put_many([b"first image", b"second image"])

@@ -1,0 +1,211 @@
+""":class:`~service.storage.BlobStore` on the S3 API (AWS S3, Ceph's radosgw, any server that speaks it).
+
+Objects are named ``<prefix>/<blob key>`` in one bucket. Endpoint, region and credentials come from the standard
+AWS variables (``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, …; CONTRACT
+§5), read by boto3 itself, so its other sources (config files, instance roles) work too.
+
+Write-once in one request: ``PutObject`` with ``If-None-Match: *`` stores the object only if the key is free and
+answers 412 otherwise (AWS S3 since 2024; radosgw honours it, tests/service/test_blob_stores.py checks it on a
+real one). Two writers racing on one key are settled by the server: one stores, the other gets 412 (or 409
+``ConditionalRequestConflict`` from AWS while the first is in flight, which is retried until it becomes 412).
+
+The bucket must not be versioned (:meth:`S3BlobStore.create_if_missing` refuses one): blobs are write-once
+already, a DELETE would only hide a blob behind a marker, and radosgw (Ceph 16.2, measured) ignores
+``If-None-Match`` in a versioned bucket, so a second PUT of the same bytes says "stored" again and a caller that
+deletes what it stored on failure would hide a blob another row points to.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO, NoReturn
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from service.storage import BlobNotFoundError, BlobStoreError, blob_key, check_key, parse_blob_url, sha256_hex
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+_CONFLICT_RETRIES = 5
+_BATCH_THREADS = 8  # put_many's concurrent PUTs (boto3 clients are thread-safe; the pool holds 16 connections)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _client_config() -> Config:
+    # Path-style requests where an endpoint is set (radosgw, other S3 servers: ``bucket.host`` rarely resolves);
+    # checksums only where the API requires them (servers other than AWS reject botocore's newer default
+    # trailers); PutObject carries Content-MD5 instead, which every S3 server checks.
+    custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    return Config(
+        s3={"addressing_style": "path" if custom_endpoint else "auto"},
+        retries={"mode": "standard", "max_attempts": 4},
+        connect_timeout=5,
+        read_timeout=60,
+        max_pool_connections=16,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+class S3BlobStore:
+    """Blobs as objects ``<prefix>/images/ab/cd/<sha256>`` in ``bucket``.
+
+    Args:
+        bucket: the bucket (made by :meth:`create_if_missing`, which ``metah migrate`` is to call).
+        prefix: key prefix without slashes; ``""`` for none.
+        client: a boto3 S3 client; by default one configured from the standard AWS variables.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.client = client if client is not None else self._default_client()
+
+    @classmethod
+    def from_url(cls, url: str) -> S3BlobStore:
+        """The store of ``METAH_BLOB_URL=s3://bucket/prefix``."""
+        bucket, prefix = parse_blob_url(url)
+        return cls(bucket, prefix)
+
+    @staticmethod
+    def _default_client() -> Any:
+        # botocore reads AWS_DEFAULT_REGION but not AWS_REGION, the name CONTRACT §5 (and the other SDKs) use
+        region = os.environ.get("AWS_REGION") or None
+        return boto3.session.Session().client("s3", region_name=region, config=_client_config())
+
+    def _object(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _raise(self, exc: ClientError) -> NoReturn:
+        if _code(exc) == "NoSuchBucket":
+            raise BlobStoreError(f"the bucket {self.bucket!r} does not exist: run `metah migrate`") from exc
+        raise exc
+
+    def put(self, data: bytes) -> tuple[str, bool]:
+        """One conditional PUT. Says ``False`` when the object was there; also when a retry of this very PUT
+        (the response to the first was lost) found the object the first one stored: a caller that deletes
+        what it stored when it fails later then leaves that object behind, never deletes another's."""
+        key = blob_key(sha256_hex(data))
+        name = self._object(key)
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=name,
+                    Body=data,
+                    ContentMD5=md5,
+                    ContentType="application/octet-stream",
+                    IfNoneMatch="*",
+                )
+            except ClientError as exc:
+                code = _code(exc)
+                if code == "PreconditionFailed":
+                    return key, False
+                if code == "ConditionalRequestConflict" and attempt + 1 < _CONFLICT_RETRIES:
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                self._raise(exc)
+            return key, True
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+        """Concurrent PUTs (each durable when S3 answers); the keys in the order of ``blobs``."""
+        if len(blobs) <= 1:
+            return [self.put(data)[0] for data in blobs]
+        with ThreadPoolExecutor(min(_BATCH_THREADS, len(blobs))) as pool:
+            return [key for key, _ in pool.map(self.put, blobs)]
+
+    def _get_object(self, key: str) -> Any:
+        name = self._object(key)
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=name)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise BlobNotFoundError(f"no blob {key}") from None
+            self._raise(exc)
+
+    def get(self, key: str) -> bytes:
+        with self._get_object(key)["Body"] as body:
+            data: bytes = body.read()
+        return data
+
+    def open(self, key: str) -> BinaryIO:
+        """The response body, streamed from the server as it is read (an ``io.IOBase``: close it)."""
+        body: BinaryIO = self._get_object(key)["Body"]
+        return body
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        name = self._object(key)
+        try:
+            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=name)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:  # HEAD has no body: a missing bucket is a 404 too
+                return None
+            raise
+        return head
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def size(self, key: str) -> int:
+        head = self._head(key)
+        if head is None:
+            raise BlobNotFoundError(f"no blob {key}")
+        return int(head["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        """Absent is fine (S3's DELETE answers 204 either way)."""
+        name = self._object(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=name)
+        except ClientError as exc:
+            self._raise(exc)
+
+    def presigned_url(self, key: str, expires_s: int = 300) -> str | None:
+        """A GET URL signed with this store's credentials (computed locally: no request)."""
+        name = self._object(key)
+        url: str = self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=expires_s
+        )
+        return url
+
+    def create_if_missing(self) -> bool:
+        """Create the bucket when it is missing; refuse one that is versioned (see the module's notes). Two
+        processes may race: the loser sees ``BucketAlreadyOwnedByYou`` and returns ``False``. Outside
+        ``us-east-1`` the bucket is made in the client's region (AWS needs the location constraint)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) not in _MISSING and _code(exc) != "NoSuchBucket":
+                raise
+        else:
+            versioning = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+            if versioning in ("Enabled", "Suspended"):
+                raise BlobStoreError(
+                    f"the bucket {self.bucket!r} is versioned ({versioning}): metah's blobs are write-once and "
+                    "need a bucket without versioning (If-None-Match is not honoured in versioned buckets by "
+                    "every server)"
+                )
+            return False
+        region = self.client.meta.region_name
+        options: dict[str, Any] = {}
+        if region and region not in ("us-east-1", "aws-global"):
+            options["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(Bucket=self.bucket, **options)
+        except ClientError as exc:
+            if _code(exc) == "BucketAlreadyOwnedByYou":
+                return False
+            raise
+        return True
