@@ -117,6 +117,18 @@ def iter_codes(session: Session, model_version: str) -> Iterator[tuple[int, byte
         yield int(image_id), bytes(code), str(domain)
 
 
+def max_coded_image(session: Session) -> int:
+    """The largest image id that has a code of any model (0 when none)."""
+    return int(session.scalar(select(func.max(Code.image_id))) or 0)
+
+
+def delete_codes_except(session: Session, keep: Sequence[str], first: int, last: int) -> int:
+    """Delete the codes of image ids ``first..last`` of every model version not in ``keep``; returns how many
+    (a range of the primary key, so each call reads only that range)."""
+    query = delete(Code).where(Code.image_id >= first, Code.image_id <= last, Code.model_version.not_in(list(keep)))
+    return int(session.execute(query).rowcount or 0)  # type: ignore[attr-defined]  # a CursorResult
+
+
 # ----------------------------------------------------------------------------------------------- changes
 
 

@@ -6,10 +6,16 @@ have one are skipped, so a re-queued job resumes). Then one last pass for images
 registry row becomes active. The API notices the activation (:meth:`service.follow.ChangeFollower.
 follow_activation`), builds the new index from the ``codes`` table and swaps model and index together;
 searches are answered by the old pair until then.
+
+Before the switch, the job removes the codes of every model version but two: the one it activates and the one
+active until now (the rollback target; activating it again re-encodes nothing). So the ``codes`` table holds at
+most two codes per image instead of one more per activation. Activating the model that is already active
+removes nothing.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,8 @@ from service.jobs import queue
 from service.jobs.worker import JobContext, JobFailedError
 from service.pipeline import decode, encode
 from service.registry import load_registered
+
+log = logging.getLogger(__name__)
 
 KIND = "activate"
 
@@ -103,6 +111,26 @@ def run_activation(context: JobContext) -> dict[str, Any]:
             done += len(batch)
             context.progress(min(done, max(total, done)), max(total, done))
     with context.db.session() as session:
+        active = repository.active_model(session)
+    removed = 0
+    if active is not None and active.version != version:
+        removed = remove_codes_except(context.db, [version, active.version])
+    with context.db.session() as session:
         repository.activate_model(session, version)
         session.commit()
-    return {"version": version, "encoded": encoded}
+    return {"version": version, "encoded": encoded, "removed_codes": removed}
+
+
+def remove_codes_except(db: Database, keep: list[str]) -> int:
+    """Delete the codes of every model version not in ``keep``, a range of image ids per transaction (writers
+    wait for one range at most); returns how many were deleted. A retry after a kill goes on where it stopped."""
+    with db.session() as session:
+        last = repository.max_coded_image(session)
+    removed = 0
+    for first in range(1, last + 1, repository.ROW_CHUNK):
+        with db.session() as session:
+            removed += repository.delete_codes_except(session, keep, first, first + repository.ROW_CHUNK - 1)
+            session.commit()
+    if removed:
+        log.info("removed %d codes of model versions other than %s", removed, ", ".join(keep))
+    return removed

@@ -7,96 +7,30 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import update
 
-from migrations.models import Image, Job, utc_now
-from migrations.runner import upgrade
+from migrations.models import Job, utc_now
 from model.checkpoint import load_checkpoint
 from model.data import list_labelled_folder
-from service.db import Database
 from service.jobs import queue, training
-from service.jobs.process import handlers, settings_env
-from service.jobs.worker import JobContext, Worker
-from service.settings import Settings
-from service.storage import sha256_hex
+from service.jobs.process import settings_env
 from tests.conftest import DigitFolders
-from tests.service.conftest import REPO, make_settings
+from tests.service.conftest import REPO
+from tests.service.library import Library, open_library
 
 TRAINING = {"source_domain": "mnist", "target_domain": "usps", "bits": 16, "method": "metah", "backbone": "lenet"}
 
 
-@dataclass
-class Library:
-    settings: Settings
-    db: Database
-    worker: Worker  # not running: its blob store, and run_once() for the next job
-
-    def add(self, images: list[tuple[bytes, str, str | None]]) -> None:
-        """Store ``(bytes, domain, label)`` images (blobs and rows, one transaction)."""
-        paths = self.worker.store.put_many([data for data, _, _ in images])
-        with self.db.session() as session:
-            for (data, domain, label), relative in zip(images, paths, strict=True):
-                session.add(
-                    Image(
-                        sha256=sha256_hex(data),
-                        domain=domain,
-                        label=label,
-                        meta={},
-                        media_type="image/png",
-                        size_bytes=len(data),
-                        width=28,
-                        height=28,
-                        stored_path=relative,
-                    )
-                )
-            session.commit()
-
-    def add_digits(self, digits: DigitFolders, *, target: bool = True) -> None:
-        """Every third MNIST digit, labelled, in ``mnist``; every third USPS digit, unlabelled, in ``usps``."""
-        images: list[tuple[bytes, str, str | None]] = [
-            (path.read_bytes(), "mnist", path.parent.name) for path in sorted(digits.source.rglob("*.png"))[::3]
-        ]
-        if target:
-            images += [(path.read_bytes(), "usps", None) for path in sorted(digits.target.rglob("*.png"))[::3]]
-        self.add(images)
-
-    def enqueue(self, **params: Any) -> int:
-        with self.db.session() as session:
-            job_id = queue.enqueue(session, training.KIND, params).id
-            session.commit()
-        return job_id
-
-    def job(self, job_id: int) -> Job:
-        job = queue.get(self.db, job_id)
-        assert job is not None
-        return job
-
-    def context(self, **params: Any) -> JobContext:
-        """The context of a new training job, claimed."""
-        job_id = self.enqueue(**params)
-        token = queue.new_token()
-        job = queue.claim(self.db, token)
-        assert job is not None and job.id == job_id
-        return JobContext(self.settings, self.db, self.worker.store, job, token, threading.Event())
-
-
 @pytest.fixture
 def library(tmp_path: Path) -> Iterator[Library]:
-    settings = make_settings(tmp_path / "data", model=None)
-    settings.data_dir.mkdir()
-    upgrade(settings.sqlalchemy_url)
-    db = Database(settings.sqlalchemy_url)
-    yield Library(settings, db, Worker(settings, db, handlers()))
-    db.close()
+    with open_library(tmp_path) as opened:
+        yield opened
 
 
 def test_class_folder_names_are_distinct_and_safe() -> None:
@@ -114,7 +48,7 @@ def test_labels_that_look_alike_stay_distinct_classes(library: Library, digits: 
     files = sorted(digits.source.rglob("*.png"))[:6]
     library.add([(path.read_bytes(), "mnist", ["a/b", "a_b", "a b"][i % 3]) for i, path in enumerate(files)])
     out = tmp_path / "source"
-    assert training.export_domain(library.context(), "mnist", out, labelled=True) == 6
+    assert training.export_domain(library.context(training.KIND), "mnist", out, labelled=True) == 6
     classes = list_labelled_folder(out).classes
     assert len(classes) == 3, classes
 
@@ -128,7 +62,7 @@ def test_a_training_job_killed_mid_run_resumes_from_its_checkpoint_and_leaves_no
     for folder in leftovers:  # a cancelled job's run folder, an older version's temporary folder
         (folder / "source").mkdir(parents=True)
     iterations = 60  # a checkpoint every 6 steps
-    job_id = library.enqueue(**TRAINING, iterations=iterations)
+    job_id = library.enqueue(training.KIND, **TRAINING, iterations=iterations)
     run = training.run_folder(settings, job_id)
     checkpoint = run / "run" / "checkpoint.pt"
 
@@ -166,7 +100,7 @@ def test_a_training_job_killed_mid_run_resumes_from_its_checkpoint_and_leaves_no
 
 def test_a_failed_training_job_removes_its_run_folder(library: Library, digits: DigitFolders) -> None:
     library.add_digits(digits, target=False)
-    job_id = library.enqueue(**TRAINING, iterations=10)
+    job_id = library.enqueue(training.KIND, **TRAINING, iterations=10)
     assert library.worker.run_once()
     job = library.job(job_id)
     assert job.status == queue.FAILED and job.errors[0]["code"] == "no_training_data", job.errors
