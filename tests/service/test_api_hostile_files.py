@@ -7,8 +7,13 @@ disguised and oversized ones get the contract's error body; nothing half-written
 from __future__ import annotations
 
 import io
+import socket
+import threading
+import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -135,28 +140,109 @@ def test_broken_and_disguised_files_are_refused_and_leave_nothing(
     assert not images.exists() or not any(p.is_file() for p in images.rglob("*"))
 
 
-def test_a_200_mb_upload_is_cut_off_at_the_limit(start_server: StartServer) -> None:
-    """Against the default 20 MiB limit: the server answers 413 without reading (or storing) the 200 MB."""
-    server = start_server(max_upload_bytes=20 * 1024 * 1024)
+MiB = 1024 * 1024
+HUGE_UPLOAD = 200 * MiB
+
+
+@dataclass
+class RawUpload:
+    """What a raw-socket client saw of a huge upload: the body bytes (with their chunk framing) the server's kernel
+    took before it closed the connection or stopped reading, what it answered, and the most that the sockets'
+    buffers and the server's read-ahead hold once it stopped."""
+
+    sent: int
+    answer: bytes
+    buffered_at_most: int
+
+    def response(self) -> httpx.Response:
+        head, _, body = self.answer.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+        return httpx.Response(status, content=body, headers={"content-type": "application/json"})
+
+
+def push_upload(server: LiveServer, *, declare_length: bool) -> RawUpload:
+    """POST a 200 MB multipart "PNG" to ``/v1/images`` on a raw socket, a thread reading the answer meanwhile.
+
+    The body is sent chunked (no length to refuse it by) or with its ``Content-Length``; sending stops when the
+    server closes the connection, or has answered and takes no byte for two seconds (it stopped reading).
+    """
+    host, port = server.server.servers[0].sockets[0].getsockname()[:2]
+    sock = socket.create_connection((host, port), timeout=0.5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
+    answer = bytearray()
+    answered, finished = threading.Event(), threading.Event()
+
+    def read() -> None:
+        while not finished.is_set():
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # reset by the server's close, after its answer (or without one)
+            if not data:
+                return
+            answer.extend(data)
+            answered.set()
+
+    reader = threading.Thread(target=read, name="upload-answer", daemon=True)
+    reader.start()
+    head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n\x89PNG\r\n\x1a\n'
+    tail = b"\r\n--b--\r\n"
+    framing = (
+        f"Content-Length: {len(head) + HUGE_UPLOAD + len(tail)}" if declare_length else "Transfer-Encoding: chunked"
+    )
+    request = (
+        f"POST /v1/images HTTP/1.1\r\nHost: {host}:{port}\r\nX-API-Key: {API_KEY}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\n{framing}\r\n\r\n"
+    ).encode()
+    chunk = bytes(MiB)
+    pieces = [head, *[chunk] * (HUGE_UPLOAD // MiB), tail]
     sent = 0
-
-    def body() -> Iterator[bytes]:
-        nonlocal sent
-        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n\x89PNG\r\n\x1a\n'
-        chunk = bytes(1024 * 1024)
-        for _ in range(200):
-            sent += len(chunk)
-            yield chunk
-        yield b"\r\n--b--\r\n"
-
+    stalled_since: float | None = None
+    deadline = time.monotonic() + 120
     try:
-        response = server.client().post(
-            "/v1/images", content=body(), headers={"Content-Type": "multipart/form-data; boundary=b"}
-        )
-    except (httpx.WriteError, httpx.RemoteProtocolError):
-        response = None  # the server closed the connection after its 413, mid-upload
-    if response is not None:
-        assert_error(response, 413, "payload_too_large")
+        sock.sendall(request)
+        for piece in pieces:
+            frame = piece if declare_length else f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+            if piece is tail and not declare_length:
+                frame += b"0\r\n\r\n"  # the last chunk
+            view = memoryview(frame)
+            while view:
+                try:
+                    count = sock.send(view)
+                except TimeoutError:
+                    stalled_since = stalled_since or time.monotonic()
+                    if (answered.is_set() and time.monotonic() - stalled_since > 2) or time.monotonic() > deadline:
+                        raise
+                    continue
+                stalled_since = None
+                sent += count
+                view = view[count:]
+    except OSError:
+        pass  # the server closed the connection (broken pipe, reset) or stopped reading
+    answered.wait(timeout=30)  # a server that read it all answers after the last byte
+    finished.set()
+    reader.join(timeout=10)
+    buffered = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[2])  # the server's receive buffer
+    buffered += sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) + MiB  # ours, and the server's read-ahead
+    sock.close()
+    return RawUpload(sent, bytes(answer), buffered)
+
+
+@pytest.mark.parametrize("declare_length", [False, True], ids=["chunked", "content-length"])
+def test_a_200_mb_upload_is_cut_off_at_the_limit(start_server: StartServer, declare_length: bool) -> None:
+    """Against the default 20 MiB limit: the server answers 413 and stops reading a 200 MB body (chunked: just past
+    the limit, where it can know; with a Content-Length over the limit, before reading up to it), and stores
+    nothing. Past the point where it stopped, only what the two sockets' buffers hold is accepted."""
+    limit = 20 * MiB
+    server = start_server(max_upload_bytes=limit)
+    upload = push_upload(server, declare_length=declare_length)
+    assert_error(upload.response(), 413, "payload_too_large")
+    if declare_length:
+        assert upload.sent < limit, upload.sent  # refused on its header, not read up to the limit
+    else:
+        assert limit < upload.sent <= limit + upload.buffered_at_most, upload.sent
     assert server.client().get("/v1/images").json()["items"] == []
     assert not server.settings.images_dir.exists() or not any(server.settings.images_dir.rglob("*.*"))
 
