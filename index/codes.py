@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from index.errors import CodeFormatError
+from index.errors import CodeFormatError, CodeSpaceError, DuplicateIdError
 
 Codes = npt.NDArray[np.uint8]
 Ids = npt.NDArray[np.int64]
@@ -160,3 +160,40 @@ def hamming_distances(queries: npt.ArrayLike, codes: npt.ArrayLike, bits: int) -
         counts = np.bitwise_count(np.bitwise_xor(c, query))
         out[i] = counts[:, 0] if counts.shape[1] == 1 else counts.sum(axis=1, dtype=np.int32)
     return out
+
+
+def check_k(k: int) -> int:
+    """Return ``k`` (hits per query) if it is a positive int."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise CodeFormatError(f"k must be a positive int, got {k!r}")
+    return int(k)
+
+
+def check_radius(radius: int, bits: int, name: str) -> int:
+    """Return a Hamming radius ``>= 0``, capped at ``bits`` (``name`` is the argument's name in the error)."""
+    if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or radius < 0:
+        raise CodeFormatError(f"{name} must be an int >= 0, got {radius!r}")
+    return min(int(radius), bits)
+
+
+def check_domain(domain: str) -> str:
+    """Return ``domain`` if it is a non-empty string."""
+    if not isinstance(domain, str) or not domain:
+        raise CodeFormatError(f"domain must be a non-empty string, got {domain!r}")
+    return domain
+
+
+def refuse_duplicates(id_parts: list[Ids]) -> None:
+    """Raise :class:`DuplicateIdError` when an id occurs twice in the concatenation of ``id_parts``."""
+    if not id_parts:
+        return
+    ids = np.sort(np.concatenate(id_parts))
+    repeated = ids[1:][ids[1:] == ids[:-1]]
+    if repeated.size:
+        raise DuplicateIdError(np.unique(repeated).tolist())
+
+
+def check_model_version(queried: str | None, indexed: str) -> None:
+    """Refuse (:class:`CodeSpaceError`) queries of model ``queried`` on an index of model ``indexed``."""
+    if queried is not None and queried != indexed:
+        raise CodeSpaceError(f"queries of model {queried!r} cannot search the index of model {indexed!r}")

@@ -43,8 +43,20 @@ import numpy as np
 import numpy.typing as npt
 
 from index.approximate import IVFShard
-from index.codes import Codes, Ids, check_bits, check_codes, check_ids, code_bytes
-from index.errors import CodeFormatError, CodeSpaceError, DuplicateIdError
+from index.codes import (
+    Codes,
+    Ids,
+    check_bits,
+    check_codes,
+    check_domain,
+    check_ids,
+    check_k,
+    check_model_version,
+    check_radius,
+    code_bytes,
+    refuse_duplicates,
+)
+from index.errors import CodeFormatError, DuplicateIdError
 from index.flat import FlatShard
 from index.hits import Hits, merge_top_k, rows_to_hits
 from index.shard import Shard
@@ -103,24 +115,6 @@ class IndexState:
         return sum(len(s) for s in self.shards.values())
 
 
-def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise CodeFormatError(f"k must be a positive int, got {k!r}")
-    return int(k)
-
-
-def _check_radius(radius: int, bits: int, name: str) -> int:
-    if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or radius < 0:
-        raise CodeFormatError(f"{name} must be an int >= 0, got {radius!r}")
-    return min(int(radius), bits)
-
-
-def _check_domain(domain: str) -> str:
-    if not isinstance(domain, str) or not domain:
-        raise CodeFormatError(f"domain must be a non-empty string, got {domain!r}")
-    return domain
-
-
 class HashIndex:
     """Packed ``bits``-bit codes of one model version, partitioned by domain, with stable int64 ids.
 
@@ -166,25 +160,12 @@ class HashIndex:
         consumed in chunks, so a generator over a cursor is fine. ``last_change`` is the database change the
         rows reflect.
         """
-        width = code_bytes(bits)
-
-        def batches() -> Iterator[Batch]:
-            iterator = iter(entries)
-            while chunk := list(itertools.islice(iterator, _ENTRY_CHUNK)):
-                by_domain: dict[str, tuple[list[int], list[bytes]]] = {}
-                for id_, code, domain in chunk:
-                    raw = _code_bytes(code)
-                    if len(raw) != width:
-                        raise CodeFormatError(f"id {id_}: code has {len(raw)} bytes, {bits}-bit codes: {width}")
-                    ids, codes = by_domain.setdefault(domain, ([], []))
-                    ids.append(id_)
-                    codes.append(raw)
-                for domain, (ids, codes) in by_domain.items():
-                    packed = np.frombuffer(b"".join(codes), np.uint8).reshape(len(ids), width)
-                    yield np.asarray(ids, dtype=np.int64), packed, domain
-
         return cls.build_from_batches(
-            batches(), bits=bits, model_version=model_version, options=options, last_change=last_change
+            entry_batches(entries, bits),
+            bits=bits,
+            model_version=model_version,
+            options=options,
+            last_change=last_change,
         )
 
     @classmethod
@@ -204,10 +185,10 @@ class HashIndex:
         for ids, codes, domain in batches:
             packed = check_codes(codes, bits)
             checked = check_ids(ids, packed.shape[0])
-            id_parts, code_parts = parts.setdefault(_check_domain(domain), ([], []))
+            id_parts, code_parts = parts.setdefault(check_domain(domain), ([], []))
             id_parts.append(checked)
             code_parts.append(packed)
-        _refuse_duplicates([p for id_parts, _ in parts.values() for p in id_parts])
+        refuse_duplicates([p for id_parts, _ in parts.values() for p in id_parts])
         shards: dict[str, Shard] = {}
         with options.thread_policy().applied(2):
             for domain, (id_parts, code_parts) in parts.items():
@@ -296,12 +277,12 @@ class HashIndex:
         Returns:
             ``Q`` :class:`Hits`. Exact on flat shards; on IVF shards the candidates are approximate.
         """
-        self._check_space(model_version)
+        check_model_version(model_version, self.model_version)
         packed = check_codes(queries, self.bits, name="queries")
-        k = _check_k(k)
-        limit = None if max_distance is None else _check_radius(max_distance, self.bits, "max_distance")
+        k = check_k(k)
+        limit = None if max_distance is None else check_radius(max_distance, self.bits, "max_distance")
         if domain is not None:
-            _check_domain(domain)
+            check_domain(domain)
         hits: list[Hits] = []
         for start in range(0, packed.shape[0], self.options.query_chunk):
             chunk = packed[start : start + self.options.query_chunk]
@@ -326,11 +307,11 @@ class HashIndex:
         ``radius`` is in ``[0, bits]``; ``bits`` returns everything. On IVF shards only the probed lists
         are searched. ``domain`` and ``model_version`` as in :meth:`search`.
         """
-        self._check_space(model_version)
+        check_model_version(model_version, self.model_version)
         packed = check_codes(queries, self.bits, name="queries")
-        radius = _check_radius(radius, self.bits, "radius")
+        radius = check_radius(radius, self.bits, "radius")
         if domain is not None:
-            _check_domain(domain)
+            check_domain(domain)
         out: list[Hits] = []
         for start in range(0, packed.shape[0], self.options.query_chunk):
             chunk = packed[start : start + self.options.query_chunk]
@@ -346,12 +327,6 @@ class HashIndex:
                     )
                     out.append(Hits(ids[0], distances[0]))
         return out
-
-    def _check_space(self, model_version: str | None) -> None:
-        if model_version is not None and model_version != self.model_version:
-            raise CodeSpaceError(
-                f"queries of model {model_version!r} cannot search the index of model {self.model_version!r}"
-            )
 
     def _selected(self, domain: str | None) -> list[Shard]:
         if domain is None:
@@ -369,7 +344,7 @@ class HashIndex:
         """
         packed = check_codes(codes, self.bits)
         checked = check_ids(ids, packed.shape[0])
-        domain = _check_domain(domain)
+        domain = check_domain(domain)
         with self._lock.write():
             present = np.zeros(checked.shape[0], bool)
             for shard in self._shards.values():
@@ -383,7 +358,7 @@ class HashIndex:
         """Add codes, replacing any present entry with the same id (in any domain), atomically for readers."""
         packed = check_codes(codes, self.bits)
         checked = check_ids(ids, packed.shape[0])
-        domain = _check_domain(domain)
+        domain = check_domain(domain)
         with self._lock.write():
             self._remove_locked(checked)
             self._add_locked(checked, packed, domain)
@@ -489,6 +464,24 @@ class HashIndex:
         )
 
 
+def entry_batches(entries: Iterable[Entry], bits: int) -> Iterator[Batch]:
+    """Database rows ``(id, packed code, domain)`` → one batch per domain per chunk of rows (codes checked)."""
+    width = code_bytes(bits)
+    iterator = iter(entries)
+    while chunk := list(itertools.islice(iterator, _ENTRY_CHUNK)):
+        by_domain: dict[str, tuple[list[int], list[bytes]]] = {}
+        for id_, code, domain in chunk:
+            raw = _code_bytes(code)
+            if len(raw) != width:
+                raise CodeFormatError(f"id {id_}: code has {len(raw)} bytes, {bits}-bit codes: {width}")
+            ids, codes = by_domain.setdefault(domain, ([], []))
+            ids.append(id_)
+            codes.append(raw)
+        for domain, (ids, codes) in by_domain.items():
+            packed = np.frombuffer(b"".join(codes), np.uint8).reshape(len(ids), width)
+            yield np.asarray(ids, dtype=np.int64), packed, domain
+
+
 def _code_bytes(code: bytes | npt.ArrayLike) -> bytes:
     if isinstance(code, bytes | bytearray | memoryview):
         return bytes(code)
@@ -497,15 +490,6 @@ def _code_bytes(code: bytes | npt.ArrayLike) -> bytes:
         shape = list(array.shape)
         raise CodeFormatError(f"a row's code must be bytes or uint8 [B], got {array.dtype} {shape}")
     return array.tobytes()
-
-
-def _refuse_duplicates(id_parts: list[Ids]) -> None:
-    if not id_parts:
-        return
-    ids = np.sort(np.concatenate(id_parts))
-    repeated = ids[1:][ids[1:] == ids[:-1]]
-    if repeated.size:
-        raise DuplicateIdError(np.unique(repeated).tolist())
 
 
 def _build_shard(bits: int, ids: Ids, codes: Codes, options: IndexOptions) -> Shard:

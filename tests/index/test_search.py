@@ -1,12 +1,13 @@
-"""Exact search against a brute-force oracle; writes; domains."""
+"""Exact search against a brute-force oracle; writes; domains. Every test runs on both backends (conftest)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from index import CodeFormatError, CodeSpaceError, DuplicateIdError, HashIndex
+from index import CodeFormatError, CodeSpaceError, DuplicateIdError
 from index.synthetic import clustered_codes, random_codes
+from tests.index.conftest import Backend
 from tests.index.oracle import assert_same_neighbours, knn, within
 
 
@@ -17,11 +18,11 @@ def shuffled_ids(n: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("bits", "k"), [(8, 1), (8, 25), (16, 10), (64, 10), (128, 100)])
-def test_search_equals_oracle_with_ties(bits: int, k: int) -> None:
+def test_search_equals_oracle_with_ties(backend: Backend, bits: int, k: int) -> None:
     """8- and 16-bit codes give ties at almost every distance, the ordering rule must decide them."""
     codes = random_codes(3000, bits, seed=bits)
     ids = shuffled_ids(3000, seed=1)
-    index = HashIndex(bits, "m1")
+    index = backend.new(bits)
     for part in np.array_split(np.arange(3000), 5):  # several adds, ids out of order
         index.add(ids[part], codes[part], "database")
     queries = np.concatenate([random_codes(20, bits, seed=99), codes[:5]])
@@ -31,11 +32,11 @@ def test_search_equals_oracle_with_ties(bits: int, k: int) -> None:
     assert single[0].pairs() == index.search(queries[:2], k)[0].pairs()
 
 
-def test_clustered_codes_and_several_domains_merge_exactly() -> None:
+def test_clustered_codes_and_several_domains_merge_exactly(backend: Backend) -> None:
     codes, _ = clustered_codes(4000, 64, seed=3)
     ids = shuffled_ids(4000, seed=2)
     domains = np.array(["a", "b", "c", "d"])[np.arange(4000) % 4]
-    index = HashIndex(64, "m1")
+    index = backend.new(64)
     for name in "abcd":
         mask = domains == name
         index.add(ids[mask], codes[mask], name)
@@ -50,9 +51,9 @@ def test_clustered_codes_and_several_domains_merge_exactly() -> None:
     assert index.domains() == {"a": 1000, "b": 1000, "c": 1000, "d": 1000}
 
 
-def test_small_domain_in_a_large_index_still_returns_k_hits() -> None:
+def test_small_domain_in_a_large_index_still_returns_k_hits(backend: Backend) -> None:
     codes = random_codes(20_000, 64, seed=5)
-    index = HashIndex(64, "m1")
+    index = backend.new(64)
     index.add(np.arange(19_990), codes[:19_990], "database")
     index.add(np.arange(19_990, 20_000), codes[19_990:], "query")
     hits = index.search(codes[:3], 10, domain="query")
@@ -60,27 +61,27 @@ def test_small_domain_in_a_large_index_still_returns_k_hits() -> None:
     assert [len(h) for h in index.search(codes[:2], 10, domain="nowhere")] == [0, 0]
 
 
-def test_k_larger_than_the_index_and_empty_index() -> None:
-    index = HashIndex(64, "m1")
+def test_k_larger_than_the_index_and_empty_index(backend: Backend) -> None:
+    index = backend.new(64)
     assert [len(h) for h in index.search(np.zeros((2, 8), np.uint8), 5)] == [0, 0]
     index.add([5, 3], random_codes(2, 64), "d")
     hits = index.search(np.zeros(8, np.uint8), 1000)[0]
     assert sorted(hits.ids.tolist()) == [3, 5]
 
 
-def test_max_distance_cuts_the_k_nearest() -> None:
+def test_max_distance_cuts_the_k_nearest(backend: Backend) -> None:
     codes = random_codes(2000, 16, seed=8)
     ids = np.arange(2000, dtype=np.int64)
-    index = HashIndex(16, "m1")
+    index = backend.new(16)
     index.add(ids, codes, "d")
     for got, ref in zip(index.search(codes[:10], 40, max_distance=2), knn(codes[:10], ids, codes, 16, 40), strict=True):
         assert got.pairs() == [p for p in ref.pairs() if p[1] <= 2]
 
 
-def test_remove_then_search() -> None:
+def test_remove_then_search(backend: Backend) -> None:
     codes = random_codes(3000, 64, seed=9)
     ids = shuffled_ids(3000, seed=4)
-    index = HashIndex(64, "m1")
+    index = backend.new(64)
     index.add(ids, codes, "d")
     gone = ids[::3]
     assert index.remove(np.concatenate([gone, [10**9]])) == len(gone)  # unknown ids are ignored
@@ -96,11 +97,11 @@ def test_remove_then_search() -> None:
 
 
 @pytest.mark.parametrize("radius", [0, 2, 16])
-def test_range_search_radius_zero_two_and_bits(radius: int) -> None:
+def test_range_search_radius_zero_two_and_bits(backend: Backend, radius: int) -> None:
     codes = random_codes(1500, 16, seed=radius)
     codes[100:110] = codes[0]  # exact duplicates for radius 0
     ids = shuffled_ids(1500, seed=7)
-    index = HashIndex(16, "m1")
+    index = backend.new(16)
     index.add(ids[:700], codes[:700], "a")
     index.add(ids[700:], codes[700:], "b")
     queries = codes[:12]
@@ -119,8 +120,8 @@ def test_range_search_radius_zero_two_and_bits(radius: int) -> None:
         assert g.pairs() == want.pairs()
 
 
-def test_duplicate_ids_are_refused_atomically_and_upsert_replaces() -> None:
-    index = HashIndex(64, "m1")
+def test_duplicate_ids_are_refused_atomically_and_upsert_replaces(backend: Backend) -> None:
+    index = backend.new(64)
     codes = random_codes(4, 64, seed=1)
     index.add([1, 2], codes[:2], "a")
     with pytest.raises(DuplicateIdError, match=r"\[2\]"):
@@ -133,9 +134,9 @@ def test_duplicate_ids_are_refused_atomically_and_upsert_replaces() -> None:
     assert index.lookup(99) is None
 
 
-def test_out_of_order_inserts_keep_codes_with_their_ids() -> None:
+def test_out_of_order_inserts_keep_codes_with_their_ids(backend: Backend) -> None:
     codes = random_codes(300, 64, seed=2)
-    index = HashIndex(64, "m1")
+    index = backend.new(64)
     index.add(np.arange(100, 200), codes[100:200], "d")
     index.add(np.arange(0, 100), codes[:100], "d")  # before every present id
     index.add(np.arange(200, 300)[::-1], codes[200:300][::-1], "d")  # after, reversed within the call
@@ -145,8 +146,8 @@ def test_out_of_order_inserts_keep_codes_with_their_ids() -> None:
     assert index.search(codes[42], 1)[0].pairs() == [(42, 0)]
 
 
-def test_changes_and_bad_arguments() -> None:
-    index = HashIndex(64, "m1")
+def test_changes_and_bad_arguments(backend: Backend) -> None:
+    index = backend.new(64)
     index.add([1], random_codes(1, 64), "d", change=7)
     index.remove([1], change=5)
     assert index.last_change == 7
@@ -166,15 +167,15 @@ def test_changes_and_bad_arguments() -> None:
         index.search(np.zeros(8, np.uint8), 3, model_version="m2")
 
 
-def test_build_from_database_rows_and_batches() -> None:
+def test_build_from_database_rows_and_batches(backend: Backend) -> None:
     codes = random_codes(500, 64, seed=11)
     ids = shuffled_ids(500, seed=3)
     rows = [(int(i), c.tobytes() if i % 2 else c, "a" if i % 3 else "b") for i, c in zip(ids, codes, strict=True)]
-    built = HashIndex.build(iter(rows), bits=64, model_version="m1", last_change=12)
+    built = backend.build(iter(rows), bits=64, model_version="m1", last_change=12)
     assert built.last_change == 12 and len(built) == 500
     for got, want in zip(built.search(codes[:10], 5), knn(codes[:10], ids, codes, 64, 5), strict=True):
         assert_same_neighbours(got, want)
     with pytest.raises(CodeFormatError, match="7 bytes"):
-        HashIndex.build([(1, b"\x00" * 7, "a")], bits=64, model_version="m1")
+        backend.build([(1, b"\x00" * 7, "a")], bits=64, model_version="m1")
     with pytest.raises(DuplicateIdError):
-        HashIndex.build_from_batches([([1, 2], codes[:2], "a"), ([2], codes[2:3], "b")], bits=64, model_version="m1")
+        backend.build_from_batches([([1, 2], codes[:2], "a"), ([2], codes[2:3], "b")], bits=64, model_version="m1")
