@@ -1,3 +1,5 @@
-"""The database schema of metah: SQLAlchemy 2.0 models (:mod:`migrations.models`), the Alembic environment and
-its versions, and a programmatic upgrade (:mod:`migrations.runner`) used by ``metah migrate`` and ``metah serve``.
+"""The history of metah's database schema: the Alembic environment (``env.py``) and its versions, nothing else.
+
+The tables are the service's (:mod:`service.models`) and ``env.py`` imports them; :mod:`service.migrate` applies
+these versions (``metah migrate``, ``metah serve`` on SQLite, the tests).
 """

@@ -1,6 +1,6 @@
-"""Alembic environment: the target metadata is :data:`migrations.models.Base.metadata`.
+"""Alembic environment: the target metadata is :data:`service.models.Base.metadata` (the service's tables).
 
-The URL comes, in this order, from ``config.attributes["url"]`` (set by :mod:`migrations.runner`), the
+The URL comes, in this order, from ``config.attributes["url"]`` (set by :mod:`service.migrate`), the
 ``sqlalchemy.url`` option, or the service settings (``METAH_DATABASE_URL`` / ``METAH_DATA_DIR``).
 A connection handed over in ``config.attributes["connection"]`` is used as it is.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from migrations.models import Base
+from service.models import Base
 
 target_metadata = Base.metadata
 

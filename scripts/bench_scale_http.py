@@ -26,8 +26,6 @@ from typing import Any
 import numpy as np
 from sqlalchemy import insert
 
-from migrations.models import Code, Image
-from migrations.runner import upgrade
 from model.export import load_encoder
 from scripts.bench_harness import (
     CLIENTS,
@@ -43,6 +41,8 @@ from scripts.bench_harness import (
 )
 from scripts.demo_model import ensure_demo_model
 from service.db import Database
+from service.migrate import upgrade
+from service.models import Code, Image
 from service.pipeline import decode, encode
 from service.registry import register_artefact
 from service.settings import Settings

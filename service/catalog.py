@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from migrations.models import Image
 from service import repository
 from service.errors import NotFoundError
+from service.models import Image
 from service.pipeline import ImageInfo, code_of, probe
 from service.runtime import Runtime
 from service.serving import ServingPair

@@ -196,7 +196,7 @@ def _migrate(url: str) -> str | None:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from migrations.runner import current_revision, upgrade
+    from service.migrate import current_revision, upgrade
 
     try:
         upgrade(url)
@@ -234,8 +234,8 @@ def run_worker(args: argparse.Namespace) -> int:
     configure_logs(settings.log_format, logging.getLogger().level)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # before alembic is imported
 
-    from migrations.runner import current_revision, head_revision
     from service.jobs.process import run_worker as work
+    from service.migrate import current_revision, head_revision
 
     revision, head = current_revision(settings.sqlalchemy_url), head_revision()
     if revision != head:

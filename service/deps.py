@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, File, Form, Header, Path, Request, UploadFile
 
-from migrations.models import Image
 from service import catalog
 from service.catalog import NewImage
 from service.errors import NotReadyError, PayloadTooLargeError, UnauthorizedError, UnprocessableError
+from service.models import Image
 from service.runtime import Runtime
 from service.schemas import DOMAIN_PATTERN
 from service.serving import ServingPair

@@ -30,10 +30,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from migrations.models import Change, Code, Image
 from model.errors import DataError
 from service import repository
 from service.db import Database
+from service.models import Change, Code, Image
 from service.pipeline import code_of
 from service.registry import load_registered, open_index
 from service.serving import ActivePair, ServingPair

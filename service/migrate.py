@@ -1,7 +1,8 @@
 """Apply the migrations from code: ``metah migrate``, ``metah serve`` on SQLite, and the tests.
 
-No ``alembic.ini`` is needed here: the script location is this package and the URL is passed in (not through
-the ini file, whose ``%`` interpolation would mangle percent-encoded passwords).
+No ``alembic.ini`` is needed here: the script location is the ``migrations`` package (the schema's history,
+installed with the service) and the URL is passed in (not through the ini file, whose ``%`` interpolation would
+mangle percent-encoded passwords).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, make_url, pool
 
-SCRIPT_LOCATION = Path(__file__).resolve().parent
+import migrations
+
+SCRIPT_LOCATION = Path(migrations.__file__).resolve().parent  # the schema's history: env.py and versions/
 
 
 def alembic_config(url: str) -> Config:

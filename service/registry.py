@@ -14,11 +14,11 @@ import uuid
 from pathlib import Path
 
 from index import HashIndex, SnapshotError, load_or_rebuild, read_manifest
-from migrations.models import ModelVersion
 from model.errors import CheckpointError
 from model.export import LoadedEncoder, load_encoder
 from service import repository
 from service.db import Database
+from service.models import ModelVersion
 from service.serving import ServingPair
 from service.settings import Settings
 

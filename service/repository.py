@@ -1,4 +1,4 @@
-"""Queries on the tables of :mod:`migrations.models`. Plain functions taking a ``Session``; no HTTP here.
+"""Queries on the tables of :mod:`service.models`. Plain functions taking a ``Session``; no HTTP here.
 
 The caller owns the transaction (commit or roll back); these functions only ``flush`` where ids are needed.
 """
@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from migrations.models import Change, Code, Image, Job, ModelVersion
+from service.models import Change, Code, Image, Job, ModelVersion
 
 ROW_CHUNK = 10_000
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from index import Hits, unpack_codes
-from migrations.models import Image
 from service import repository
 from service.errors import ConflictError, NotFoundError
+from service.models import Image
 from service.pipeline import decode, encode, probe
 from service.runtime import Runtime
 from service.schemas import Hit, QueryCode, SearchResponse, content_url

@@ -19,12 +19,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from index.errors import HashIndexError
-from migrations.models import Job
-from migrations.runner import current_revision, head_revision
 from model.errors import CheckpointError
 from service.db import Database
 from service.errors import NotReadyError
 from service.follow import ChangeFollower
+from service.migrate import current_revision, head_revision
+from service.models import Job
 from service.observability import Metrics
 from service.registry import open_active_pair, save_snapshot
 from service.serving import ActivePair

@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API (CONTRACT §4). Tables live in ``migrations/models.py``."""
+"""Request and response models of the HTTP API (CONTRACT §4). Tables live in ``service/models.py``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from migrations.models import Image, Job, ModelVersion
 from model.config import TrainConfig
+from service.models import Image, Job, ModelVersion
 
 DOMAIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # In query strings an empty value means "no filter" (``?domain=&label=``).

@@ -22,12 +22,12 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from migrations.models import Code, Image, Job
 from model.errors import CheckpointError, DataError
 from service import repository
 from service.db import Database
 from service.jobs import queue
 from service.jobs.worker import JobContext, JobFailedError
+from service.models import Code, Image, Job
 from service.pipeline import decode, encode
 from service.registry import load_registered
 

@@ -29,7 +29,6 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from migrations.models import Image, Job
 from model.errors import CheckpointError, DataError
 from model.export import LoadedEncoder
 from service import repository
@@ -39,6 +38,7 @@ from service.errors import PayloadTooLargeError, ServiceError, UnsupportedMediaT
 from service.jobs import queue
 from service.jobs.archive import Archive, ArchiveError, Limits, Member, MemberError, sniff
 from service.jobs.worker import JobContext, JobFailedError, Released
+from service.models import Image, Job
 from service.pipeline import ImageInfo, decode, encode, probe
 from service.registry import load_registered
 from service.schemas import DOMAIN_PATTERN

@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from migrations.models import Job, utc_now
 from service.db import Database
+from service.models import Job, utc_now
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})

@@ -26,13 +26,13 @@ from urllib.parse import quote
 
 from sqlalchemy import select
 
-from migrations.models import Image, Job
 from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
 from model.errors import CheckpointError, ConfigError, DataError
 from model.train import RunPaths, TrainResult, train
 from service.jobs import activation, queue
 from service.jobs.worker import JobContext, JobFailedError, Released
+from service.models import Image, Job
 from service.registry import register_artefact
 from service.settings import Settings
 

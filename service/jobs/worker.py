@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrations.models import Job
 from service.db import Database
 from service.jobs import queue
 from service.logs import bind
+from service.models import Job
 from service.settings import Settings
 from service.storage import LocalBlobStore, open_local_blob_store
 

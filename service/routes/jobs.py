@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile, status
 
-from migrations.models import Job
 from service import repository
 from service.deps import MAX_ID, RuntimeDep, WriteAccess
 from service.errors import ConflictError, NotFoundError
 from service.jobs import activation, ingest, queue, training
+from service.models import Job
 from service.runtime import Runtime
 from service.schemas import (
     DOMAIN_PATTERN,

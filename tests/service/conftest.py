@@ -33,10 +33,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from migrations.runner import upgrade
 from model.config import TrainConfig
 from model.train import train
 from service.app import create_app
+from service.migrate import upgrade
 from service.settings import Settings
 from tests.conftest import DigitFolders
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrations.models import Image, Job
-from migrations.runner import upgrade
 from service.db import Database
 from service.jobs import queue
 from service.jobs.process import handlers
 from service.jobs.worker import JobContext, Worker
+from service.migrate import upgrade
+from service.models import Image, Job
 from service.settings import Settings
 from service.storage import sha256_hex
 from tests.conftest import DigitFolders

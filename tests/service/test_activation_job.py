@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from migrations.models import Code
 from service import repository
 from service.jobs import activation, queue
+from service.models import Code
 from service.registry import register_artefact
 from tests.service.library import Library, open_library
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from migrations.runner import current_revision, head_revision
 from service.cli import main
+from service.migrate import current_revision, head_revision
 from tests.service.conftest import API_KEY, REPO, free_port, metah_environment, post_image, running_metah_serve
 
 

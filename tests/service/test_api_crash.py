@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from migrations.runner import upgrade
 from scripts.bench_harness import children_of
 from service.jobs import queue
+from service.migrate import upgrade
 from tests.conftest import DigitFolders
 from tests.service.conftest import (
     API_KEY,

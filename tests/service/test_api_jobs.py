@@ -18,11 +18,11 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from migrations.models import Job, utc_now
 from service.db import Database
 from service.jobs import queue
 from service.jobs.process import handlers
 from service.jobs.worker import JobContext, Worker
+from service.models import Job, utc_now
 from tests.conftest import DigitFolders
 from tests.service.conftest import (
     API_KEY,

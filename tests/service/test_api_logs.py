@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from migrations.runner import upgrade
 from service.db import Database
 from service.jobs import queue
 from service.jobs.worker import JobContext, Worker
 from service.logs import REQUEST_ID_PATTERN, ContextFilter, JsonFormatter, TextFormatter, bind
+from service.migrate import upgrade
 from tests.service.conftest import LiveServer, make_settings, post_image
 
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from migrations.models import Base
-from migrations.runner import current_revision, downgrade, head_revision, is_current, upgrade
+from service.migrate import current_revision, downgrade, head_revision, is_current, upgrade
+import migrations
+from service.models import Base
 
 
 def test_upgrade_downgrade_round_trip(tmp_path: Path) -> None:
@@ -38,3 +42,44 @@ def test_constraint_names_follow_the_convention() -> None:
     assert {"pk_images", "uq_images_sha256_domain", "ix_images_domain_id"} <= names
     codes = Base.metadata.tables["codes"]
     assert "fk_codes_image_id_images" in {c.name for c in codes.foreign_key_constraints}
+
+
+def test_the_migrations_package_holds_only_the_schema_history() -> None:
+    """The tables are the service's (``service.models``); ``migrations/`` is Alembic's environment and versions."""
+    folder = Path(migrations.__file__).parent
+    assert {p.name for p in folder.iterdir() if p.name != "__pycache__"} == {
+        "__init__.py",
+        "env.py",
+        "script.py.mako",
+        "versions",
+    }
+    assert "from service.models import Base" in (folder / "env.py").read_text()
+
+
+def test_the_alembic_command_upgrades_an_empty_and_an_existing_database(tmp_path: Path) -> None:
+    """``alembic upgrade head`` with the repository's alembic.ini: env.py imports the service's models, and the
+    upgraded schema is what they describe (``alembic check``), from nothing and from an older revision."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAH_")}
+
+    def alembic(url: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "alembic", "-c", str(repo / "alembic.ini"), *args],
+            cwd=repo,
+            env={**env, "METAH_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    alembic(empty, "upgrade", "head")
+    existing = f"sqlite:///{tmp_path / 'existing.db'}"
+    upgrade(existing, "0002")
+    alembic(existing, "upgrade", "head")
+    for url in (empty, existing):
+        assert current_revision(url) == head_revision()
+        assert "No new upgrade operations detected" in alembic(url, "check")

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from sqlalchemy import select
 
-from migrations.models import Job
 from service.db import Database
 from service.jobs import queue
+from service.models import Job
 from tests.service.conftest import API_KEY, LiveServer, fresh_postgres_database, make_settings, start_live_server
 from tests.service.test_api_jobs import JOB_SETTINGS, WorkerThread
 

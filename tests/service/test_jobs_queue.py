@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
-from migrations.models import ACTIVATION_INDEX, Job
-from migrations.runner import downgrade, upgrade
 from service import repository
 from service.db import Database
 from service.jobs import activation, queue
 from service.jobs.worker import JobContext, Worker
+from service.migrate import downgrade, upgrade
+from service.models import ACTIVATION_INDEX, Job
 from tests.service.conftest import make_settings
 from tests.service.test_postgres import pg_url  # noqa: F401 - the fixture, for the PostgreSQL case
 

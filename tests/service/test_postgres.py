@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from migrations.runner import current_revision, downgrade, head_revision, upgrade
+from service.migrate import current_revision, downgrade, head_revision, upgrade
 from tests.service.conftest import fresh_postgres_database
 
 

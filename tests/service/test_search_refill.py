@@ -9,8 +9,8 @@ from __future__ import annotations
 import httpx
 from sqlalchemy import delete
 
-from migrations.models import Code, Image
 from service.db import Database
+from service.models import Code, Image
 from tests.service.conftest import LiveServer, post_image, search
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from migrations.models import Job, utc_now
 from model.checkpoint import load_checkpoint
 from model.data import list_labelled_folder
 from service.jobs import queue, training
 from service.jobs.process import settings_env
+from service.models import Job, utc_now
 from tests.conftest import DigitFolders
 from tests.service.conftest import REPO
 from tests.service.library import Library, open_library
