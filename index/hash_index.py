@@ -28,7 +28,7 @@ Exact and approximate
 When an index is built (:meth:`HashIndex.build`, :meth:`HashIndex.build_from_batches`), a domain with more
 than ``IndexOptions.flat_max`` codes gets an IVF shard (:mod:`index.approximate`), the others a flat one.
 Live writes keep the shard kind; :meth:`HashIndex.rebuild_reasons` says when a rebuild (in the background,
-then :meth:`index.lifecycle.ActiveIndex.swap`) would change it.
+then :meth:`service.serving.ActivePair.swap`) would change it.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ class HashIndex:
         """A new index from this one's codes (e.g. to turn an outgrown flat shard into IVF).
 
         Copies every shard under one read-lock hold (writes wait for the copy, not for the build); run it
-        in the background and swap the result in (:class:`index.lifecycle.ActiveIndex`), catching up on
+        in the background and swap the result in (:class:`service.serving.ActivePair`), catching up on
         the changes after the new index's ``last_change``.
         """
         with self._lock.read():
