@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import statistics
 import time
 import warnings
@@ -39,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from model.backbones import build_backbone
 from model.config import TrainConfig
@@ -454,10 +457,9 @@ def execute(specs: Sequence[RunSpec], settings: Settings, processes: int, out: P
                 with (out / "runs.jsonl").open("a") as fh:
                     fh.writelines(json.dumps(record) + "\n" for record in records)
                 finished += 1
-                validation, test = (r["map_all"] for r in records)
-                print(
+                print(  # validation only: test scores are read by the report, not while choosing
                     f"[{finished}/{len(specs)} {time.perf_counter() - started:.0f}s] {spec.key}: validation "
-                    f"{validation:.4f} test {test:.4f} ({records[0]['train_seconds']:.0f}s)",
+                    f"{records[0]['map_all']:.4f} ({records[0]['train_seconds']:.0f}s)",
                     flush=True,
                 )
                 following = next(queue, None)
@@ -474,6 +476,22 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
+def _provenance(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Which commits, machines, commands and dates the raw lines come from, and this report's own."""
+    here = describe_run()
+    if not runs:
+        return [f"No runs yet. Report written at commit `{here['commit']}` on {here['date']}."]
+    dates = sorted(r["date"] for r in runs)
+    return [
+        f"Report written at commit `{here['commit']}` on {here['date']} by `{here['command']}`. Raw lines: "
+        f"{len(runs)}, from {dates[0]} to {dates[-1]}; commits "
+        f"{', '.join(f'`{c}`' for c in sorted({r['commit'] for r in runs}))}; machines: "
+        f"{'; '.join(sorted({r['machine'] for r in runs}))}; device(s) "
+        f"{', '.join(sorted({r['device'] for r in runs}))}, {', '.join(sorted({str(r['threads']) for r in runs}))} "
+        "torch thread(s) per run.",
+    ]
+
+
 def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
     runs, cosine = read_lines(out / "runs.jsonl"), read_lines(out / "cosine.jsonl")
     choice = chosen(runs, tasks, tune_seeds)
@@ -485,6 +503,8 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
         "labelled training set and the database; each seed splits the target domain into 10 % validation queries, "
         "10 % test queries and 80 % unlabelled training images. Every choice was made on validation MAP@all; every "
         "number below is on the **test** queries. Mean ± sample std (n − 1) over seeds.",
+        "",
+        *_provenance(runs),
         "",
         "## Chosen weights (validation MAP@all, 64 bits, mean over the mode's tasks and seeds "
         f"{', '.join(map(str, tune_seeds))})",
@@ -560,9 +580,86 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+TIMINGS = ("frozen-cold", "frozen-warm", "finetune-epoch")
+
+
+def time_training(args: argparse.Namespace, settings: Settings, which: Sequence[str]) -> None:
+    """Wall time of the product's default training on photo → sketch (seed 0 split): a frozen run with an empty
+    feature cache, the same run with the cache it filled, and one epoch of the source (⌈photos / batch⌉ steps)
+    in finetune mode. One JSON line each in ``OUT/timing.jsonl``, with the machine's load average."""
+    files = _files("photo-sketch", settings.work, settings.pacs)
+    split = split_target("photo-sketch", files.target, 0, settings.work)
+    cache_dir = settings.work / "timing-cache"
+    for name in which:
+        config = TrainConfig(seed=0, feature_cache=str(cache_dir), device=settings.device)
+        if name == "frozen-cold" and cache_dir.exists():
+            shutil.rmtree(cache_dir)
+        if name == "finetune-epoch":
+            config = config.override(mode="finetune", iterations=math.ceil(len(files.source) / config.batch_size))
+        run_dir = settings.work / "timing" / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        started = time.perf_counter()
+        result = train(config, files.source_dir, split.train_dir, run_dir, show_progress=False)
+        line = {
+            "task": "photo-sketch",
+            "timing": name,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "train_seconds": result.metrics["train_seconds"],
+            "iterations": config.iterations,
+            "batch_size": config.batch_size,
+            "backbone": result.metrics["backbone"],
+            "mode": result.metrics["mode"],
+            "device": result.metrics["device"],
+            "feature_views": config.feature_views,
+            "source_images": result.metrics["source_images"],
+            "target_images": result.metrics["target_images"],
+            "torch_threads": torch.get_num_threads(),
+            **describe_run(),
+        }
+        with (args.out / "timing.jsonl").open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        print(json.dumps(line), flush=True)
+
+
+def plot_map_by_bits(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> None:
+    """``map_by_bits.png``: test MAP@all (target vs source) per task, bits and method, sample-std error bars."""
+    runs = [r for r in read_lines(out / "runs.jsonl") if r["split"] == "test"]
+    choice = chosen(read_lines(out / "runs.jsonl"), tasks, tune_seeds)
+    shown = [t for t in tasks if any(r["task"] == t for r in runs)]
+    if not shown:
+        return
+    figure = Figure(figsize=(4.5 * len(shown), 3.8))
+    for position, task in enumerate(shown, start=1):
+        axis = figure.add_subplot(1, len(shown), position)
+        mode = TASKS[task].mode
+        bits_list = sorted({r["bits"] for r in runs if r["task"] == task})
+        for offset, method in enumerate(METHODS):
+            values = {
+                bits: [
+                    r["map_all"]
+                    for r in runs
+                    if r["task"] == task
+                    and r["method"] == method
+                    and r["bits"] == bits
+                    and r["variant"] == choice.get(f"{mode}/{method}")
+                ]
+                for bits in bits_list
+            }
+            xs = [i + (offset - 1) * 0.27 for i, bits in enumerate(bits_list) if values[bits]]
+            stats = [mean_std(v) for v in values.values() if v]
+            axis.bar(xs, [m for m, _ in stats], 0.27, yerr=[s for _, s in stats], capsize=3, label=method)
+        axis.set_xticks(range(len(bits_list)), [f"{b} bits" for b in bits_list])
+        axis.set_ylim(0, 1)
+        axis.set_title(f"{task}: test MAP@all")
+        axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "map_by_bits.png", dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["tune", "table", "ablation", "cosine", "report", "all"], required=True)
+    stages = ["tune", "table", "ablation", "cosine", "report", "all", "time"]
+    parser.add_argument("--stage", choices=stages, required=True)
     parser.add_argument("--family", choices=["digits", "photos", "all"], default="all")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
@@ -577,6 +674,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("var/bench"))
     parser.add_argument("--pacs", type=Path, default=Path("../shared/data/pacs"))
     parser.add_argument("--cache", type=Path, default=Path("var/feature-cache"))
+    parser.add_argument("--timings", nargs="+", choices=TIMINGS, default=list(TIMINGS), help="--stage time")
     parser.add_argument("--artefact-check", type=int, default=32, help="photo test images encoded by model.pt")
     args = parser.parse_args()
     if args.tasks is None:
@@ -605,10 +703,13 @@ def main() -> None:
             specs = plan(stage, args, read_lines(args.out / "runs.jsonl"))
             print(f"{stage}: {len(specs)} run(s) on {processes} process(es) × {args.threads} thread(s)", flush=True)
             execute(specs, settings, processes, args.out)
+        elif stage == "time":
+            time_training(args, settings, args.timings)
         elif stage == "cosine":
             write_cosine(args, settings)
         else:
             (args.out / "results.md").write_text(report(args.out, args.tasks, args.tune_seeds))
+            plot_map_by_bits(args.out, args.tasks, args.tune_seeds)
         print(f"{stage}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
