@@ -9,7 +9,7 @@ Every HTTP number is set against the same work done in this process on the same 
    ``POST /v1/ingest-jobs`` of a real ``metah serve`` (fresh data dir, SQLite, ``METAH_WORKERS=1``), timed
    until the job has succeeded; vs ``service.pipeline`` probe → decode → encode (batches of
    ``METAH_INGEST_BATCH_SIZE``) in-process. Then single ``POST /v1/images`` uploads, one after another, vs
-   :func:`service.pipeline.code_of` per image.
+   :func:`service.pipeline.encode_upload` per image.
 3. **Single search**: ``POST /v1/search`` (k=10) vs probe → decode → encode → ``HashIndex.search`` in-process
    on an index holding the same codes; the hits' distances must agree.
 4. **Concurrency**: 1, 8 and 32 client threads (one ``httpx.Client`` each) for a bounded time at the stored
@@ -81,7 +81,7 @@ from scripts.bench_harness import (
     wait_for_worker,
 )
 from scripts.demo_model import ensure_demo_model
-from service.pipeline import code_of, decode, probe
+from service.pipeline import decode, encode_upload, probe
 from service.settings import Settings
 
 BATCH_SIZES = (1, 8, 32, 128, 512)
@@ -113,13 +113,13 @@ def profile_ingestion(server: Server, uploads: Sequence[Upload], out: Path, base
 
 
 def singles_in_process(encoder: LoadedEncoder, uploads: Sequence[Upload], max_pixels: int) -> dict[str, Any]:
-    """probe + :func:`service.pipeline.code_of` per image (a batch of one), as the single-upload route does."""
+    """probe + :func:`service.pipeline.encode_upload` per image (a batch of one), as the single-upload route does."""
     latencies, codes = [], []
     started = time.perf_counter()
     for upload in uploads:
         t0 = time.perf_counter()
         probe(upload.data, max_pixels)
-        codes.append(code_of(encoder, upload.data, max_pixels))
+        codes.append(encode_upload(encoder, upload.data, max_pixels))
         latencies.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - started
     return {
@@ -182,7 +182,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| … the job's own processing (started → finished) | {job['result']['created']} | "
             f"{fmt(job['job_processing_s'], 2)} | {fmt(job['images_per_s_job_processing'])} | "
             f"{fmt(ing['job_processing_ratio'], 2)} |",
-            f"| in-process probe + `code_of`, one image at a time | {single_base['images']} | "
+            f"| in-process probe + `encode_upload`, one image at a time | {single_base['images']} | "
             f"{single_base['seconds']:.2f} | {fmt(single_base['images_per_s'])} | "
             f"{ratio(single_base['images_per_s'], base['images_per_s']):.2f} |",
             f"| `POST /v1/images`, one after another | {singles['images']} | {singles['seconds']:.2f} | "

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from service import repository
 from service.errors import NotFoundError
 from service.models import Image
-from service.pipeline import ImageInfo, code_of, probe
+from service.pipeline import ImageInfo, encode_upload, probe
 from service.runtime import Runtime
 from service.serving import ServingPair
 from service.storage import sha256_hex
@@ -63,7 +63,7 @@ def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> I
     digest = sha256_hex(data)
     if (existing := _existing(runtime, digest, new.domain)) is not None:
         return Ingested(existing, created=False)
-    code = code_of(pair.encoder, data, max_pixels)
+    code = encode_upload(pair.encoder, data, max_pixels)
     with runtime.write_lock:
         stored_path, fresh = runtime.store.put(data)
         image = image_row(digest, info, len(data), stored_path, new)

@@ -30,15 +30,14 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from model.errors import DataError
 from service import repository
 from service.db import Database
 from service.models import Change, Code, Image
-from service.pipeline import code_of
+from service.pipeline import encode_stored
 from service.registry import load_registered, open_index
 from service.serving import ActivePair, ServingPair
 from service.settings import Settings
-from service.storage import LocalBlobStore
+from service.storage import BlobStoreError, LocalBlobStore
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +137,14 @@ class ChangeFollower:
     def _encode(self, pair: ServingPair, image_id: int, stored_path: str) -> bytes | None:
         """Encode a stored image with the serving model and store the code (``None``: bytes unreadable)."""
         try:
-            data = self.store.path(stored_path).read_bytes()
-            packed = code_of(pair.encoder, data, self.settings.max_pixels).tobytes()
-        except (OSError, ValueError, DataError) as exc:
-            log.warning("image %d cannot be encoded with model %s: %s", image_id, pair.model_version, exc)
+            encoded = encode_stored(self.store, pair.encoder, [(image_id, stored_path)], self.settings.max_pixels)
+            problem: Exception | None = encoded.failed[0][1] if encoded.failed else None
+        except BlobStoreError as exc:
+            problem = exc
+        if problem is not None:
+            log.warning("image %d cannot be encoded with model %s: %s", image_id, pair.model_version, problem)
             return None
+        packed = encoded.codes[0].tobytes()
         with self.db.session() as session:
             try:
                 session.add(Code(image_id=image_id, model_version=pair.model_version, code=packed))

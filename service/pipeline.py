@@ -1,4 +1,5 @@
-"""Upload → code, as stages: :func:`probe` (sniff, size check) → ``decode_image`` → :func:`encode` → pack.
+"""Upload → code, as stages: :func:`probe` (sniff, size check) → ``decode_image`` → :func:`encode` → pack;
+and stored image → code with another model (:func:`encode_stored`: activation, and the API's follower).
 
 The only preprocessing is ``model.preprocess`` (CONTRACT §3); the only packing is ``index.pack_codes``.
 Everything here is CPU work: call it off the event loop.
@@ -7,6 +8,7 @@ Everything here is CPU work: call it off the event loop.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +17,11 @@ from PIL import Image, UnidentifiedImageError
 
 from index import pack_codes
 from index.codes import Codes
+from model.errors import DataError
 from model.export import LoadedEncoder
 from model.preprocess import decode_image, to_model_input
 from service.errors import PayloadTooLargeError, UnprocessableError, UnsupportedMediaTypeError
+from service.storage import BlobStore
 
 # Raster formats accepted from clients. PIL is never asked to identify anything else (EPS and friends would
 # hand the bytes to external programs).
@@ -81,6 +85,35 @@ def decode(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> np.ndarray:
     return decode_image(data, encoder.input_size, max_pixels)
 
 
-def code_of(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> Codes:
+def encode_upload(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> Codes:
     """One upload's packed code ``uint8 [bits // 8]``: :func:`decode`, then :func:`encode` as a batch of one."""
     return encode(encoder, decode(encoder, data, max_pixels)[None])[0]
+
+
+@dataclass(frozen=True)
+class Reencoded:
+    """Codes of stored images: ``codes[i]`` (packed, ``uint8 [bits // 8]``) is image ``ids[i]``'s; ``failed``
+    holds ``(id, error)`` of the images whose bytes could not be read or decoded."""
+
+    ids: list[int]
+    codes: Codes
+    failed: list[tuple[int, Exception]]
+
+
+def encode_stored(
+    store: BlobStore, encoder: LoadedEncoder, images: Sequence[tuple[int, str]], max_pixels: int
+) -> Reencoded:
+    """Re-encode stored images ``(id, blob key)`` with ``encoder``: read each blob → :func:`decode` →
+    :func:`encode` as one batch. An unreadable image (missing blob, bytes that do not decode) is reported in
+    ``failed``; a store that cannot be reached raises (``service.storage.BlobStoreError``) for the caller."""
+    ids: list[int] = []
+    pixels: list[np.ndarray] = []
+    failed: list[tuple[int, Exception]] = []
+    for image_id, key in images:
+        try:
+            pixels.append(decode(encoder, store.get(key), max_pixels))
+            ids.append(image_id)
+        except (OSError, ValueError, DataError) as exc:
+            failed.append((image_id, exc))
+    codes = encode(encoder, np.stack(pixels)) if pixels else np.empty((0, encoder.bits // 8), np.uint8)
+    return Reencoded(ids, codes, failed)

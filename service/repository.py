@@ -100,7 +100,8 @@ def hash_in_use(session: Session, sha256: str) -> bool:
 # ------------------------------------------------------------------------------------------------- codes
 
 
-def code_of(session: Session, image_id: int, model_version: str) -> bytes | None:
+def stored_code(session: Session, image_id: int, model_version: str) -> bytes | None:
+    """The packed code the database holds for an image under ``model_version`` (``None``: there is none)."""
     return session.scalar(select(Code.code).where(Code.image_id == image_id, Code.model_version == model_version))
 
 

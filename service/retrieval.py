@@ -1,6 +1,6 @@
 """Searches: an upload or a stored image's code against the serving index, answered with database rows.
 
-A search is four calls: decode → encode → pack (:func:`service.pipeline.code_of`), :func:`nearest_rows`
+A search is four calls: decode → encode → pack (:func:`service.pipeline.encode_upload`), :func:`nearest_rows`
 (``index.search`` + ``repository.images_by_ids``), :func:`to_response` (which also reports the query's code).
 Hits whose row is gone (deleted after the index was read) are dropped, so a deleted image is never returned,
 and the index is asked for more until ``k`` live hits are found or it has none left.
@@ -49,7 +49,7 @@ def search_similar(runtime: Runtime, pair: ServingPair, image_id: int, query: Se
     with runtime.db.session() as session:
         if repository.image_by_id(session, image_id) is None:
             raise NotFoundError(f"image {image_id} does not exist", code="image_not_found")
-        stored = repository.code_of(session, image_id, pair.model_version)
+        stored = repository.stored_code(session, image_id, pair.model_version)
     if stored is None:
         raise ConflictError(f"image {image_id} has no code of model {pair.model_version} yet", code="not_encoded")
     code = np.frombuffer(stored, np.uint8)

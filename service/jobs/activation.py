@@ -1,8 +1,9 @@
 """Model activation: re-encode every stored image with a registered model, then mark it active.
 
-The job (worker): images in id order, a batch at a time: read the blobs → :func:`service.pipeline.decode` →
-:func:`service.pipeline.encode` → one transaction of ``codes`` rows for the new version (images that already
-have one are skipped, so a re-queued job resumes). Then one last pass for images stored meanwhile, and the
+The job (worker): images in id order, a batch at a time: :func:`service.pipeline.encode_stored` (read the
+blobs → decode → encode; the API's follower re-encodes an image missing a code with the same function) → one
+transaction of ``codes`` rows for the new version (images that already have one are skipped, so a re-queued
+job resumes). Then one last pass for images stored meanwhile, and the
 registry row becomes active. The API notices the activation (:meth:`service.follow.ChangeFollower.
 follow_activation`), builds the new index from the ``codes`` table and swaps model and index together;
 searches are answered by the old pair until then.
@@ -18,17 +19,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from model.errors import CheckpointError, DataError
+from model.errors import CheckpointError
 from service import repository
 from service.db import Database
 from service.jobs import queue
 from service.jobs.worker import JobContext, JobFailedError
 from service.models import Code, Image, Job
-from service.pipeline import decode, encode
+from service.pipeline import encode_stored
 from service.registry import load_registered
 
 log = logging.getLogger(__name__)
@@ -91,23 +91,17 @@ def run_activation(context: JobContext) -> dict[str, Any]:
             if not batch:
                 break
             after = batch[-1][0]
-            ids, pixels = [], []
-            for image_id, stored_path in batch:
-                try:
-                    data = context.store.path(stored_path).read_bytes()
-                    pixels.append(decode(encoder, data, settings.max_pixels))
-                    ids.append(image_id)
-                except (OSError, ValueError, DataError) as exc:
-                    context.item_error(str(image_id), "unreadable_image", str(exc))
-            if ids:
-                codes = encode(encoder, np.stack(pixels))
+            reencoded = encode_stored(context.store, encoder, batch, settings.max_pixels)
+            for image_id, problem in reencoded.failed:
+                context.item_error(str(image_id), "unreadable_image", str(problem))
+            if reencoded.ids:
                 with context.db.session() as session:
                     session.add_all(
                         Code(image_id=i, model_version=version, code=c.tobytes())
-                        for i, c in zip(ids, codes, strict=True)
+                        for i, c in zip(reencoded.ids, reencoded.codes, strict=True)
                     )
                     session.commit()
-                encoded += len(ids)
+                encoded += len(reencoded.ids)
             done += len(batch)
             context.progress(min(done, max(total, done)), max(total, done))
     with context.db.session() as session:

@@ -11,8 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from service.migrate import current_revision, downgrade, head_revision, is_current, upgrade
 import migrations
+from service.migrate import current_revision, downgrade, head_revision, is_current, upgrade
 from service.models import Base
 
 

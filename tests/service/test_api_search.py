@@ -14,7 +14,7 @@ from PIL import Image
 
 from index import hamming_distances
 from model.export import load_encoder
-from service.pipeline import code_of
+from service.pipeline import encode_upload
 from tests.service.conftest import MAX_PIXELS, post_image, search
 
 N_IMAGES = 24
@@ -35,8 +35,8 @@ def _oracle(artefact: Path, stored: dict[int, bytes], query: bytes) -> list[tupl
     """``[(distance, id)]`` of every stored image, in (distance, id) order."""
     encoder = load_encoder(artefact)
     ids = sorted(stored)
-    codes = np.stack([code_of(encoder, stored[i], MAX_PIXELS) for i in ids])
-    distances = hamming_distances(code_of(encoder, query, MAX_PIXELS)[None], codes, encoder.bits)[0]
+    codes = np.stack([encode_upload(encoder, stored[i], MAX_PIXELS) for i in ids])
+    distances = hamming_distances(encode_upload(encoder, query, MAX_PIXELS)[None], codes, encoder.bits)[0]
     return sorted(zip(distances.tolist(), ids, strict=True))
 
 

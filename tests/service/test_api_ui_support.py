@@ -13,7 +13,7 @@ import pytest
 
 from model.export import load_encoder
 from service.jobs import activation, ingest, queue, training
-from service.pipeline import code_of
+from service.pipeline import encode_upload
 from service.routes.ui import STATIC_DIR
 from service.schemas import JobKind, JobStatus
 from tests.service.conftest import MAX_PIXELS, LiveServer, assert_error, post_image, search
@@ -28,7 +28,7 @@ def test_search_reports_the_query_code(
     client: httpx.Client, api_artefact: Path, digit_pngs: list[tuple[bytes, str]]
 ) -> None:
     data = digit_pngs[0][0]
-    expected = code_of(load_encoder(api_artefact), data, MAX_PIXELS)
+    expected = encode_upload(load_encoder(api_artefact), data, MAX_PIXELS)
     body = search(client, data).json()
     query = body["query"]
     assert set(query) == {"bits", "code_hex", "code_bits"}

@@ -1,0 +1,33 @@
+"""Re-encoding stored images (:func:`service.pipeline.encode_stored`, used by activation and the follower)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from model.export import load_encoder
+from service.pipeline import encode_stored, encode_upload
+from service.storage import LocalBlobStore, blob_key, sha256_hex
+from tests.service.conftest import MAX_PIXELS
+
+
+def test_encode_stored_gives_each_image_its_upload_code_and_reports_the_unreadable(
+    tmp_path: Path, api_artefact: Path, digit_pngs: list[tuple[bytes, str]]
+) -> None:
+    store = LocalBlobStore(tmp_path)
+    encoder = load_encoder(api_artefact)
+    pngs = [png for png, _ in digit_pngs[:3]]
+    keys = [store.put(png)[0] for png in pngs]
+    truncated = store.put(pngs[0][:40])[0]
+    missing = blob_key(sha256_hex(b"never stored"))
+    images = [(1, keys[0]), (2, missing), (3, keys[1]), (4, truncated), (5, keys[2])]
+
+    reencoded = encode_stored(store, encoder, images, MAX_PIXELS)
+
+    assert reencoded.ids == [1, 3, 5]
+    assert reencoded.codes.shape == (3, encoder.bits // 8) and reencoded.codes.dtype == np.uint8
+    expected = np.stack([encode_upload(encoder, png, MAX_PIXELS) for png in pngs])
+    assert np.array_equal(reencoded.codes, expected)
+    assert [image_id for image_id, _ in reencoded.failed] == [2, 4]
+    assert encode_stored(store, encoder, [(2, missing)], MAX_PIXELS).codes.shape == (0, encoder.bits // 8)
