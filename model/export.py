@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from torch import nn
 from model.errors import CheckpointError
 
 METADATA_FILE = "metah.json"
+log = logging.getLogger(__name__)
+
 REQUIRED_METADATA = ("bits", "input_size", "backbone", "method", "classes", "model_version", "created_at")
 
 
@@ -56,12 +59,20 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _script(encoder: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+def _script(encoder: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
+    """The frozen TorchScript module and how it was made: ``scripted``, or ``traced`` when scripting fails (some
+    third-party backbones are not scriptable). A trace keeps only the path ``example`` took through the network,
+    so the fallback is logged at WARNING and recorded in the artefact's metadata, never silent."""
     try:
-        scripted = torch.jit.script(encoder)
-    except Exception:  # some third-party backbones are not scriptable; tracing is exact for them
-        scripted = torch.jit.trace(encoder, example, check_trace=False)
-    return torch.jit.freeze(scripted)
+        return torch.jit.freeze(torch.jit.script(encoder)), "scripted"
+    except Exception as exc:  # torch raises RuntimeError, NotSupportedError, FrontendError, ...
+        log.warning(
+            "the encoder cannot be scripted, so it is exported as a trace (its control flow is fixed to the path an "
+            "example input of shape %s takes; the metadata says export=traced): %s",
+            tuple(example.shape),
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+        )
+    return torch.jit.freeze(torch.jit.trace(encoder, example, check_trace=False)), "traced"
 
 
 def export_encoder(encoder: nn.Module, metadata: dict[str, Any], path: Path) -> None:
@@ -74,7 +85,9 @@ def export_encoder(encoder: nn.Module, metadata: dict[str, Any], path: Path) -> 
     is NCHW). Only the memory layout changes: the input is still ``[N, 3, H, W]`` in ``[0, 1]``, the output
     ``[N, bits]`` of ±1 (CONTRACT §3).
 
-    The write is atomic: a temporary file in the target folder is renamed over ``path``.
+    The saved metadata is ``metadata`` plus ``export``: ``scripted``, or ``traced`` when scripting failed and the
+    network was traced instead (also logged at WARNING). The write is atomic: a temporary file in the target
+    folder is renamed over ``path``.
     """
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
@@ -83,10 +96,11 @@ def export_encoder(encoder: nn.Module, metadata: dict[str, Any], path: Path) -> 
     height, width = metadata["input_size"]
     example = torch.rand(2, 3, int(height), int(width))
     with torch.no_grad():
-        module = _script(frozen_input, example)
+        module, how = _script(frozen_input, example)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(metadata, sort_keys=True)})
+    saved = {**metadata, "export": how}
+    torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(saved, sort_keys=True)})
     os.replace(tmp, path)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from model.backbones import build_backbone
 from model.errors import CheckpointError
@@ -51,6 +53,7 @@ def test_round_trip_gives_identical_binary_codes_and_metadata(tmp_path: Path) ->
     assert torch.equal(eager, scripted)
     assert loaded.bits == 24 and loaded.input_size == (32, 32)
     assert loaded.metadata["classes"][3] == "3"
+    assert loaded.metadata["export"] == "scripted"
 
 
 def test_channels_last_weights_change_no_code_and_no_input_contract(tmp_path: Path) -> None:
@@ -80,6 +83,37 @@ def test_the_digit_encoder_is_scripted_not_traced() -> None:
     scripted = torch.jit.script(_net().encoder())
     other_size = torch.rand(2, 3, 40, 40)  # a size the 32x32 trace would have baked in
     assert torch.equal(scripted(other_size), _net().encoder()(other_size))
+
+
+class _Unscriptable(nn.Module):
+    """Traceable but not scriptable (TorchScript compiles no ``*args``), like some third-party backbones."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(3, bits)
+
+    def forward(self, x: torch.Tensor, *unused: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.project(x.mean(dim=(2, 3))) > 0, 1.0, -1.0)
+
+
+def test_a_traced_export_is_logged_and_recorded_in_the_metadata(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When scripting fails, export falls back to tracing: at WARNING in the log and ``export: traced`` in the
+    artefact, so serving (and whoever reads the registry) can tell."""
+    torch.manual_seed(0)
+    encoder = _Unscriptable(16).eval()
+    with pytest.raises(Exception):  # noqa: B017, PT011  # whatever torch raises: it is not scriptable
+        torch.jit.script(encoder)
+    path = tmp_path / "model.pt"
+    with caplog.at_level(logging.WARNING, logger="model.export"):
+        export_encoder(encoder, _metadata(_net(), 16), path)
+    assert any(r.levelno == logging.WARNING and "trace" in r.getMessage() for r in caplog.records), caplog.text
+    loaded = load_encoder(path)
+    assert loaded.metadata["export"] == "traced"
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), encoder(x))
 
 
 def test_codes_agree_with_the_sign_of_the_relaxed_codes(tmp_path: Path) -> None:
