@@ -48,7 +48,7 @@ class TrainConfig:
     grl_alpha: float = 10.0
     augment: bool = True
     augment_scale: tuple[float, float] = (0.85, 1.15)  # zoom range of the random affine (> 1 enlarges)
-    ema_decay: float = 0.995  # export the moving average of the weights; 0 exports the last iterate
+    ema_decay: float = 0.995  # decay of the weights' exponential moving average (exported); 0: the last iterate
     loss_weights: LossWeights | None = None
     checkpoint_every: int = 200
     log_every: int = 10
@@ -57,9 +57,11 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def average_decay(self) -> float:
-        """``ema_decay``, lowered for short runs so that the average spans at most the last sixth of the steps
-        (horizon ``1 / (1 - decay)``): 0.995 at the default 1,200 steps, 0.94 for a 100-step trial."""
+    def applied_ema_decay(self) -> float:
+        """The decay the run's :class:`model.ema.WeightEMA` applies: ``ema_decay`` (the requested one, the name
+        config files, checkpoints and artefacts carry), lowered for short runs so that the average spans at most
+        the last sixth of the steps (horizon ``1 / (1 - decay)``): 0.995 at the default 1,200 steps, 0.94 for a
+        100-step trial."""
         return max(0.0, min(self.ema_decay, 1.0 - AVERAGE_SPAN / self.iterations))
 
     @property

@@ -1,4 +1,8 @@
-"""Exponential moving average of a network's weights (Polyak averaging), the copy that gets exported.
+"""Exponential moving average (EMA) of a network's weights (Polyak averaging), the copy that gets exported.
+
+One idea, one family of names: :class:`WeightEMA` keeps the average, ``TrainConfig.ema_decay`` is the decay a
+run asks for (the key config files, checkpoints and artefacts carry) and ``TrainConfig.applied_ema_decay`` the
+one it applies (lowered for short runs).
 
 Adversarial training keeps the codes moving until the last step; the average of the recent weights is a
 steadier encoder than the last iterate (README benchmark: the ablation with ``ema_decay = 0``).
@@ -15,7 +19,7 @@ from torch import nn
 Net = TypeVar("Net", bound=nn.Module)
 
 
-class WeightAverage(Generic[Net]):
+class WeightEMA(Generic[Net]):
     """``avg ← decay·avg + (1−decay)·w`` after every optimiser step, for parameters and float buffers.
 
     Integer buffers (BatchNorm's batch counter, the GRL step) are copied, not averaged. The first update

@@ -57,7 +57,7 @@ from model.distributed import (
     init_process_group,
     parameters_in_sync,
 )
-from model.ema import WeightAverage
+from model.ema import WeightEMA
 from model.errors import CheckpointError, ConfigError
 from model.evaluate import encode_files, shared_label_ids
 from model.export import export_encoder, new_model_version, utc_now
@@ -296,7 +296,7 @@ class Trainer:
         )
         self.optimizer = torch.optim.Adam(self._parameter_groups(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config))
-        self.average = WeightAverage(self.trainable, config.average_decay) if config.ema_decay > 0 else None
+        self.average = WeightEMA(self.trainable, config.applied_ema_decay) if config.ema_decay > 0 else None
         self.sampler = BatchSampler(config.seed * 1000 + group.rank)
         self.step = 0
         self.history: list[dict[str, float]] = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.ema import WeightAverage
+from model.ema import WeightEMA
 
 
 class Tiny(nn.Module):
@@ -19,7 +19,7 @@ class Tiny(nn.Module):
 
 def test_first_update_copies_then_each_step_moves_by_one_minus_decay() -> None:
     net = Tiny()
-    average = WeightAverage(net, decay=0.75)
+    average = WeightEMA(net, decay=0.75)
     with torch.no_grad():
         net.weight.copy_(torch.tensor([8.0, 8.0]))
     average.update(net)  # starts from the current weights, not the initial ones
@@ -37,13 +37,13 @@ def test_first_update_copies_then_each_step_moves_by_one_minus_decay() -> None:
 
 def test_the_average_does_not_touch_the_trained_network_and_its_state_round_trips() -> None:
     net = Tiny()
-    average = WeightAverage(net, decay=0.5)
+    average = WeightEMA(net, decay=0.5)
     average.update(net)
     with torch.no_grad():
         net.weight.add_(2.0)
     average.update(net)
     assert net.weight.tolist() == [2.0, 6.0]
-    restored = WeightAverage(Tiny(), decay=0.5)
+    restored = WeightEMA(Tiny(), decay=0.5)
     restored.load_state_dict(average.state_dict())
     assert restored.module.weight.tolist() == [1.0, 5.0] and restored.updates == 2
 
@@ -51,4 +51,4 @@ def test_the_average_does_not_touch_the_trained_network_and_its_state_round_trip
 @pytest.mark.parametrize("decay", [-0.1, 1.0, 1.5])
 def test_decay_outside_zero_one_is_refused(decay: float) -> None:
     with pytest.raises(ValueError, match="decay"):
-        WeightAverage(Tiny(), decay=decay)
+        WeightEMA(Tiny(), decay=decay)

@@ -131,10 +131,18 @@ def test_default_config_is_the_documented_recipe() -> None:
 
 
 def test_the_weight_average_never_spans_more_than_a_sixth_of_a_short_run() -> None:
-    assert TrainConfig().average_decay == pytest.approx(0.995)  # the benchmark's setting, unchanged
-    assert TrainConfig(iterations=100).average_decay == pytest.approx(0.94)
-    assert TrainConfig(iterations=5).average_decay == 0.0  # each update copies: the last iterate
-    assert TrainConfig(iterations=100_000, ema_decay=0.9).average_decay == 0.9
+    assert TrainConfig().applied_ema_decay == pytest.approx(0.995)  # the benchmark's setting, unchanged
+    assert TrainConfig(iterations=100).applied_ema_decay == pytest.approx(0.94)
+    assert TrainConfig(iterations=5).applied_ema_decay == 0.0  # each update copies: the last iterate
+    assert TrainConfig(iterations=100_000, ema_decay=0.9).applied_ema_decay == 0.9
+
+
+def test_ema_decay_keeps_its_name_in_config_files_and_checkpoints() -> None:
+    """``ema_decay`` is what config files, checkpoints and artefacts' ``config`` carry: the name stays."""
+    saved = TrainConfig(ema_decay=0.9).to_dict()
+    assert saved["ema_decay"] == 0.9
+    assert TrainConfig.from_dict(saved).ema_decay == 0.9
+    assert TrainConfig.from_dict({"ema_decay": 0}).applied_ema_decay == 0.0
 
 
 def test_frozen_features_have_their_own_presets_and_explicit_weights_win() -> None:
