@@ -55,11 +55,14 @@ applies change ``n``, stores ``(cursor = n, write_timestamp)`` in the database; 
 ``n`` waits until the stored cursor reaches ``n`` and searches with that timestamp. Writes' own checks
 (``add``'s duplicates, ``remove``'s count) read at Session level, so a writer sees its own writes. Milvus
 Lite returns no timestamps (``write_timestamp`` stays 0) and answers every read after the writes before it.
-``last_change`` is kept in memory like :class:`index.HashIndex`'s; the durable cursor belongs in the database.
+A server's delete returns no timestamp (seen on 2.3.5): ``write_timestamp`` does not cover deletes, and
+after a delete this object reads at Strong until its next insert. A reader elsewhere may see a deleted id for
+up to the Bounded staleness (the service drops hits that have no row). ``last_change`` is kept in memory like
+:class:`index.HashIndex`'s; the durable cursor belongs in the database.
 
-Limits of this first increment: writes are atomic per request of ``batch_rows`` rows, not per call; ``upsert``
-moving an id to another domain relies on Milvus's upsert deleting the old row in any partition (verify on a
-server with a partition key); aliases for a model swap are not used yet.
+Limits of this first increment: writes are atomic per request of ``batch_rows`` rows, not per call; on a
+server ``upsert`` is a delete then an insert (see :meth:`MilvusIndex.upsert`); aliases for a model swap are
+not used yet.
 """
 
 from __future__ import annotations
@@ -208,6 +211,9 @@ class MilvusIndex:
         self.name = collection_name(self.milvus.prefix, model_version)
         self._last_change = int(last_change)
         self._kind: IndexType | None = None
+        # A server's delete carries no timestamp pymilvus keeps (seen on 2.3.5), so after a delete this object
+        # reads at Strong until its next insert, whose timestamp is later than the delete.
+        self._strong_reads = False
 
     # ----------------------------------------------------------------------------------------- building
 
@@ -271,6 +277,8 @@ class MilvusIndex:
         except BaseException:
             client.drop_collection(self.name, timeout=milvus.timeout_s)
             raise
+        if not milvus.lite:  # seal the segments, so the index is built over them now, not when they fill up
+            client.flush(self.name, timeout=milvus.timeout_s)
         largest = max(counts.values(), default=0)
         self._create_index(index_kind(largest, self.options.flat_max, lite=milvus.lite), largest)
         return self
@@ -506,8 +514,8 @@ class MilvusIndex:
             params.update(range_filter=distances[0], radius=distances[1] + 1)
         if self.index_type == "BIN_IVF_FLAT":
             params["nprobe"] = self.options.nprobe
-        extra: dict[str, Any] = {}
-        if guarantee:  # 0 would mean "now" to Milvus, i.e. Strong; no write seen yet needs no wait
+        extra: dict[str, Any] = {"consistency_level": "Strong"} if self._strong_reads else {}
+        if guarantee and not self._strong_reads:  # 0 would mean "now" to Milvus (Strong): no write needs no wait
             extra = {"consistency_level": "Customized", "guarantee_timestamp": int(guarantee)}
         result = self.client.search(
             self.name,
@@ -535,8 +543,8 @@ class MilvusIndex:
         self, expr: str, fields: list[str], *, limit: int | None = None, consistency: str | None = None
     ) -> list[dict[str, Any]]:
         extra: dict[str, Any] = {} if limit is None else {"limit": limit}
-        if consistency is not None:
-            extra["consistency_level"] = consistency
+        if self._strong_reads or consistency is not None:
+            extra["consistency_level"] = "Strong" if self._strong_reads else consistency
         return list(
             self.client.query(self.name, filter=expr, output_fields=fields, timeout=self.milvus.timeout_s, **extra)
         )
@@ -570,11 +578,24 @@ class MilvusIndex:
         self._note(change)
 
     def upsert(self, ids: npt.ArrayLike, codes: npt.ArrayLike, domain: str, *, change: int | None = None) -> None:
-        """Add codes, replacing any present entry with the same id (in any domain); atomic per request."""
+        """Add codes, replacing any present entry with the same id (in any domain).
+
+        Milvus Lite: Milvus's upsert, atomic for readers per request. With a partition key (a server): delete
+        then insert, because Milvus 2.3.5's upsert puts the new row in the wrong partition (seen here: two ids
+        upserted into domain ``b`` were stored, but a ``domain == "b"`` filter found neither). A search between
+        the two requests can miss these ids; one that waits for :attr:`write_timestamp` (taken after the
+        insert) sees them.
+        """
         packed = check_codes(codes, self._bits)
         checked = check_ids(ids, packed.shape[0])
         domain = self._check_domain(domain)
-        self._write("upsert", checked, packed, domain)
+        if self.milvus.lite:
+            self._write("upsert", checked, packed, domain)
+        else:
+            for start in range(0, checked.shape[0], self.milvus.batch_rows):
+                part = slice(start, start + self.milvus.batch_rows)
+                self.client.delete(self.name, ids=checked[part].tolist(), timeout=self.milvus.timeout_s)
+                self._write("insert", checked[part], packed[part], domain)
         self._note(change)
 
     def remove(self, ids: npt.ArrayLike, *, change: int | None = None) -> int:
@@ -583,6 +604,7 @@ class MilvusIndex:
         present = self._present(checked)
         for chunk in _chunks(checked, _ID_CHUNK):  # every id, not just the ones seen: deletes are idempotent
             self.client.delete(self.name, ids=chunk.tolist(), timeout=self.milvus.timeout_s)
+        self._strong_reads = not self.milvus.lite
         self._note(change)
         return int(present.size)
 
@@ -612,6 +634,7 @@ class MilvusIndex:
                 )
             ]
             send(self.name, rows, timeout=self.milvus.timeout_s)
+        self._strong_reads = False
 
 
 def _chunks(array: npt.NDArray[Any], size: int) -> Iterator[npt.NDArray[Any]]:

@@ -1,7 +1,10 @@
 """Both :class:`index.protocol.CodeIndex` backends behind one fixture, so the contract tests run on each.
 
-``backend`` is parametrized over ``faiss`` (:class:`index.HashIndex`) and ``milvus`` (:class:`MilvusIndex` on
-Milvus Lite: one Lite server per test session, a fresh collection prefix per index, dropped after the test).
+``backend`` is parametrized over ``faiss`` (:class:`index.HashIndex`), ``milvus`` (:class:`MilvusIndex` on
+Milvus Lite: one Lite server per test session, a fresh collection prefix per index, dropped after the test)
+and, marked slow, ``milvus-server``: a real Milvus 2.3.5 standalone server (the ``milvus`` wheel) that the
+session starts on loopback in a temporary folder and stops at the end (about 20 s), with a partition key and
+Session consistency (the test client reads its own writes).
 """
 
 from __future__ import annotations
@@ -25,13 +28,11 @@ class Backend:
     """Makes indexes of one backend: ``new`` (empty), ``build`` (database rows), ``build_from_batches``."""
 
     name: str
-    client: Any = None  # MilvusClient for "milvus"
+    client: Any = None  # MilvusClient for "milvus" and "milvus-server"
     made: list[Any] = field(default_factory=list)
 
     def _milvus_kwargs(self) -> dict[str, Any]:
-        from index.milvus import MilvusOptions
-
-        return {"milvus": MilvusOptions(lite=True, prefix=f"t{next(_prefixes)}")}
+        return {"milvus": milvus_options(lite=self.name == "milvus", prefix=f"t{next(_prefixes)}")}
 
     def new(self, bits: int, model_version: str = "m1", options: IndexOptions | None = None) -> Any:
         if self.name == "faiss":
@@ -78,12 +79,37 @@ def milvus_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     client.close()
 
 
-@pytest.fixture(params=["faiss", "milvus"])
+def milvus_options(*, lite: bool, prefix: str) -> Any:
+    """Lite as configured in production; a server with Session consistency, so the test reads its writes."""
+    from index.milvus import MilvusOptions
+
+    return MilvusOptions(lite=lite, prefix=prefix, consistency_level="Bounded" if lite else "Session")
+
+
+@pytest.fixture(scope="session")
+def milvus_server_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Milvus 2.3.5 standalone server on 127.0.0.1 (ports chosen free by the wheel), data in a temp folder."""
+    milvus = pytest.importorskip("milvus", reason="the milvus==2.3.5 wheel (requirements-dev.txt) runs the server")
+    from pymilvus import MilvusClient
+
+    server = milvus.MilvusServer(wait_for_started=True)
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    server.start()
+    try:
+        client = MilvusClient(f"http://127.0.0.1:{server.listen_port}")
+        yield client
+        client.close()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["faiss", "milvus", pytest.param("milvus-server", marks=pytest.mark.slow)])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "faiss":
         yield Backend("faiss")
         return
-    made = Backend("milvus", request.getfixturevalue("milvus_client"))
+    fixture = "milvus_client" if request.param == "milvus" else "milvus_server_client"
+    made = Backend(request.param, request.getfixturevalue(fixture))
     yield made
     made.drop_all()
 

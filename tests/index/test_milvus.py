@@ -2,7 +2,8 @@
 
 The contract tests of test_search.py run on both backends already; these add what is specific to Milvus:
 identical results to FAISS on clustered codes with many duplicates (filtered, unfiltered, after deletes and
-upserts), ties beyond Milvus's top-k cap, the code-space check of a collection, and the index-kind rule.
+upserts), ties beyond Milvus's top-k cap, the code-space check of a collection, and the index-kind rule. The
+slow tier repeats the FAISS comparison on a real Milvus 2.3.5 server (partition key) and checks its IVF.
 ``METAH_MILVUS_EXACTNESS_N=200000`` runs the same comparison on 200k codes (benchmarks/index/milvus-exactness.md).
 """
 
@@ -17,11 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index import CodeSpaceError, HashIndex, IndexOptions
+from index import CodeSpaceError, HashIndex, IndexOptions, hamming_distances
+from index.approximate import default_nlist
 from index.milvus import TOPK_MAX, MilvusIndex, MilvusOptions, collection_name, index_kind
 from index.protocol import CodeIndex
 from index.synthetic import clustered_codes
-from tests.index.conftest import Backend, as_code_index
+from tests.index.conftest import Backend, as_code_index, milvus_options
 
 DOMAINS = ("photo", "sketch", "clipart")
 
@@ -54,7 +56,7 @@ def batches(ids: np.ndarray, codes: np.ndarray, domains: np.ndarray, size: int =
     return out
 
 
-def compare_with_faiss(client: Any, n: int, prefix: str, *, queries: int = 100) -> dict[str, Any]:
+def compare_with_faiss(client: Any, n: int, options: MilvusOptions, *, queries: int = 100) -> dict[str, Any]:
     """Build both indexes from the same codes, delete and upsert the same rows in both, then require the
     same hits (ids and distances, in order) for k-NN (k 1, 10, 100; every domain and none), ``max_distance``
     and range search. Returns figures for the benchmark record."""
@@ -68,7 +70,7 @@ def compare_with_faiss(client: Any, n: int, prefix: str, *, queries: int = 100) 
         batches(ids, codes, domains),
         bits=64,
         model_version="exact",
-        milvus=MilvusOptions(lite=True, prefix=prefix),
+        milvus=options,
     )
     milvus_build_s = time.perf_counter() - started
     try:
@@ -145,7 +147,7 @@ def count_requests(index: MilvusIndex) -> list[int]:
 
 
 def test_same_hits_as_faiss_filtered_and_unfiltered_after_deletes(milvus_client: Any) -> None:
-    figures = compare_with_faiss(milvus_client, 20_000, "exact20k")
+    figures = compare_with_faiss(milvus_client, 20_000, MilvusOptions(lite=True, prefix="exact20k"))
     assert figures["queries_compared"] == 4 * 3 * 100
     print("\nMILVUS-EXACTNESS " + json.dumps(figures))
 
@@ -154,7 +156,7 @@ def test_same_hits_as_faiss_filtered_and_unfiltered_after_deletes(milvus_client:
 @pytest.mark.skipif(not os.environ.get("METAH_MILVUS_EXACTNESS_N"), reason="set METAH_MILVUS_EXACTNESS_N=200000")
 def test_same_hits_as_faiss_at_scale(milvus_client: Any) -> None:
     n = int(os.environ["METAH_MILVUS_EXACTNESS_N"])
-    figures = compare_with_faiss(milvus_client, n, f"exact{n}", queries=200)
+    figures = compare_with_faiss(milvus_client, n, MilvusOptions(lite=True, prefix=f"exact{n}"), queries=200)
     print("\nMILVUS-EXACTNESS " + json.dumps(figures))
 
 
@@ -215,3 +217,47 @@ def test_index_kind_follows_flat_max_except_on_lite(milvus_client: Any) -> None:
         assert built.index_type == "BIN_FLAT" and len(built) == 100
     finally:
         built.drop()
+
+
+@pytest.mark.slow
+def test_server_with_a_partition_key_gives_the_faiss_hits(milvus_server_client: Any) -> None:
+    options = milvus_options(lite=False, prefix="serverexact")
+    figures = compare_with_faiss(milvus_server_client, 20_000, options)
+    assert figures["milvus_index_type"] == "BIN_FLAT"
+    print("\nMILVUS-SERVER-EXACTNESS " + json.dumps(figures))
+    probe = MilvusIndex(milvus_server_client, 64, "schema", milvus=options)
+    try:
+        fields = {f["name"]: f for f in milvus_server_client.describe_collection(probe.name)["fields"]}
+        assert fields["domain"].get("is_partition_key") is True
+    finally:
+        probe.drop()
+
+
+@pytest.mark.slow
+def test_server_builds_ivf_above_flat_max_with_exact_distances(milvus_server_client: Any) -> None:
+    ids, codes, domains = corpus(20_000, seed=5)
+    faiss = HashIndex.build_from_batches(batches(ids, codes, domains), bits=64, model_version="ivf")
+    milvus = MilvusIndex.build_from_batches(
+        milvus_server_client,
+        batches(ids, codes, domains),
+        bits=64,
+        model_version="ivf",
+        options=IndexOptions(flat_max=5_000, nprobe=16),
+        milvus=milvus_options(lite=False, prefix="ivf"),
+    )
+    try:
+        assert milvus.index_type == "BIN_IVF_FLAT"
+        state = milvus_server_client.describe_index(milvus.name, "code")
+        assert state["indexed_rows"] == state["total_rows"] == 20_000, state  # sealed and indexed: IVF is searched
+        probes = codes[np.random.default_rng(2).choice(codes.shape[0], 200)] ^ np.uint8(1)
+        order = np.argsort(ids)
+        sorted_ids, sorted_codes = ids[order], codes[order]
+        recall = []
+        for got, want, probe in zip(milvus.search(probes, 10), faiss.search(probes, 10), probes, strict=True):
+            true = hamming_distances(probe[None, :], sorted_codes[np.searchsorted(sorted_ids, got.ids)], 64)[0]
+            assert np.array_equal(got.distances, true)  # IVF candidates, exact distances
+            recall.append(np.mean(got.distances <= want.distances[-1]))  # tie-aware
+        print(f"\nMILVUS-SERVER-IVF recall@10 {np.mean(recall):.4f} (nlist {default_nlist(14_000)}, nprobe 16)")
+        assert np.mean(recall) >= 0.95
+    finally:
+        milvus.drop()
