@@ -23,17 +23,25 @@ from model.errors import CheckpointError, DataError
 log = logging.getLogger(__name__)
 
 
-class ServiceError(Exception):
-    """An error with its HTTP status and a stable machine-readable ``code``."""
+class CodedError(Exception):
+    """The one base of the errors that carry a stable machine-readable ``code`` (the ``code`` of the contract's
+    error body, or of an entry in a job's ``errors``): each class sets a default, a raise may name a precise one.
+    """
 
-    status: int = 400
-    code: str = "bad_request"
+    code: str = "error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+
+
+class ServiceError(CodedError):
+    """An error with its HTTP status and a stable machine-readable ``code``."""
+
+    status: int = 400
+    code = "bad_request"
 
 
 class BadRequestError(ServiceError):

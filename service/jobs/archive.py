@@ -18,23 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
+from service.errors import CodedError
+
 Format = Literal["zip", "tar"]
 
 
-class ArchiveError(Exception):
+class ArchiveError(CodedError):
     """The archive as a whole is refused (not an archive, corrupt, over a limit)."""
 
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
+    code = "invalid_archive"
 
 
-class MemberError(Exception):
+class MemberError(CodedError):
     """One member is refused (unsafe name, link, device, too large)."""
 
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
+    code = "invalid_member"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.db import Database
+from service.errors import CodedError
 from service.jobs import queue
 from service.logs import bind
 from service.models import Job
@@ -32,12 +33,10 @@ class Released(Exception):  # noqa: N818
     """The worker is stopping; the job goes back to the queue."""
 
 
-class JobFailedError(Exception):
+class JobFailedError(CodedError):
     """A job that cannot succeed, with a message for its ``errors`` (e.g. an archive over the limits)."""
 
-    def __init__(self, message: str, *, code: str = "job_failed") -> None:
-        super().__init__(message)
-        self.code = code
+    code = "job_failed"
 
 
 @dataclass
