@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
 from scripts.bench_harness import children_of
+from service.db import Database
 from service.jobs import queue
 from service.migrate import upgrade
+from service.models import Code, Job
 from tests.conftest import DigitFolders
 from tests.service.conftest import (
     API_KEY,
@@ -103,6 +106,20 @@ def serve_environment(data_dir: Path, model: Path, port: int, database_url: str 
     return metah_environment(**values, **CRASH_SETTINGS)
 
 
+def job_row(db: Database, job_id: int) -> Job:
+    """The job's row as the database holds it (``attempts`` is not part of the API)."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+    assert job is not None
+    return job
+
+
+def codes_of(db: Database, version: str) -> int:
+    """How many images have a committed code of model ``version``."""
+    with db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(Code).where(Code.model_version == version)) or 0)
+
+
 def all_images(client: httpx.Client) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     after: int | None = None
@@ -165,12 +182,15 @@ def test_kill_9_during_training_then_during_activation(
     digit_pngs: list[tuple[bytes, str]],
     database_url: str | None,
 ) -> None:
-    """Each interrupted job is queued again when its heartbeat goes silent, runs again and succeeds; the new
-    model then serves every stored image. On SQLite and on PostgreSQL (``database_url``)."""
+    """Each interrupted job is queued again when its heartbeat goes silent, runs again (a second attempt) and
+    succeeds; the activation is killed provably mid-job (running, part of the images re-encoded and committed)
+    and its retry encodes only the rest. The new model then serves every stored image. On SQLite and on
+    PostgreSQL (``database_url``)."""
     mnist = zip_of([(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in sorted(digits.source.rglob("*.png"))])
     usps = zip_of([(f"{label}/{i}.png", data) for i, (data, label) in enumerate(digit_pngs)])
     port = free_port()
     env = serve_environment(tmp_path / "var", api_artefact, port, database_url)
+    db = Database(database_url or f"sqlite:///{tmp_path / 'var' / 'metah.db'}")
     body = {"source_domain": "mnist", "target_domain": "usps", "bits": 32, "iterations": 120}
 
     with running_metah_serve(env, port) as run:
@@ -189,14 +209,22 @@ def test_kill_9_during_training_then_during_activation(
     with running_metah_serve(env, port) as run:
         trained = wait_job(run.client, train_id, timeout_s=TRAINING_RETRY_S)
         assert trained["status"] == "succeeded" and trained["result"]["sources"] == len(digits_in(mnist)), trained
+        assert job_row(db, train_id).attempts == 2
         version = trained["result"]["version"]
         activation_id = run.client.post(f"/v1/models/{version}/activate").json()["job_id"]
-        wait_job(run.client, activation_id, until=lambda j: j["status"] != "queued")
+        wait_job(run.client, activation_id, until=lambda j: j["progress"]["done"] > 0 or j["status"] in queue.FINISHED)
         kill_serve_and_worker(run.process)
+    # Killed mid-job: still running in its first attempt, part of the images' codes committed, not all.
+    killed = job_row(db, activation_id)
+    assert (killed.status, killed.attempts) == (queue.RUNNING, 1), (killed.status, killed.attempts)
+    coded = codes_of(db, version)
+    assert 0 < coded < total, (coded, total)
 
     with running_metah_serve(env, port) as run:
         activated = wait_job(run.client, activation_id)
         assert activated["status"] == "succeeded", activated
+        assert job_row(db, activation_id).attempts == 2
+        assert activated["result"]["encoded"] == total - coded  # the retry resumed where the kill stopped it
         deadline = time.monotonic() + 30
         while (ready := run.client.get("/readyz").json())["model_version"] != version:
             assert time.monotonic() < deadline, ready
@@ -204,3 +232,4 @@ def test_kill_9_during_training_then_during_activation(
         assert ready["bits"] == 32 and ready["indexed"] == total == len(all_images(run.client))
         data = digit_pngs[0][0]
         assert search(run.client, data, max_distance=0, domain="usps").json()["hits"][0]["distance"] == 0
+    db.engine.dispose()
