@@ -4,7 +4,9 @@ The one place that turns encoder output into packed codes (:mod:`index.codes`) a
 (:class:`HashIndex`): exact flat shards, approximate IVF shards for large domains, one shard per domain,
 and snapshots that are a cache of the database (:mod:`index.snapshot`, :func:`load_or_rebuild`). Swapping
 the index of one model for another's is the service's (:class:`service.serving.ActivePair`), which swaps
-encoder and index as one. Design notes and benchmarks: docs/index.md.
+encoder and index as one. :class:`CodeIndex` (:mod:`index.protocol`) is what the service needs of an index;
+:class:`index.milvus.MilvusIndex` (imported from there, it needs pymilvus) keeps the codes in Milvus instead.
+Design notes and benchmarks: docs/index.md.
 """
 
 from index.codes import check_codes, check_ids, code_bytes, hamming_distances, pack_codes, unpack_codes
@@ -12,10 +14,12 @@ from index.errors import CodeFormatError, CodeSpaceError, DuplicateIdError, Hash
 from index.hash_index import HashIndex, IndexOptions
 from index.hits import Hits
 from index.lifecycle import LoadReport, load_or_rebuild
+from index.protocol import CodeIndex
 from index.snapshot import Manifest, read_manifest
 
 __all__ = [
     "CodeFormatError",
+    "CodeIndex",
     "CodeSpaceError",
     "DuplicateIdError",
     "HashIndex",
