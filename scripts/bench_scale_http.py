@@ -40,12 +40,14 @@ from scripts.bench_harness import (
     wait_for,
 )
 from scripts.demo_model import ensure_demo_model
+from service.catalog import NewImage, image_values
 from service.db import Database
 from service.migrate import upgrade
 from service.models import Code, Image
-from service.pipeline import decode, encode
+from service.pipeline import ImageInfo, decode, encode
 from service.registry import register_artefact
 from service.settings import Settings
+from service.storage import blob_key
 
 CHUNK = 50_000
 
@@ -64,7 +66,7 @@ def fill(data_dir: Path, model: Path, codes: np.ndarray, domains: list[str], n: 
             with db.session() as session:
                 ids = session.scalars(
                     insert(Image).returning(Image.id, sort_by_parameter_order=True),
-                    [image_values(i, domains[picks[i]]) for i in rows],
+                    [synthetic_image(i, domains[picks[i]]) for i in rows],
                 ).all()
                 session.execute(
                     insert(Code),
@@ -79,19 +81,10 @@ def fill(data_dir: Path, model: Path, codes: np.ndarray, domains: list[str], n: 
     return time.perf_counter() - started
 
 
-def image_values(i: int, domain: str) -> dict[str, Any]:
+def synthetic_image(i: int, domain: str) -> dict[str, Any]:
+    """The column values of the ``i``-th synthetic row (no bytes behind it: searches never read them)."""
     digest = hashlib.sha256(f"synthetic-{i}".encode()).hexdigest()
-    return {
-        "sha256": digest,
-        "domain": domain,
-        "label": None,
-        "meta": {},
-        "media_type": "image/png",
-        "size_bytes": 0,
-        "width": 28,
-        "height": 28,
-        "stored_path": f"images/{digest[:2]}/{digest[2:4]}/{digest}",
-    }
+    return image_values(digest, ImageInfo("image/png", 28, 28), 0, blob_key(digest), NewImage(domain))
 
 
 def main() -> None:

@@ -36,19 +36,25 @@ class Ingested:
     created: bool
 
 
+def image_values(digest: str, info: ImageInfo, size: int, stored_path: str, new: NewImage) -> dict[str, Any]:
+    """The column values of a new image's row (bytes already probed and stored): the one place they are listed
+    (uploads, archive ingestion, the scale benchmark's bulk insert)."""
+    return {
+        "sha256": digest,
+        "domain": new.domain,
+        "label": new.label,
+        "meta": new.metadata,
+        "media_type": info.media_type,
+        "size_bytes": size,
+        "width": info.width,
+        "height": info.height,
+        "stored_path": stored_path,
+    }
+
+
 def image_row(digest: str, info: ImageInfo, size: int, stored_path: str, new: NewImage) -> Image:
     """The row of a new image (bytes already probed and stored)."""
-    return Image(
-        sha256=digest,
-        domain=new.domain,
-        label=new.label,
-        meta=new.metadata,
-        media_type=info.media_type,
-        size_bytes=size,
-        width=info.width,
-        height=info.height,
-        stored_path=stored_path,
-    )
+    return Image(**image_values(digest, info, size, stored_path, new))
 
 
 def _existing(runtime: Runtime, digest: str, domain: str) -> Image | None:

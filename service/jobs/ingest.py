@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from model.errors import CheckpointError, DataError
 from model.export import LoadedEncoder
 from service import repository
-from service.catalog import NewImage, image_row
+from service.catalog import NewImage, image_values
 from service.db import Database
 from service.errors import PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
 from service.jobs import queue
@@ -284,10 +284,11 @@ class IngestJob:
             return
         codes = encode(encoder, np.stack([p.pixels for p in ready]))
         paths = context.store.put_many([p.data for p in ready])
-        rows = [
-            image_row(p.digest, p.info, len(p.data), stored_path, p.item.new)
+        values = [
+            image_values(p.digest, p.info, len(p.data), stored_path, p.item.new)
             for p, stored_path in zip(ready, paths, strict=True)
         ]
+        rows = [Image(**value) for value in values]
         version = str(encoder.metadata["model_version"])
         with context.db.session() as session:
             try:
@@ -297,8 +298,8 @@ class IngestJob:
                 return
             except IntegrityError:  # another writer stored some of these meanwhile: one at a time
                 session.rollback()
-        for row, code in zip(rows, codes, strict=True):
-            self._add_one(context, Image(**_columns(row)), code.tobytes(), version, tally)
+        for value, code in zip(values, codes, strict=True):  # fresh rows: the batch's belong to the rolled-back session
+            self._add_one(context, Image(**value), code.tobytes(), version, tally)
 
     @staticmethod
     def _add_one(context: JobContext, row: Image, code: bytes, version: str, tally: Tally) -> None:
@@ -310,11 +311,6 @@ class IngestJob:
             except IntegrityError:
                 session.rollback()
                 tally.existing += 1
-
-
-def _columns(row: Image) -> dict[str, Any]:
-    keys = ("sha256", "domain", "label", "meta", "media_type", "size_bytes", "width", "height", "stored_path")
-    return {key: getattr(row, key) for key in keys}
 
 
 def remove_archive(context: JobContext, relative: str) -> None:
