@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import logging
 import os
@@ -112,16 +113,25 @@ def load_encoder(path: Path, device: str | torch.device = "cpu") -> LoadedEncode
     """
     if not path.is_file():
         raise CheckpointError(f"model artefact {str(path)!r} does not exist")
+    return _load(str(path), str(path), device)
+
+
+def load_encoder_bytes(data: bytes, name: str, device: str | torch.device = "cpu") -> LoadedEncoder:
+    """:func:`load_encoder` for an artefact held in memory (read from a blob store); ``name`` names it in errors."""
+    return _load(io.BytesIO(data), name, device)
+
+
+def _load(source: str | io.BytesIO, name: str, device: str | torch.device) -> LoadedEncoder:
     extra = {METADATA_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        module = torch.jit.load(source, map_location=device, _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError/ValueError/... for non-TorchScript files
-        raise CheckpointError(f"{str(path)!r} is not a TorchScript encoder artefact ({exc})") from exc
+        raise CheckpointError(f"{name!r} is not a TorchScript encoder artefact ({exc})") from exc
     try:
         metadata = json.loads(extra[METADATA_FILE])
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{str(path)!r} has unreadable metadata: {exc}") from exc
+        raise CheckpointError(f"{name!r} has unreadable metadata: {exc}") from exc
     if not isinstance(metadata, dict) or any(key not in metadata for key in REQUIRED_METADATA):
-        raise CheckpointError(f"{str(path)!r} lacks metah metadata (one of {', '.join(REQUIRED_METADATA)})")
+        raise CheckpointError(f"{name!r} lacks metah metadata (one of {', '.join(REQUIRED_METADATA)})")
     module.eval()
     return LoadedEncoder(module, metadata)

@@ -47,7 +47,7 @@ from service.models import Code, Image
 from service.pipeline import ImageInfo, decode, encode
 from service.registry import register_artefact
 from service.settings import Settings
-from service.storage import blob_key
+from service.storage import blob_key, open_blob_store
 
 CHUNK = 50_000
 
@@ -59,7 +59,7 @@ def fill(data_dir: Path, model: Path, codes: np.ndarray, domains: list[str], n: 
     upgrade(settings.sqlalchemy_url)
     db = Database(settings.sqlalchemy_url)
     try:
-        version = register_artefact(settings, db, model, activate=True).version
+        version = register_artefact(db, open_blob_store(settings), model, activate=True).version
         picks = np.random.default_rng(seed).integers(0, len(codes), size=n)
         for start in range(0, n, CHUNK):
             rows = range(start, min(start + CHUNK, n))

@@ -7,8 +7,9 @@ leaves the index behind the database, which the next start detects (the snapshot
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy.exc import IntegrityError
 
@@ -18,7 +19,9 @@ from service.models import Image
 from service.pipeline import ImageInfo, encode_upload, probe
 from service.runtime import Runtime
 from service.serving import ServingPair
-from service.storage import sha256_hex
+from service.storage import BlobNotFoundError, BlobStoreError, sha256_hex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,14 @@ def get_image(runtime: Runtime, image_id: int) -> Image:
     return image
 
 
+def open_content(runtime: Runtime, image: Image) -> BinaryIO:
+    """A stream over an image's stored bytes (close it); 404 ``content_missing`` when the blob is gone."""
+    try:
+        return runtime.store.open(image.stored_path)
+    except BlobNotFoundError:
+        raise NotFoundError(f"the bytes of image {image.id} are missing from storage", code="content_missing") from None
+
+
 def list_images(
     runtime: Runtime, *, domain: str | None, label: str | None, limit: int, after: int | None
 ) -> tuple[list[Image], int | None]:
@@ -125,6 +136,9 @@ def delete(runtime: Runtime, image_id: int) -> None:
             session.commit()
             blob_in_use = repository.hash_in_use(session, image.sha256)
         if not blob_in_use:
-            runtime.store.delete(image.stored_path)
+            try:
+                runtime.store.delete(image.stored_path)
+            except BlobStoreError as exc:  # the image is deleted: its blob stays behind, referenced by no row
+                log.error("image %d deleted, but not its blob %s: %s", image_id, image.stored_path, exc)
         if runtime.active is not None:
             runtime.active.remove([image_id], change=change)

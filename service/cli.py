@@ -1,7 +1,8 @@
 """``metah`` command line (CONTRACT §2). Parses arguments, calls one function, prints the outcome.
 
-User mistakes (``model.errors.MetahError``) end with a one-line message and exit status 2; they never
-print a traceback.
+User mistakes (``model.errors.MetahError``) end with a one-line message and exit status 2, a blob store that
+cannot be used (``service.storage.BlobStoreError``: S3 unreachable, access refused, no bucket) with one and exit
+status 1; they never print a traceback.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import TYPE_CHECKING
 
 from model.errors import CheckpointError, ConfigError, DataError, MetahError
 from service.logs import configure as configure_logs
+from service.storage import BlobStoreError
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
 EXIT_USAGE = 2
+EXIT_STORAGE = 1
 
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,13 +76,17 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sub.add_parser(
         "serve",
         help="the HTTP API on METAH_HOST:METAH_PORT (applies the migrations itself on SQLite)",
-        description="Settings come from the environment: METAH_DATA_DIR, METAH_DATABASE_URL, METAH_API_KEY, "
-        "METAH_MODEL, METAH_HOST, METAH_PORT.",
+        description="Settings come from the environment: METAH_DATA_DIR, METAH_DATABASE_URL, METAH_BLOB_URL, "
+        "METAH_API_KEY, METAH_MODEL, METAH_HOST, METAH_PORT.",
     )
 
 
 def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser("migrate", help="apply the database migrations (METAH_DATABASE_URL, or SQLite in METAH_DATA_DIR)")
+    sub.add_parser(
+        "migrate",
+        help="apply the database migrations (METAH_DATABASE_URL, or SQLite in METAH_DATA_DIR) and create the "
+        "METAH_BLOB_URL bucket when it is missing",
+    )
 
 
 def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -207,9 +214,21 @@ def _migrate(url: str) -> str | None:
         raise ConfigError(f"cannot migrate the database: {exc.__class__.__name__}: {exc}") from exc
 
 
+def _create_bucket(settings: Settings) -> bool:
+    """Create the ``METAH_BLOB_URL`` bucket when it is missing (the data dir needs nothing made in advance)."""
+    if not settings.blob_url:
+        return False
+    from service.storage import open_blob_store
+
+    return open_blob_store(settings).create_if_missing()
+
+
 def run_migrate(args: argparse.Namespace) -> int:
     settings = _service_settings()
     print(f"database at revision {_migrate(settings.sqlalchemy_url)}")
+    if settings.blob_url:
+        made = _create_bucket(settings)
+        print(f"blob store {settings.blob_url}: bucket {'created' if made else 'present'}")
     return 0
 
 
@@ -222,8 +241,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
 
-    if settings.is_sqlite:
+    if settings.is_sqlite:  # the one-machine setup prepares itself, as `metah migrate` would
         _migrate(settings.sqlalchemy_url)
+        _create_bucket(settings)
     # log_config=None keeps the configuration above; RequestObserver writes the access lines (with request ids).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
@@ -270,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, MetahError) as exc:
         print(f"metah {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BlobStoreError as exc:
+        print(f"metah {args.command}: error: blob store: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     except KeyboardInterrupt:
         print(f"metah {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index.errors import CodeFormatError, CodeSpaceError, HashIndexError
 from model.errors import CheckpointError, DataError
+from service.storage import BlobStoreError
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ def to_service_error(exc: Exception) -> ServiceError | None:
     if isinstance(exc, OperationalError):
         log.warning("database unavailable: %s", exc)
         return NotReadyError("the database is unavailable", code="database_unavailable")
+    if isinstance(exc, BlobStoreError):  # the details (endpoint, bucket) go to the log, not to the client
+        log.error("blob store unavailable: %s", exc)
+        return NotReadyError(f"the blob store is unavailable: {exc.reason}", code="storage_unavailable")
     return None
 
 
@@ -159,7 +163,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``."""
-    for family in (ServiceError, DataError, CheckpointError, HashIndexError, OperationalError, OSError):
+    for family in (ServiceError, DataError, CheckpointError, HashIndexError, OperationalError, BlobStoreError, OSError):
         app.add_exception_handler(family, _on_service_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)

@@ -37,7 +37,7 @@ from service.pipeline import encode_stored
 from service.registry import load_registered, open_index
 from service.serving import ActivePair, ServingPair
 from service.settings import Settings
-from service.storage import BlobStoreError, LocalBlobStore
+from service.storage import BlobStore, BlobStoreError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ CHUNK = 10_000
 class ChangeFollower:
     """Applies the ``changes`` after :attr:`cursor` to the serving index, and follows model activations."""
 
-    def __init__(self, settings: Settings, db: Database, store: LocalBlobStore, active: ActivePair) -> None:
+    def __init__(self, settings: Settings, db: Database, store: BlobStore, active: ActivePair) -> None:
         self.settings = settings
         self.db = db
         self.store = store
@@ -70,7 +70,7 @@ class ChangeFollower:
         if row is None or row.version == self.active.current.model_version:
             return False
         with self._lock:
-            encoder = load_registered(self.settings, row)
+            encoder = load_registered(self.store, row)
             new = ServingPair(encoder, open_index(self.settings, self.db, row.version, row.bits))
             self.cursor = new.index.last_change
 

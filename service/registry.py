@@ -1,5 +1,8 @@
 """The model registry (``model_versions``) and opening a serving pair: artefact + index of its codes.
 
+A registered model's artefact and figures are blobs (``models/<version>/<name>``, :func:`service.storage.model_key`)
+of the blob store, so every process that shares the database and the store can load it, whatever its data dir.
+
 The index follows the database: :func:`open_index` loads the snapshot in ``data_dir/index`` when it reflects
 the database's latest change, and otherwise rebuilds it from the ``codes`` table (and writes a new snapshot).
 """
@@ -7,32 +10,25 @@ the database's latest change, and otherwise rebuilds it from the ``codes`` table
 from __future__ import annotations
 
 import logging
-import os
-import re
-import shutil
-import uuid
 from pathlib import Path
 
 from index import HashIndex, SnapshotError, load_or_rebuild, read_manifest
 from model.errors import CheckpointError
-from model.export import LoadedEncoder, load_encoder
+from model.export import LoadedEncoder, load_encoder, load_encoder_bytes
 from service import repository
 from service.db import Database
 from service.models import ModelVersion
 from service.serving import ServingPair
 from service.settings import Settings
+from service.storage import ARTEFACT, MODEL_FILES, SAFE_NAME, BlobNotFoundError, BlobStore, model_key
+from service.storage import PLOT_FILES as PLOT_FILES  # the figures a registered model may have
 
 log = logging.getLogger(__name__)
-
-# A training run's figures (model/train.py writes them beside model.pt), served by GET /v1/models/{v}/plots/{name}.
-PLOT_FILES = ("loss_curves.png", "pr_curve.png")
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _file_name(version: str) -> str:
     """A file-system-safe name for a model version (versions are generated, but never trust a name)."""
-    if not _SAFE_NAME.fullmatch(version):
+    if not SAFE_NAME.fullmatch(version):
         raise CheckpointError(f"model version {version!r} is not a safe name")
     return version
 
@@ -41,30 +37,20 @@ def snapshot_path(settings: Settings, version: str) -> Path:
     return settings.index_dir / f"{_file_name(version)}.mhix"
 
 
-def artefact_file(settings: Settings, row: ModelVersion) -> Path:
-    """The artefact of a registry row (paths inside the data dir are stored relative to it)."""
-    path = Path(row.artefact_path)
-    return path if path.is_absolute() else settings.data_dir / path
-
-
-def register_artefact(settings: Settings, db: Database, source: Path, *, activate: bool) -> ModelVersion:
-    """Copy an artefact into ``data_dir/models/<version>/model.pt`` (with the run's plots found beside it) and add
-    it to the registry (idempotent).
+def register_artefact(db: Database, store: BlobStore, source: Path, *, activate: bool) -> ModelVersion:
+    """Store an artefact file as the blob ``models/<version>/model.pt`` (with the run's figures found beside it:
+    :data:`PLOT_FILES`) and add it to the registry (idempotent: blobs are write-once).
 
     Raises:
         CheckpointError: not a metah encoder artefact.
+        BlobStoreError: the blob store cannot be used.
     """
     encoder = load_encoder(source)
-    version = str(encoder.metadata["model_version"])
-    relative = Path("models") / _file_name(version) / "model.pt"
-    target = settings.data_dir / relative
-    for name in ("model.pt", *PLOT_FILES):  # the run's figures, when present, go beside the artefact
-        origin, copy = (source, target) if name == "model.pt" else (source.with_name(name), target.with_name(name))
-        if origin.is_file() and not copy.is_file():
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            tmp = copy.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(origin, tmp)
-            os.replace(tmp, copy)
+    version = _file_name(str(encoder.metadata["model_version"]))
+    for name in MODEL_FILES:
+        origin = source if name == ARTEFACT else source.with_name(name)
+        if origin.is_file():
+            store.put_at(model_key(version, name), origin.read_bytes())
     metadata = dict(encoder.metadata)
     metrics = metadata.pop("metrics", {}) or {}
     with db.session() as session:
@@ -73,7 +59,7 @@ def register_artefact(settings: Settings, db: Database, source: Path, *, activat
             row = repository.add_model(
                 session,
                 version=version,
-                artefact_path=relative.as_posix(),
+                artefact_path=model_key(version),
                 bits=encoder.bits,
                 metrics=metrics if isinstance(metrics, dict) else {"value": metrics},
                 meta=metadata,
@@ -86,9 +72,18 @@ def register_artefact(settings: Settings, db: Database, source: Path, *, activat
         return row
 
 
-def load_registered(settings: Settings, row: ModelVersion) -> LoadedEncoder:
-    """Load a registry row's artefact and check it is the model the row says it is."""
-    encoder = load_encoder(artefact_file(settings, row))
+def load_registered(store: BlobStore, row: ModelVersion) -> LoadedEncoder:
+    """Load a registry row's artefact from the blob store and check it is the model the row says it is.
+
+    Raises:
+        CheckpointError: the artefact is missing, unreadable, or another model.
+        BlobStoreError: the blob store cannot be used.
+    """
+    try:
+        data = store.get(row.artefact_path)
+    except (ValueError, BlobNotFoundError) as exc:
+        raise CheckpointError(f"the artefact {row.artefact_path!r} of model {row.version} is not stored") from exc
+    encoder = load_encoder_bytes(data, row.artefact_path)
     if encoder.metadata.get("model_version") != row.version or encoder.bits != row.bits:
         raise CheckpointError(
             f"artefact {row.artefact_path!r} holds model {encoder.metadata.get('model_version')!r} "
@@ -118,16 +113,16 @@ def open_index(settings: Settings, db: Database, version: str, bits: int) -> Has
     return index
 
 
-def open_active_pair(settings: Settings, db: Database) -> ServingPair | None:
+def open_active_pair(settings: Settings, db: Database, store: BlobStore) -> ServingPair | None:
     """The active model with its index; registers ``settings.model`` first when the registry has no active
     model. ``None`` when there is no model at all."""
     with db.session() as session:
         row = repository.active_model(session)
     if row is None and settings.model is not None:
-        row = register_artefact(settings, db, settings.model, activate=True)
+        row = register_artefact(db, store, settings.model, activate=True)
     if row is None:
         return None
-    encoder = load_registered(settings, row)
+    encoder = load_registered(store, row)
     return ServingPair(encoder, open_index(settings, db, row.version, row.bits))
 
 

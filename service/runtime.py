@@ -29,7 +29,7 @@ from service.observability import Metrics
 from service.registry import open_active_pair, save_snapshot
 from service.serving import ActivePair
 from service.settings import Settings
-from service.storage import LocalBlobStore, open_local_blob_store
+from service.storage import BlobStore, BlobStoreError, open_blob_store
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Runtime:
 
     settings: Settings
     db: Database
-    store: LocalBlobStore
+    store: BlobStore
     active: ActivePair | None
     problem: NotReadyError | None = None
     follower: ChangeFollower | None = None
@@ -90,14 +90,18 @@ def open_runtime(settings: Settings) -> Runtime:
     torch.set_num_threads(settings.torch_threads)  # single-image inference: more threads only add overhead
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
-    store = open_local_blob_store(settings)
+    store = open_blob_store(settings)
     revision, head = current_revision(settings.sqlalchemy_url), head_revision()
     if revision != head:
         message = f"the database is at revision {revision}, this code needs {head}: run `metah migrate`"
         log.error(message)
         return Runtime(settings, db, store, None, NotReadyError(message, code="database_not_migrated"))
     try:
-        pair = open_active_pair(settings, db)
+        pair = open_active_pair(settings, db, store)
+    except BlobStoreError as exc:
+        log.error("no model is served: %s", exc)
+        problem = NotReadyError(f"the active model cannot be read: the blob store is unavailable: {exc.reason}")
+        return Runtime(settings, db, store, None, problem)
     except (CheckpointError, HashIndexError, OSError) as exc:
         log.error("no model is served: %s", exc)
         problem = NotReadyError(f"the active model cannot be loaded: {exc}", code="model_unavailable")

@@ -32,8 +32,8 @@ class Settings(BaseSettings):
 
     Attributes:
         data_dir: images (content-addressed), index snapshots and registered model artefacts.
-        blob_url: ``s3://bucket/prefix`` stores images in S3 instead of the data dir (endpoint, region and
-            credentials from the standard AWS variables); ``None`` = the data dir.
+        blob_url: ``s3://bucket/prefix`` stores images, model artefacts and their plots in S3 instead of the data
+            dir (endpoint, region and credentials from the standard AWS variables); ``None`` = the data dir.
         database_url: SQLAlchemy URL; ``None`` = SQLite file ``data_dir/metah.db``.
         api_key: required in ``X-API-Key`` on writes when set; without it only a loopback host is allowed.
         model: encoder artefact registered (and activated) when the model registry is empty.

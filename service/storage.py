@@ -1,8 +1,11 @@
-"""Content-addressed storage of original image bytes: a local folder (the default) or an S3 bucket.
+"""Write-once blobs: original image bytes and model files, in a local folder (the default) or an S3 bucket.
 
-A blob's key is derived from its SHA-256 alone (``images/ab/cd/abcd…``), never from a user-supplied name, so no
-upload can choose where it is written; the database stores that key (``stored_path``). Blobs are write-once:
-storing bytes that are already there changes nothing and says so.
+Two key spaces. An image's key is derived from its SHA-256 alone (``images/ab/cd/abcd…``), never from a
+user-supplied name, so no upload can choose where it is written; the database stores that key (``stored_path``).
+A model version's files (the encoder artefact and the figures of its training run) are ``models/<version>/
+<name>`` (:func:`model_key`: a safe version name, one of :data:`MODEL_FILES`); ``model_versions.artefact_path``
+stores the artefact's key. Blobs are write-once: storing bytes where a blob already is changes nothing and says
+so. No code outside the stores reads them by file path.
 
 :class:`BlobStore` is what the service uses; :func:`open_blob_store` picks the implementation from the settings
 (CONTRACT §5): :class:`LocalBlobStore` under ``METAH_DATA_DIR`` (atomic and durable writes: temporary file, fsync,
@@ -27,7 +30,15 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 IMAGES = "images"
+MODELS = "models"
+ARTEFACT = "model.pt"
+# A model version's files: the encoder artefact and the training run's figures (model/train.py writes them beside
+# model.pt; GET /v1/models/{version}/plots/{name} serves them).
+PLOT_FILES = ("loss_curves.png", "pr_curve.png")
+MODEL_FILES = (ARTEFACT, *PLOT_FILES)
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a model version as a key (or file name) part
 _KEY = re.compile(rf"{IMAGES}/([0-9a-f]{{2}})/([0-9a-f]{{2}})/([0-9a-f]{{64}})")
+_MODEL_KEY = re.compile(f"{MODELS}/({SAFE_NAME.pattern})/([^/]+)")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -36,7 +47,13 @@ class BlobNotFoundError(FileNotFoundError):
 
 
 class BlobStoreError(RuntimeError):
-    """The store cannot be used as configured (a bad ``METAH_BLOB_URL``, a missing bucket)."""
+    """The store cannot be used: a missing bucket, an endpoint that does not answer, refused credentials, a
+    versioned bucket. ``reason`` says which in a few words without naming endpoints or buckets (what an HTTP
+    client is told: 503 ``storage_unavailable``); the message has the details (for the log and the CLI)."""
+
+    def __init__(self, message: str, *, reason: str = "it cannot be used") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def sha256_hex(data: bytes) -> str:
@@ -50,21 +67,43 @@ def blob_key(digest: str) -> str:
     return f"{IMAGES}/{digest[:2]}/{digest[2:4]}/{digest}"
 
 
-def check_key(key: str) -> str:
-    """``key`` if it is a blob key of this layout; anything else (``..``, an absolute path, a prefix, another
-    file of the data dir) is refused with ``ValueError``."""
-    match = _KEY.fullmatch(key)
-    if match is None or match[3][:2] != match[1] or match[3][2:4] != match[2]:
-        raise ValueError(f"not a blob path: {key!r}")
+def model_key(version: str, name: str = ARTEFACT) -> str:
+    """The key of model ``version``'s file ``name`` (one of :data:`MODEL_FILES`): ``models/<version>/<name>``;
+    ``ValueError`` for a version that is not a safe name, or another file name."""
+    return check_model_key(f"{MODELS}/{version}/{name}")
+
+
+def check_model_key(key: str) -> str:
+    """``key`` if it is a model file's key (:func:`model_key`); ``ValueError`` otherwise."""
+    match = _MODEL_KEY.fullmatch(key)
+    if match is None or match[2] not in MODEL_FILES:
+        raise ValueError(f"not a blob path of a model file: {key!r}")
     return key
 
 
+def check_key(key: str) -> str:
+    """``key`` if it is a blob key of this layout (an image's or a model file's); anything else (``..``, an
+    absolute path, a prefix, another file of the data dir) is refused with ``ValueError``."""
+    match = _KEY.fullmatch(key)
+    if match is not None and match[3][:2] == match[1] and match[3][2:4] == match[2]:
+        return key
+    if (model := _MODEL_KEY.fullmatch(key)) is not None and model[2] in MODEL_FILES:
+        return key
+    raise ValueError(f"not a blob path: {key!r}")
+
+
 class BlobStore(Protocol):
-    """Write-once blobs keyed by their SHA-256 (:func:`blob_key`). Every method refuses a key that is not a blob
-    key (``ValueError``); reading a key that holds nothing raises :class:`BlobNotFoundError`."""
+    """Write-once blobs: images keyed by their SHA-256 (:func:`blob_key`), model files by version and name
+    (:func:`model_key`). Every method refuses a key that is not a blob key (``ValueError``); reading a key that
+    holds nothing raises :class:`BlobNotFoundError`; a store that cannot be used raises :class:`BlobStoreError`."""
 
     def put(self, data: bytes) -> tuple[str, bool]:
         """Store ``data`` unless it is already there; returns ``(key, whether this call stored it)``."""
+        ...
+
+    def put_at(self, key: str, data: bytes) -> bool:
+        """Store a model file under its key (:func:`model_key`) unless a blob is there already; ``True`` when
+        this call stored it. Image keys are refused (``put`` names them)."""
         ...
 
     def put_many(self, blobs: Sequence[bytes]) -> list[str]:
@@ -123,18 +162,6 @@ def open_blob_store(settings: Settings) -> BlobStore:
     return LocalBlobStore(settings.data_dir)
 
 
-def open_local_blob_store(settings: Settings) -> LocalBlobStore:
-    """The local store, for the code that still reads blobs by file path (``LocalBlobStore.path``: the change
-    follower, the activation and training jobs, the content route). Refuses ``METAH_BLOB_URL`` rather than
-    silently storing images in the data dir; goes away once those callers read through :class:`BlobStore`."""
-    if settings.blob_url:
-        raise BlobStoreError(
-            f"METAH_BLOB_URL={settings.blob_url} is not served yet: `metah serve` and `metah worker` still read "
-            "images from the data dir (issue 13); unset it"
-        )
-    return LocalBlobStore(settings.data_dir)
-
-
 def _syncfs(folder: Path) -> bool:
     """Flush the whole file system holding ``folder`` (Linux ``syncfs``); ``False`` where unavailable."""
     try:
@@ -169,50 +196,54 @@ class LocalBlobStore:
         self.root = root.resolve()
 
     def path(self, relative: str) -> Path:
-        """The file of a stored path; refuses anything that is not a blob path of this store."""
+        """The file of a stored path; refuses anything that is not a blob path of this store. For this store's
+        own methods and tests: the service reads blobs through :class:`BlobStore`, whatever the store."""
         return self.root / check_key(relative)
 
     def put(self, data: bytes) -> tuple[str, bool]:
         """Store ``data`` durably (fsync); returns ``(relative path, whether this call wrote the file)``."""
-        return self._write(data, sync=True)
+        relative = blob_key(sha256_hex(data))
+        return relative, self._write(relative, data, sync=True)
+
+    def put_at(self, key: str, data: bytes) -> bool:
+        return self._write(check_model_key(key), data, sync=True, repair=False)
 
     def put_many(self, blobs: Sequence[bytes]) -> list[str]:
         """Store a batch; returns the relative paths. Made durable together: the files are written and renamed,
         then one ``syncfs`` flushes the file system (one ``fsync`` per file where ``syncfs`` is missing).
         Measured on a 3,000-image ingest job: 1.2 s of the job's 10.3 s went to per-file fsyncs."""
-        results = [self._write(data, sync=False) for data in blobs]
-        written = [self.root / relative for relative, new in results if new]
+        keys = [blob_key(sha256_hex(data)) for data in blobs]
+        written = [self.root / key for key, data in zip(keys, blobs, strict=True) if self._write(key, data, sync=False)]
         if written and not _syncfs(self.root):
             for target in written:
                 with open(target, "rb") as handle:
                     os.fsync(handle.fileno())
             for folder in sorted({folder for target in written for folder in self._folders_of(target)}):
                 fsync_folder(folder)
-        return [relative for relative, _ in results]
+        return keys
 
     def _folders_of(self, target: Path) -> list[Path]:
         """The folders from a blob's up to the store's root: ``images/ab/cd``, ``images/ab``, ``images``, root."""
         return [folder for folder in target.parents if folder.is_relative_to(self.root)]
 
-    def _write(self, data: bytes, *, sync: bool) -> tuple[str, bool]:
-        """Write ``data`` under its digest (temporary file, then a hard link to the blob's name) unless it is
-        already there. The link fails when another writer got there first, so of several racing writers of the
-        same bytes exactly one is told it stored them, as S3's conditional PUT does. A truncated copy (another
-        size) is replaced by a rename instead.
+    def _write(self, relative: str, data: bytes, *, sync: bool, repair: bool = True) -> bool:
+        """Write ``data`` under ``relative`` (temporary file, then a hard link to the blob's name) unless it is
+        already there; ``True`` when this call wrote it. The link fails when another writer got there first, so
+        of several racing writers of the same bytes exactly one is told it stored them, as S3's conditional PUT
+        does. With ``repair`` (an image key: its name is its digest), a truncated copy (another size) is replaced
+        by a rename instead; a model file, named by its version, stays as it is.
 
         A fan-out folder is made only when the temporary file cannot be created in it (a bulk job writes
         thousands of files into 65,536 folders; a ``mkdir`` per file was 5 % of the job).
         """
-        digest = sha256_hex(data)
-        relative = blob_key(digest)
         target = self.root / relative
         damaged = False
         with contextlib.suppress(FileNotFoundError):
             existing = target.stat()
-            if stat.S_ISREG(existing.st_mode) and existing.st_size == len(data):
-                return relative, False
+            if stat.S_ISREG(existing.st_mode) and (existing.st_size == len(data) or not repair):
+                return False
             damaged = True
-        tmp = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         made_folders = False
         try:
             try:
@@ -232,13 +263,13 @@ class LocalBlobStore:
                 try:
                     os.link(tmp, target)
                 except FileExistsError:  # another writer stored the same bytes meanwhile
-                    return relative, False
+                    return False
         finally:
             tmp.unlink(missing_ok=True)
         if sync:  # the new name, and any folder just made, are entries of their parent folders
             for folder in self._folders_of(target) if made_folders else [target.parent]:
                 fsync_folder(folder)
-        return relative, True
+        return True
 
     def delete(self, relative: str) -> None:
         """Remove a blob (absent is fine)."""

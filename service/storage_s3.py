@@ -9,6 +9,11 @@ answers 412 otherwise (AWS S3 since 2024; radosgw honours it, tests/service/test
 real one). Two writers racing on one key are settled by the server: one stores, the other gets 412 (or 409
 ``ConditionalRequestConflict`` from AWS while the first is in flight, which is retried until it becomes 412).
 
+Failures that are not about one object (an endpoint that does not answer, refused credentials, a missing
+bucket, a server error after boto3's retries) become :class:`~service.storage.BlobStoreError` with a plain
+reason, which the API answers with 503 ``storage_unavailable`` and the CLI prints; boto3's exceptions never
+leave this module.
+
 The bucket must not be versioned (:meth:`S3BlobStore.create_if_missing` refuses one): blobs are write-once
 already, a DELETE would only hide a blob behind a marker, and radosgw (Ceph 16.2, measured) ignores
 ``If-None-Match`` in a versioned bucket, so a second PUT of the same bytes says "stored" again and a caller that
@@ -23,15 +28,27 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
-from service.storage import BlobNotFoundError, BlobStoreError, blob_key, check_key, parse_blob_url, sha256_hex
+from service.storage import (
+    BlobNotFoundError,
+    BlobStoreError,
+    blob_key,
+    check_key,
+    check_model_key,
+    parse_blob_url,
+    sha256_hex,
+)
 
-_MISSING = {"404", "NoSuchKey", "NotFound"}
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+_PUT_OUTCOMES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+_REFUSED = frozenset(
+    {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken"}
+)
 _CONFLICT_RETRIES = 5
 _BATCH_THREADS = 8  # put_many's concurrent PUTs (boto3 clients are thread-safe; the pool holds 16 connections)
 
@@ -57,7 +74,8 @@ def _client_config() -> Config:
 
 
 class S3BlobStore:
-    """Blobs as objects ``<prefix>/images/ab/cd/<sha256>`` in ``bucket``.
+    """Blobs as objects ``<prefix>/images/ab/cd/<sha256>`` and ``<prefix>/models/<version>/<name>`` in
+    ``bucket``.
 
     Args:
         bucket: the bucket (made by :meth:`create_if_missing`, which ``metah migrate`` is to call).
@@ -86,22 +104,61 @@ class S3BlobStore:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _raise(self, exc: ClientError) -> NoReturn:
-        if _code(exc) == "NoSuchBucket":
-            raise BlobStoreError(f"the bucket {self.bucket!r} does not exist: run `metah migrate`") from exc
-        raise exc
+    def _call(self, operation: str, *, expected: frozenset[str] = frozenset(), **params: Any) -> Any:
+        """One request on the bucket. A ``ClientError`` whose code is in ``expected`` reaches the caller as it
+        is; any other failure becomes :class:`BlobStoreError`."""
+        try:
+            return getattr(self.client, operation)(Bucket=self.bucket, **params)
+        except ClientError as exc:
+            if _code(exc) in expected:
+                raise
+            raise self._unusable(exc) from exc
+        except BotoCoreError as exc:
+            raise self._unusable(exc) from exc
+
+    def _unusable(self, exc: Exception) -> BlobStoreError:
+        endpoint = self.client.meta.endpoint_url
+        where = f"s3://{self.bucket} at {endpoint}"
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return BlobStoreError(
+                f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({exc})",
+                reason="no credentials are configured",
+            )
+        if not isinstance(exc, ClientError):  # connection refused, DNS, timeouts, a connection dropped
+            return BlobStoreError(f"S3 cannot be reached at {where}: {exc}", reason="it cannot be reached")
+        code, message = _code(exc), str(exc.response.get("Error", {}).get("Message", ""))
+        if code == "NoSuchBucket":
+            return BlobStoreError(
+                f"the bucket {self.bucket!r} does not exist: run `metah migrate` (S3 at {endpoint})",
+                reason="its bucket does not exist",
+            )
+        if code in _REFUSED:
+            return BlobStoreError(
+                f"S3 refused access to {where} ({code}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the "
+                "bucket's policy",
+                reason="access was refused",
+            )
+        return BlobStoreError(f"S3 failed on {where}: {code} {message}".rstrip(), reason=f"it answered {code}")
 
     def put(self, data: bytes) -> tuple[str, bool]:
         """One conditional PUT. Says ``False`` when the object was there; also when a retry of this very PUT
         (the response to the first was lost) found the object the first one stored: a caller that deletes
         what it stored when it fails later then leaves that object behind, never deletes another's."""
         key = blob_key(sha256_hex(data))
+        return key, self._put_if_absent(key, data)
+
+    def put_at(self, key: str, data: bytes) -> bool:
+        """:meth:`put` for a model file's key: one conditional PUT."""
+        return self._put_if_absent(check_model_key(key), data)
+
+    def _put_if_absent(self, key: str, data: bytes) -> bool:
         name = self._object(key)
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         for attempt in range(_CONFLICT_RETRIES):
             try:
-                self.client.put_object(
-                    Bucket=self.bucket,
+                self._call(
+                    "put_object",
+                    expected=_PUT_OUTCOMES,
                     Key=name,
                     Body=data,
                     ContentMD5=md5,
@@ -109,14 +166,13 @@ class S3BlobStore:
                     IfNoneMatch="*",
                 )
             except ClientError as exc:
-                code = _code(exc)
-                if code == "PreconditionFailed":
-                    return key, False
-                if code == "ConditionalRequestConflict" and attempt + 1 < _CONFLICT_RETRIES:
+                if _code(exc) == "PreconditionFailed":
+                    return False
+                if attempt + 1 < _CONFLICT_RETRIES:  # ConditionalRequestConflict: the first writer is in flight
                     time.sleep(0.05 * 2**attempt)
                     continue
-                self._raise(exc)
-            return key, True
+                raise self._unusable(exc) from exc
+            return True
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def put_many(self, blobs: Sequence[bytes]) -> list[str]:
@@ -129,15 +185,16 @@ class S3BlobStore:
     def _get_object(self, key: str) -> Any:
         name = self._object(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=name)
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                raise BlobNotFoundError(f"no blob {key}") from None
-            self._raise(exc)
+            return self._call("get_object", expected=_MISSING, Key=name)
+        except ClientError:
+            raise BlobNotFoundError(f"no blob {key}") from None
 
     def get(self, key: str) -> bytes:
         with self._get_object(key)["Body"] as body:
-            data: bytes = body.read()
+            try:
+                data: bytes = body.read()
+            except BotoCoreError as exc:  # the connection dropped or timed out mid-body
+                raise self._unusable(exc) from exc
         return data
 
     def open(self, key: str) -> BinaryIO:
@@ -148,11 +205,9 @@ class S3BlobStore:
     def _head(self, key: str) -> dict[str, Any] | None:
         name = self._object(key)
         try:
-            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=name)
-        except ClientError as exc:
-            if _code(exc) in _MISSING:  # HEAD has no body: a missing bucket is a 404 too
-                return None
-            raise
+            head: dict[str, Any] = self._call("head_object", expected=_MISSING, Key=name)
+        except ClientError:  # HEAD has no body: a missing bucket is a 404 too
+            return None
         return head
 
     def exists(self, key: str) -> bool:
@@ -166,18 +221,17 @@ class S3BlobStore:
 
     def delete(self, key: str) -> None:
         """Absent is fine (S3's DELETE answers 204 either way)."""
-        name = self._object(key)
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=name)
-        except ClientError as exc:
-            self._raise(exc)
+        self._call("delete_object", Key=self._object(key))
 
     def presigned_url(self, key: str, expires_s: int = 300) -> str | None:
         """A GET URL signed with this store's credentials (computed locally: no request)."""
         name = self._object(key)
-        url: str = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=expires_s
-        )
+        try:
+            url: str = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=expires_s
+            )
+        except BotoCoreError as exc:  # no credentials to sign with
+            raise self._unusable(exc) from exc
         return url
 
     def create_if_missing(self) -> bool:
@@ -185,17 +239,17 @@ class S3BlobStore:
         processes may race: the loser sees ``BucketAlreadyOwnedByYou`` and returns ``False``. Outside
         ``us-east-1`` the bucket is made in the client's region (AWS needs the location constraint)."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            if _code(exc) not in _MISSING and _code(exc) != "NoSuchBucket":
-                raise
+            self._call("head_bucket", expected=_MISSING | {"NoSuchBucket"})
+        except ClientError:
+            pass
         else:
-            versioning = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+            versioning = self._call("get_bucket_versioning").get("Status")
             if versioning in ("Enabled", "Suspended"):
                 raise BlobStoreError(
                     f"the bucket {self.bucket!r} is versioned ({versioning}): metah's blobs are write-once and "
                     "need a bucket without versioning (If-None-Match is not honoured in versioned buckets by "
-                    "every server)"
+                    "every server)",
+                    reason="its bucket is versioned",
                 )
             return False
         region = self.client.meta.region_name
@@ -203,9 +257,7 @@ class S3BlobStore:
         if region and region not in ("us-east-1", "aws-global"):
             options["CreateBucketConfiguration"] = {"LocationConstraint": region}
         try:
-            self.client.create_bucket(Bucket=self.bucket, **options)
-        except ClientError as exc:
-            if _code(exc) == "BucketAlreadyOwnedByYou":
-                return False
-            raise
+            self._call("create_bucket", expected=frozenset({"BucketAlreadyOwnedByYou"}), **options)
+        except ClientError:
+            return False
         return True

@@ -22,7 +22,8 @@ from service.logs import StderrHandler
 
 torch.set_num_threads(1)
 
-pytest_plugins = ("pytester",)  # tests/test_backends.py runs small suites of its own
+# pytester: tests/test_backends.py runs small suites of its own; tests.s3server: the S3 server's fixtures.
+pytest_plugins = ("pytester", "tests.s3server")
 
 
 def backends_required() -> bool:

@@ -4,6 +4,10 @@ listening on loopback, in a temporary folder, started and stopped by the tests t
 Debian's packages provide it (``apt-get install ceph-mon ceph-osd radosgw``; ``.ci/run`` installs them). Without
 them :func:`radosgw_or_skip` skips with a reason starting ``backend missing:``.
 
+Also a pytest plugin (``pytest_plugins`` in tests/conftest.py), so that any test may ask for the fixtures
+``s3_server`` (one server for the session) and ``s3_environ`` (the standard AWS variables pointing at it), and
+make a bucket of its own with :func:`fresh_bucket`.
+
 Notes on the configuration, each learnt the hard way:
 
 - ``auth_*_required = none``: no keyrings to make. radosgw then also needs ``ms_mon_client_mode = crc`` (the
@@ -204,3 +208,27 @@ def radosgw_or_skip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Serv
         pytest.skip(f"backend missing: {', '.join(missing)} (apt-get install ceph-mon ceph-osd radosgw)")
     with radosgw_server(tmp_path_factory.mktemp("ceph")) as server:
         yield server
+
+
+def fresh_bucket() -> str:
+    """A bucket name no other test uses."""
+    return f"metah-{uuid.uuid4().hex[:20]}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    yield from radosgw_or_skip(tmp_path_factory)
+
+
+@pytest.fixture
+def s3_environ(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The standard AWS variables pointing at the test server, and nothing of this machine's AWS setup (also what
+    a ``metah`` subprocess started with this process's environment gets)."""
+    for name, value in s3_server.environ.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return s3_server

@@ -78,7 +78,7 @@ def run_activation(context: JobContext) -> dict[str, Any]:
     if row is None:
         raise JobFailedError(f"model {version} is not registered", code="model_not_found")
     try:
-        encoder = load_registered(settings, row)
+        encoder = load_registered(context.store, row)
     except (CheckpointError, OSError) as exc:
         raise JobFailedError(f"model {version} cannot be loaded: {exc}", code="model_unavailable") from exc
     encoded = done = 0

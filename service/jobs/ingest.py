@@ -203,7 +203,7 @@ class IngestJob:
             raise JobFailedError("no model is active: register one before ingesting", code="no_model")
         if self._encoder is None or self._encoder.metadata.get("model_version") != row.version:
             try:
-                self._encoder = load_registered(context.settings, row)
+                self._encoder = load_registered(context.store, row)
             except (CheckpointError, OSError) as exc:
                 raise JobFailedError(f"the active model cannot be loaded: {exc}", code="model_unavailable") from exc
         return self._encoder

@@ -74,7 +74,7 @@ def export_domain(context: JobContext, domain: str, out: Path, *, labelled: bool
     for image_id, label, stored_path in rows:
         folder = out / class_folder_name(str(label)) if labelled else out
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{image_id}.img").write_bytes(context.store.path(str(stored_path)).read_bytes())
+        (folder / f"{image_id}.img").write_bytes(context.store.get(str(stored_path)))
     return len(rows)
 
 
@@ -175,7 +175,7 @@ def run_training(context: JobContext) -> dict[str, Any]:
             )
         context.progress(0, config.iterations)
         result, resumed_from = _train(context, config, root)
-        row = register_artefact(context.settings, context.db, result.paths.model, activate=False)
+        row = register_artefact(context.db, context.store, result.paths.model, activate=False)
     except Released:
         raise  # the job runs again: the folder and its checkpoint stay for that attempt
     except Exception:

@@ -20,7 +20,7 @@ from service.jobs import queue
 from service.logs import bind
 from service.models import Job
 from service.settings import Settings
-from service.storage import LocalBlobStore, open_local_blob_store
+from service.storage import BlobStore, BlobStoreError, open_blob_store
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class JobContext:
 
     settings: Settings
     db: Database
-    store: LocalBlobStore
+    store: BlobStore
     job: Job
     token: str
     stopping: threading.Event
@@ -72,7 +72,7 @@ class Worker:
     def __init__(self, settings: Settings, db: Database, handlers: dict[str, Handler]) -> None:
         self.settings = settings
         self.db = db
-        self.store = open_local_blob_store(settings)
+        self.store = open_blob_store(settings)
         self.handlers = handlers
         self.stopping = threading.Event()
 
@@ -119,6 +119,10 @@ class Worker:
             failure = {"code": exc.code, "message": str(exc)}
             queue.finish(self.db, job.id, context.token, queue.FAILED, errors=[failure, *context.errors])
             log.warning("job %d failed: %s", job.id, exc)
+        except BlobStoreError as exc:
+            failure = {"code": "storage_unavailable", "message": f"the blob store is unavailable: {exc.reason}"}
+            queue.finish(self.db, job.id, context.token, queue.FAILED, errors=[failure, *context.errors])
+            log.error("job %d failed: %s", job.id, exc)
         except Exception as exc:
             log.exception("job %d crashed", job.id)
             failure = {"code": "internal_error", "message": f"{exc.__class__.__name__}: {exc}"}

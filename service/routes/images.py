@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Query, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from service import catalog
 from service.deps import ImageDep, ImageFormDep, ImageId, PairDep, RuntimeDep, UploadDep, WriteAccess
-from service.errors import NotFoundError
 from service.schemas import DOMAIN_FILTER_PATTERN, ImagePage, ImagePublic, errors
+
+CHUNK = 256 * 1024  # bytes read from the blob store per piece of the streamed response
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -55,24 +57,36 @@ async def get_image(image: ImageDep) -> ImagePublic:
 
 @router.get(
     "/{image_id}/content",
-    response_class=FileResponse,
-    responses={200: {"content": {"image/*": {}}}, **errors(404, 422)},
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/*": {}}}, **errors(404, 422, 503)},
 )
-async def get_content(runtime: RuntimeDep, image: ImageDep) -> FileResponse:
-    """The original bytes, with the media type sniffed at upload."""
-    path = runtime.store.path(image.stored_path)
-    if not path.is_file():
-        raise NotFoundError(f"the bytes of image {image.id} are missing from storage", code="content_missing")
-    return FileResponse(
-        path,
+async def get_content(runtime: RuntimeDep, image: ImageDep) -> StreamingResponse:
+    """The original bytes, with the media type sniffed at upload.
+
+    Streamed from the blob store by this process whatever the store, rather than a redirect to a presigned S3
+    URL: the S3 endpoint the service reaches need not be reachable by its clients, and these headers (media
+    type, ``nosniff``, the content security policy) are the service's to set, not the bucket's.
+    """
+    stream = await runtime.run_io(catalog.open_content, runtime, image)
+    return StreamingResponse(
+        _pieces(stream),
         media_type=image.media_type,
         headers={
+            "Content-Length": str(image.size_bytes),
             "ETag": f'"{image.sha256}"',
             "Cache-Control": "private, max-age=31536000, immutable",
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'none'",
         },
     )
+
+
+def _pieces(stream: BinaryIO) -> Iterator[bytes]:
+    """The stream's bytes a piece at a time (read in a worker thread by Starlette); closes it at the end, or when
+    the client goes away."""
+    with stream:
+        while piece := stream.read(CHUNK):
+            yield piece
 
 
 @router.delete(

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
 
 from service import registry, repository
 from service.deps import RuntimeDep
 from service.errors import NotFoundError
 from service.runtime import Runtime
 from service.schemas import ModelList, ModelPublic, errors
+from service.storage import BlobNotFoundError, model_key
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-# The only files served from a model's folder: a fixed list, so no client-supplied name reaches the file system.
+# The only model files served: a fixed list (storage.PLOT_FILES), so no client-supplied name reaches the store.
 PlotName = Literal["loss_curves.png", "pr_curve.png"]
 
 
@@ -32,28 +31,28 @@ async def list_models(runtime: RuntimeDep) -> ModelList:
 
 @router.get(
     "/{version}/plots/{name}",
-    response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}}, **errors(404, 422)},
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **errors(404, 422, 503)},
 )
 async def get_plot(
     runtime: RuntimeDep, version: str, name: Annotated[PlotName, PathParam(description="which figure")]
-) -> FileResponse:
+) -> Response:
     """A figure of the training run that produced ``version`` (loss curves, precision-recall curve)."""
-    path = await runtime.run_io(plot_file, runtime, version, name)
-    return FileResponse(
-        path,
+    figure = await runtime.run_io(plot_bytes, runtime, version, name)
+    return Response(
+        figure,
         media_type="image/png",
         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
     )
 
 
-def plot_file(runtime: Runtime, version: str, name: PlotName) -> Path:
-    """The figure ``name`` stored beside ``version``'s artefact; 404 when the model or the figure is missing."""
+def plot_bytes(runtime: Runtime, version: str, name: PlotName) -> bytes:
+    """The figure ``name`` stored with ``version``'s artefact; 404 when the model or the figure is missing."""
     with runtime.db.session() as session:
         row = repository.model_by_version(session, version)
     if row is None:
         raise NotFoundError(f"model {version} is not registered", code="model_not_found")
-    path = registry.artefact_file(runtime.settings, row).parent / name
-    if not path.is_file():
-        raise NotFoundError(f"model {version} has no stored {name}", code="plot_not_found")
-    return path
+    try:
+        return runtime.store.get(model_key(row.version, name))
+    except BlobNotFoundError:
+        raise NotFoundError(f"model {version} has no stored {name}", code="plot_not_found") from None

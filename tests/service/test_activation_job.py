@@ -35,7 +35,7 @@ def test_an_activation_keeps_the_codes_of_the_new_and_the_previous_model_only(
     monkeypatch.setattr(repository, "ROW_CHUNK", 4)  # codes are removed a range of image ids at a time: two here
     with open_library(tmp_path) as library:
         ids = library.add([(data, "usps", label) for data, label in digit_pngs[:6]])
-        new = register_artefact(library.settings, library.db, api_artefact, activate=False).version
+        new = register_artefact(library.db, library.worker.store, api_artefact, activate=False).version
         with library.db.session() as session:  # two older models with codes of every image; "previous" serves
             for version in ("older", "previous"):
                 repository.add_model(session, version=version, artefact_path="gone.pt", bits=16, metrics={}, meta={})

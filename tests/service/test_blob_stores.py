@@ -8,16 +8,18 @@ bytes planted under the key behind the store's back survive a put.
 from __future__ import annotations
 
 import hashlib
+import socket
 import statistics
 import threading
 import time
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from service.settings import Settings
 from service.storage import (
@@ -26,36 +28,14 @@ from service.storage import (
     BlobStoreError,
     LocalBlobStore,
     blob_key,
+    model_key,
     open_blob_store,
-    open_local_blob_store,
     sha256_hex,
 )
 from service.storage_s3 import S3BlobStore
-from tests.s3server import S3Server, radosgw_or_skip
+from tests.s3server import S3Server, fresh_bucket
 
 MB = 1024 * 1024
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    yield from radosgw_or_skip(tmp_path_factory)
-
-
-@pytest.fixture
-def s3_environ(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    """The standard AWS variables pointing at the test server, and nothing of this machine's AWS setup."""
-    for name, value in s3_server.environ.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return s3_server
-
-
-def fresh_bucket() -> str:
-    return f"metah-{uuid.uuid4().hex[:20]}"
 
 
 @pytest.fixture
@@ -181,6 +161,12 @@ HOSTILE_KEYS = [
     f"images/aa/aa/{'a' * 64}\n",
     f"/images/aa/aa/{'a' * 64}",
     f"models/aa/aa/{'a' * 64}",
+    "models/v1/history.csv",  # model keys: a safe version, one of the listed files
+    "models/v1/model.pt/x",
+    "models//model.pt",
+    "models/../model.pt",
+    "models/.v1/model.pt",
+    "models/v1",
 ]
 
 
@@ -266,10 +252,78 @@ def test_a_bad_blob_url_is_refused_at_startup(url: str) -> None:
         Settings(blob_url=url)
 
 
-def test_serve_and_worker_refuse_s3_until_they_read_through_the_store(tmp_path: Path) -> None:
-    with pytest.raises(BlobStoreError, match="not served yet"):
-        open_local_blob_store(Settings(data_dir=tmp_path, blob_url="s3://my-bucket"))
-    assert isinstance(open_local_blob_store(Settings(data_dir=tmp_path)), LocalBlobStore)
+def test_model_files_are_stored_once_under_their_version(store: BlobStore) -> None:
+    key = model_key("1700000000-abc")
+    assert key == "models/1700000000-abc/model.pt"
+    assert store.put_at(key, b"an encoder artefact")
+    assert not store.put_at(key, b"an encoder artefact")
+    assert not store.put_at(key, b"other bytes")  # write-once: a version's files never change
+    assert store.get(key) == b"an encoder artefact"
+    plot = model_key("1700000000-abc", "pr_curve.png")
+    assert not store.exists(plot)
+    assert store.put_at(plot, b"\x89PNG")
+    assert store.size(plot) == 4
+    store.delete(plot)
+    assert not store.exists(plot)
+    with pytest.raises(ValueError, match="not a blob path of a model file"):
+        store.put_at(blob_key(sha256_hex(b"x")), b"x")  # image keys are named by their bytes: put() names them
+
+
+@pytest.mark.parametrize(("version", "name"), [("../x", "model.pt"), ("v1", "history.csv"), ("", "model.pt")])
+def test_a_model_key_needs_a_safe_version_and_a_listed_file(version: str, name: str) -> None:
+    with pytest.raises(ValueError, match="not a blob path of a model file"):
+        model_key(version, name)
+
+
+def unreachable_store(bucket: str) -> S3BlobStore:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="secret",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=2),
+    )
+    return S3BlobStore(bucket, client=client)
+
+
+def test_an_endpoint_that_does_not_answer_is_a_blob_store_error() -> None:
+    """boto3's exceptions never leave the store: the API answers 503, the CLI prints one line."""
+    store = unreachable_store("metah-unreachable")
+    key = blob_key(sha256_hex(b"x"))
+    for call in (lambda: store.put(b"x"), lambda: store.get(key), lambda: store.exists(key), store.create_if_missing):
+        with pytest.raises(BlobStoreError, match=r"S3 cannot be reached at s3://metah-unreachable at http://127") as e:
+            call()
+        assert e.value.reason == "it cannot be reached"
+
+
+def test_refused_credentials_are_a_blob_store_error(s3_store: S3BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    key, _ = s3_store.put(b"stored with the right key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    refused = S3BlobStore(s3_store.bucket, s3_store.prefix)
+    calls = (
+        lambda: refused.put(b"x"),
+        lambda: refused.get(key),
+        lambda: refused.exists(key),
+        refused.create_if_missing,
+    )
+    for call in calls:
+        with pytest.raises(BlobStoreError, match="S3 refused access") as caught:
+            call()
+        assert caught.value.reason == "access was refused"
+        assert "not-the-secret" not in str(caught.value)
+
+
+def test_a_missing_bucket_is_a_blob_store_error_for_every_request(s3_environ: S3Server) -> None:
+    store = S3BlobStore(fresh_bucket())
+    key = blob_key(sha256_hex(b"x"))
+    for call in (lambda: store.get(key), lambda: store.open(key), lambda: store.delete(key)):
+        with pytest.raises(BlobStoreError, match="does not exist: run `metah migrate`") as caught:
+            call()
+        assert caught.value.reason == "its bucket does not exist"
 
 
 def median_ms(action: Callable[[], object], repeats: int) -> float:
