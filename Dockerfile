@@ -55,7 +55,7 @@ COPY docker/metah-secrets.sh /usr/local/bin/metah-secrets
 WORKDIR /app
 
 # The project, installed in place (editable, offline: setuptools is in the venv) so that /app is the one copy
-# of the code: `metah`, the demo scripts (`python -m scripts.run_demo`), model.datasets (reads /app/data/digits)
+# of the code: `metah`, the demo scripts (`python -m scripts.run_demo`), workbench.datasets (reads /app/data/digits)
 # and the web UI's files (service/static) all come from here. Owned by root: the service cannot modify itself.
 COPY pyproject.toml README.md ./
 COPY model model/
@@ -63,6 +63,7 @@ COPY index index/
 COPY service service/
 COPY migrations migrations/
 COPY scripts scripts/
+COPY workbench workbench/
 COPY data data/
 RUN /opt/venv/bin/pip install --disable-pip-version-check --no-cache-dir --no-index --no-build-isolation --no-deps -e . \
     && rm -rf ./*.egg-info build \

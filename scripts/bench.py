@@ -51,7 +51,6 @@ from matplotlib.figure import Figure
 from model.backbones import build_backbone
 from model.config import TrainConfig
 from model.data import FileSet, decode_files, list_labelled_folder
-from model.datasets import load_digits, write_image_folder
 from model.evaluate import encode_files, encode_images, shared_label_ids
 from model.export import load_encoder
 from model.factory import restore_network
@@ -61,6 +60,7 @@ from model.objective import LossWeights
 from model.preprocess import to_model_input
 from model.train import train
 from scripts.bench_stats import cosine_map, describe_run, mean_std, paired_difference
+from workbench.datasets import load_digits, write_image_folder
 
 METHODS = ("source_only", "tah", "metah")
 METRICS = ("map_all", "map_radius2", "precision_radius2")

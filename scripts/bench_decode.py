@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -34,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL
 from PIL import Image, features
 
 from model.preprocess import decode_image, draft_scale
-from scripts.bench_stats import cpu_name
+from workbench.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_SIZE = (4032, 3024)  # (width, height): a 12-megapixel 4:3 phone photo
@@ -50,19 +48,6 @@ def git_commit() -> dict[str, Any]:
 
     changed = git("status", "--porcelain", "--", "model/preprocess.py", "scripts/bench_decode.py")
     return {"commit": git("rev-parse", "HEAD"), "measured_files_differ_from_commit": bool(changed)}
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "pillow": PIL.__version__,
-        "libjpeg": features.version("jpg"),
-        "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")),
-        "niceness": os.nice(0),
-    }
 
 
 def make_photo(source: Path, quality: int) -> bytes:
@@ -187,7 +172,9 @@ def main() -> None:
         "command": shlex.join(["python", *sys.argv]),
         "git": git_commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(
+            libjpeg=features.version("jpg"), libjpeg_turbo=bool(features.check_feature("libjpeg_turbo"))
+        ),
         "load_average_at_start": load_start,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "photo": {

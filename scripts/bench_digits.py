@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +28,13 @@ from PIL import Image
 
 from model.config import TrainConfig, load_config_file
 from model.data import ImageSet, load_labelled_folder
-from model.datasets import ArrayDomain, load_digits, split_queries, write_image_folder
 from model.evaluate import encode_images, score
 from model.export import load_encoder
 from model.metrics import RADIUS_METRICS_NOTE, PRCurve
 from model.plots import plot_pr_curves
 from model.train import train
+from workbench.datasets import ArrayDomain, load_digits, split_queries, write_image_folder
+from workbench.machine import machine
 
 TASKS = {"mnist-usps": ("mnist", "usps"), "usps-mnist": ("usps", "mnist")}
 METHODS = ("source_only", "tah", "metah")
@@ -244,27 +243,6 @@ def encoding_throughput(model_path: Path, images: torch.Tensor, repeats: int) ->
         "ratio": round(artefact_rate / eager_rate, 3),
         "threads": torch.get_num_threads(),
     }
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "cpu": cpu,
-        "cpu_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def main() -> None:

@@ -13,11 +13,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import io
 import itertools
 import mimetypes
-import platform
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,21 +28,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import faiss
 import httpx
 import numpy as np
 import torch
-from PIL import Image
 
 from index import HashIndex
-from index.threads import available_cpus
-from model.datasets import load_digits
 from model.export import LoadedEncoder, load_encoder
 from model.factory import restore_network
 from model.preprocess import to_model_input
-from scripts.bench_stats import cpu_name
 from scripts.run_demo import wait_ready
 from service.pipeline import decode, encode, probe
+from workbench.datasets import load_digits
+from workbench.images import png_bytes
+from workbench.processes import children_of, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = (1, 8, 32)
@@ -78,16 +74,6 @@ def verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
-def size_label(n: int) -> str:
-    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1_000}k" if n % 1_000 == 0 else str(n)
-
-
-def parse_size(text: str) -> int:
-    """``100k`` → 100_000, ``1M`` → 1_000_000."""
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1].lower(), 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
-
-
 MEMORY_FIELDS = ("VmRSS", "RssAnon", "RssFile")
 
 
@@ -110,20 +96,6 @@ def cpu_seconds(pid: int | str = "self") -> float:
     """User + system CPU time a process has used so far, all its threads (Linux ``/proc``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children_of(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (Linux ``/proc``), whichever of its threads started them."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 STAGE_LINE = re.compile(r'^metah_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$')
@@ -157,21 +129,6 @@ def describe(machine: dict[str, Any]) -> str:
     )
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": cpu_name(),
-        "cpus_available": available_cpus(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "faiss": faiss.__version__,
-        "httpx": httpx.__version__,
-        "niceness": os.nice(0),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 # ----------------------------------------------------------------------------------------------- images
 
 
@@ -187,12 +144,6 @@ class Upload:
     @property
     def media_type(self) -> str:
         return mimetypes.guess_type(f"image{self.suffix}")[0] or "application/octet-stream"
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def digit_uploads(domain: str, indices: Sequence[int], seen: set[bytes]) -> list[Upload]:
@@ -263,12 +214,6 @@ def zip_archive(uploads: Sequence[Upload]) -> bytes:
 
 
 # ------------------------------------------------------------------------------- the metah serve process
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import ctypes
 import json
-import platform
 import shlex
 import sys
 import tempfile
@@ -48,21 +47,13 @@ from index import HashIndex, IndexOptions, pack_codes
 from index.codes import Codes, check_codes
 from index.synthetic import clustered_codes
 from index.threads import available_cpus, omp_threads
+from workbench.machine import machine
+from workbench.sizes import parse_size, size_label
 
 SYNTHETIC = "synthetic class-clustered codes: 10 prototypes, per-(class, bit) flip rate uniform in 5-15 %"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def parse_size(text: str) -> int:
-    """``100k`` → 100_000, ``1M`` → 1_000_000."""
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1].lower(), 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
-
-
-def size_label(n: int) -> str:
-    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1_000}k" if n % 1_000 == 0 else str(n)
 
 
 def rss_bytes() -> int:
@@ -71,26 +62,6 @@ def rss_bytes() -> int:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        names = [
-            ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln
-        ]
-        cpu = names[0] if names else cpu
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {
-        "cpu": cpu,
-        "cpus_available": available_cpus(),
-        "memory_gib": round(mem / 2**30, 1),
-        "python": platform.python_version(),
-        "faiss": faiss.__version__,
-        "numpy": np.__version__,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_at_start": list(os.getloadavg()),
-    }
 
 
 @contextmanager

@@ -37,7 +37,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -54,6 +53,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from model.backbones import build_backbone
+from workbench.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 64
@@ -533,21 +533,6 @@ def git_state() -> dict[str, Any]:
         "ls-files", "--others", "--exclude-standard", *paths
     )
     return {"commit": git("rev-parse", "HEAD")[0], "measured_files_differing_from_commit": sorted(changed)}
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
-    return {
-        "cpu": names[0] if names else cpu,
-        "cores": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "kernel": platform.release(),
-        "niceness": os.nice(0),
-    }
 
 
 def growth_table(runs: list[dict[str, Any]]) -> list[str]:

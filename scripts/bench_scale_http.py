@@ -33,10 +33,7 @@ from scripts.bench_harness import (
     http_caller,
     image_sets,
     load_test,
-    machine,
     metah_serve,
-    parse_size,
-    size_label,
     wait_for,
 )
 from scripts.demo_model import ensure_demo_model
@@ -48,6 +45,8 @@ from service.pipeline import ImageInfo, decode, encode
 from service.registry import register_artefact
 from service.settings import Settings
 from service.storage import blob_key, open_blob_store
+from workbench.machine import machine
+from workbench.sizes import parse_size, size_label
 
 CHUNK = 50_000
 

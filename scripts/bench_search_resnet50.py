@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 from model.config import TrainConfig
-from model.datasets import load_digits, stratified_sample, write_image_folder
 from model.export import LoadedEncoder, load_encoder
 from model.train import train
 from scripts.bench_harness import (
@@ -54,7 +53,6 @@ from scripts.bench_harness import (
     image_sets,
     ingest_in_process,
     ingest_job_over_http,
-    machine,
     metah_serve,
     photo_sets,
     ratio,
@@ -65,6 +63,8 @@ from scripts.bench_harness import (
 from scripts.bench_stats import git_commit
 from service.pipeline import decode
 from service.settings import Settings
+from workbench.datasets import load_digits, stratified_sample, write_image_folder
+from workbench.machine import machine
 
 ENCODE_TARGET = 1.0  # artefact / eager images/s, at least
 SEARCH_TARGET = 1.2  # HTTP / in-process median latency, at most

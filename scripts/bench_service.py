@@ -58,7 +58,6 @@ from scripts.bench_harness import (
     Server,
     Upload,
     build_index,
-    children_of,
     describe,
     encoding_sweep,
     http_caller,
@@ -69,20 +68,20 @@ from scripts.bench_harness import (
     latency_summary,
     load_test,
     local_caller,
-    machine,
     metah_serve,
-    parse_size,
     ratio,
     scaled_index,
     single_searches,
     single_uploads_over_http,
-    size_label,
     verdict,
     wait_for_worker,
 )
 from scripts.demo_model import ensure_demo_model
 from service.pipeline import decode, encode_upload, probe
 from service.settings import Settings
+from workbench.machine import machine
+from workbench.processes import children_of
+from workbench.sizes import parse_size, size_label
 
 BATCH_SIZES = (1, 8, 32, 128, 512)
 INGEST_RATIO_TARGET = 0.7

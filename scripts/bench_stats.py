@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from workbench.machine import cpu_name
 
 # two-sided 95 % quantiles of Student's t by degrees of freedom (scipy is not a dependency)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -27,14 +28,6 @@ def git_commit() -> str:
         return "unknown"
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def cpu_name() -> str:
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def describe_run() -> dict[str, Any]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from model.config import TrainConfig
-from model.datasets import PACS_DIR, load_digits, write_image_folder
 from model.train import train
+from workbench.datasets import PACS_DIR, load_digits, write_image_folder
 
 DEMOS = ("photos", "digits")
 

@@ -133,7 +133,7 @@ import sys
 
 from PIL import Image
 
-from model.datasets import load_digits
+from workbench.datasets import load_digits
 
 usps = load_digits("usps")
 Image.fromarray(usps.images[-1]).save(sys.argv[1])

@@ -21,10 +21,10 @@ from PIL import Image
 
 from index import pack_codes
 from model.augment import random_affine
-from model.datasets import DIGIT_DOMAINS, load_digits
 from model.export import load_encoder
 from model.preprocess import to_model_input
-from scripts.bench_harness import parse_size
+from workbench.datasets import DIGIT_DOMAINS, load_digits
+from workbench.sizes import parse_size
 
 
 def digit_pixels(size: tuple[int, int]) -> torch.Tensor:

@@ -18,7 +18,6 @@ and exits. ``METAH_API_KEY`` from the environment goes into ``X-API-Key`` in bot
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import signal
@@ -29,10 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
-from model.datasets import PACS_DIR, load_digits, stratified_sample
 from scripts.demo_model import DEMOS, ensure_demo_model
+from workbench.datasets import PACS_DIR, load_digits, stratified_sample
+from workbench.images import png_bytes
 
 Upload = tuple[str, str, str, bytes]  # domain, label, file name, bytes
 LIBRARY_DOMAINS = {"photos": ("photo", "cartoon"), "digits": ("usps", "mnist_m")}
@@ -51,12 +50,6 @@ def wait_ready(client: httpx.Client, server: subprocess.Popen[bytes] | None, tim
             pass
         time.sleep(0.5)
     raise SystemExit(f"metah at {client.base_url} was not ready after {timeout:.0f} s")
-
-
-def png_bytes(image: object) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")  # type: ignore[arg-type]
-    return buffer.getvalue()
 
 
 def digit_uploads(per_class: int) -> list[Upload]:

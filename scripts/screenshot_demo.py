@@ -21,19 +21,10 @@ from pathlib import Path
 from PIL import Image
 from playwright.sync_api import FilePayload, expect, sync_playwright
 
-from model.datasets import load_digits
+from workbench.chromium import CHROMIUM_ARGS
+from workbench.datasets import load_digits
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def mnist_query(index: int) -> bytes:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.datasets import load_digits, stratified_sample, write_image_folder
 from service.logs import StderrHandler
+from workbench.datasets import load_digits, stratified_sample, write_image_folder
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,6 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from service.app import create_app
 from service.migrate import upgrade
 from service.settings import Settings
 from tests.conftest import DigitFolders
+from workbench.processes import free_port as free_port  # the servers' tests import it from here
 
 API_KEY = "test-key-0123456789"
 MAX_UPLOAD = 256 * 1024
@@ -263,12 +263,6 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metah_environment(**values: str) -> dict[str, str]:

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from scripts.bench_harness import children_of
 from service.db import Database
 from service.jobs import queue
 from service.migrate import upgrade
@@ -33,6 +32,7 @@ from tests.service.conftest import (
     search,
 )
 from tests.service.test_api_jobs import submitted, wait_job, zip_of
+from workbench.processes import children_of
 
 # A retried training job trains again (about a minute of its 120 steps on two busy cores) before it succeeds.
 TRAINING_RETRY_S = 240

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from model.export import load_encoder
 from service.cli import main
 from tests.conftest import DigitFolders
+from workbench.processes import free_port
 
 TINY = ["--iterations", "6", "--batch-size", "16", "--bits", "16"]
 
@@ -163,12 +163,6 @@ def test_unknown_method_is_an_argparse_usage_error(digits: DigitFolders, tmp_pat
     assert done.returncode == 2 and "invalid choice" in done.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_two_process_ddp_on_gloo(digits: DigitFolders, tmp_path: Path) -> None:
     """The same code under torchrun: 2 CPU processes, gloo, parameters identical on both ranks."""
     out = tmp_path / "ddp"
@@ -179,7 +173,7 @@ def test_two_process_ddp_on_gloo(digits: DigitFolders, tmp_path: Path) -> None:
             "torch.distributed.run",
             "--nnodes=1",
             "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
+            f"--master_port={free_port()}",
             "-m",
             "service.cli",
             "train",

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, expect, sync_playwright
 
-from scripts.screenshot_demo import CHROMIUM_ARGS
 from tests.conftest import DigitFolders
 from tests.service import conftest as api_fixtures
 from tests.service.conftest import API_KEY, REPO, LiveServer, StartServer, post_image
+from workbench.chromium import CHROMIUM_ARGS
 
 # The API tests' fixtures, shared: one tiny trained model, the digit PNGs, the server factory.
 api_artefact = api_fixtures.api_artefact

@@ -1,7 +1,8 @@
 """The digit domains shipped in ``data/digits``, the PACS subset in ``data/pacs``, and a writer that lays any
 array set out as image folders.
 
-Used by the benchmark, the demo and the tests; users bring their own folders instead.
+Used by the benchmarks, the demo and the tests; users bring their own folders instead. Not part of the installed
+package: the data lives in the repository (``data/``), next to this folder.
 """
 
 from __future__ import annotations
