@@ -32,7 +32,6 @@ from scripts.bench_harness import (
     describe,
     http_caller,
     image_sets,
-    load_test,
     metah_serve,
     wait_for,
 )
@@ -45,6 +44,7 @@ from service.pipeline import ImageInfo, decode, encode
 from service.registry import register_artefact
 from service.settings import Settings
 from service.storage import blob_key, open_blob_store
+from workbench.loadtest import load_test
 from workbench.machine import machine
 from workbench.sizes import parse_size, size_label
 

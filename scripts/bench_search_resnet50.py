@@ -46,7 +46,6 @@ from model.export import LoadedEncoder, load_encoder
 from model.train import train
 from scripts.bench_harness import (
     Server,
-    Upload,
     build_index,
     describe,
     encoding_sweep,
@@ -54,16 +53,14 @@ from scripts.bench_harness import (
     ingest_in_process,
     ingest_job_over_http,
     metah_serve,
-    photo_sets,
-    ratio,
     single_searches,
-    verdict,
     wait_for_worker,
 )
 from scripts.bench_stats import git_commit
 from service.pipeline import decode
 from service.settings import Settings
 from workbench.datasets import load_digits, stratified_sample, write_image_folder
+from workbench.loadtest import Upload, photo_sets, ratio, verdict
 from workbench.machine import machine
 
 ENCODE_TARGET = 1.0  # artefact / eager images/s, at least

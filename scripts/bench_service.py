@@ -56,7 +56,6 @@ from scripts.bench_harness import (
     MEMORY_FIELDS,
     K,
     Server,
-    Upload,
     build_index,
     describe,
     encoding_sweep,
@@ -65,29 +64,22 @@ from scripts.bench_harness import (
     indexed,
     ingest_in_process,
     ingest_job_over_http,
-    latency_summary,
-    load_test,
     local_caller,
     metah_serve,
-    ratio,
     scaled_index,
     single_searches,
     single_uploads_over_http,
-    verdict,
     wait_for_worker,
 )
 from scripts.demo_model import ensure_demo_model
 from service.pipeline import decode, encode_upload, probe
 from service.settings import Settings
+from workbench.loadtest import Upload, latency_summary, load_test, ratio, targets
 from workbench.machine import machine
 from workbench.processes import children_of
 from workbench.sizes import parse_size, size_label
 
 BATCH_SIZES = (1, 8, 32, 128, 512)
-INGEST_RATIO_TARGET = 0.7
-SEARCH_OVERHEAD_TARGET_MS = 5.0
-
-
 # ------------------------------------------------------------------------------------- 2. ingestion
 
 
@@ -268,30 +260,6 @@ def markdown(results: dict[str, Any]) -> str:
             "libraries.",
         ]
     return "\n".join(lines) + "\n"
-
-
-def targets(results: dict[str, Any]) -> list[str]:
-    out = []
-    if ing := results.get("ingestion"):
-        value = ing["job_ratio"]
-        out.append(
-            f"bulk ingestion over HTTP {value:.2f}× the in-process decode+encode rate "
-            f"(≥ {INGEST_RATIO_TARGET}×): {verdict(value >= INGEST_RATIO_TARGET)}"
-        )
-    if search := results.get("search"):
-        value = search["median_overhead_ms"]
-        out.append(
-            f"single search median overhead {value:.2f} ms (≤ {SEARCH_OVERHEAD_TARGET_MS} ms): "
-            f"{verdict(value <= SEARCH_OVERHEAD_TARGET_MS)}"
-        )
-        out.append(
-            f"search results identical to in-process ({search['distance_mismatches']} mismatches, "
-            f"{search['errors']} errors): {verdict(search['distance_mismatches'] == 0 and search['errors'] == 0)}"
-        )
-    if conc := results.get("concurrency"):
-        errors = sum(r["errors"] for r in conc)
-        out.append(f"errors under concurrent load {errors} (= 0): {verdict(errors == 0)}")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- main

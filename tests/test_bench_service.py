@@ -1,4 +1,4 @@
-"""The service benchmark's pure helpers (no server, no timing assertions)."""
+"""The service benchmarks' pure helpers, ``workbench.loadtest`` (no server, no timing assertions)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench_harness import (
+from workbench.loadtest import (
     Call,
     Upload,
     latency_summary,
@@ -22,9 +22,9 @@ from scripts.bench_harness import (
     ratio,
     stage_means_ms,
     stage_totals,
+    targets,
     zip_archive,
 )
-from scripts.bench_service import targets
 
 EXPOSITION = """\
 # HELP metah_stage_seconds Search pipeline stage latency
