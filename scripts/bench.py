@@ -392,8 +392,8 @@ def chosen(runs: Sequence[dict[str, Any]], tasks: Sequence[str], tune_seeds: Seq
     """Per training mode and method, the grid variant with the best mean **validation** MAP@all at 64 bits over
     that mode's tasks and the tuning seeds; only variants run on every (task, seed) compete."""
     best: dict[str, str] = {}
-    for mode in {TASKS[t].mode for t in tasks}:
-        mode_tasks = [t for t in tasks if TASKS[t].mode == mode and not TASKS[t].held_out]
+    for mode in {TASKS[t].mode for t in tasks}:  # every tuned task of the mode, whichever tasks are asked for
+        mode_tasks = [t for t, spec in TASKS.items() if spec.mode == mode and not spec.held_out]
         for method in METHODS:
             scores: dict[str, dict[tuple[str, int], float]] = {}
             for run in runs:
@@ -426,12 +426,12 @@ def plan(stage: str, args: argparse.Namespace, runs: Sequence[dict[str, Any]]) -
         choice = chosen(runs, args.tasks, args.tune_seeds)
         for task in args.tasks:
             mode = TASKS[task].mode
-            picked = {m: choice.get(f"{mode}/{m}") for m in args.methods}
-            if any(v is None for v in picked.values()):
-                raise SystemExit(f"{task}: tuning is incomplete ({picked}); run --stage tune first")
+            missing = [m for m in args.methods if f"{mode}/{m}" not in choice]
+            if missing:
+                raise SystemExit(f"{task}: tuning is incomplete for {missing}; run --stage tune first")
+            picked = {m: choice[f"{mode}/{m}"] for m in args.methods}
             if stage == "table":
                 for method, variant in picked.items():
-                    assert variant is not None
                     weights = GRID[mode][method][variant]
                     for bits in [64] if TASKS[task].held_out else args.bits:  # held-out shifts: 64 bits only
                         seeds = args.seeds[:5] if bits == 64 else args.seeds[:3]
@@ -441,7 +441,6 @@ def plan(stage: str, args: argparse.Namespace, runs: Sequence[dict[str, Any]]) -
                     specs += [RunSpec(task, "tah", 64, s, TAH_REFERENCE, reference, stage) for s in args.seeds[:5]]
             elif stage == "ablation" and not TASKS[task].held_out:
                 base = picked["metah"]
-                assert base is not None
                 for name, change in ABLATIONS.items():
                     weights = change(GRID[mode]["metah"][base])
                     specs += [RunSpec(task, "metah", 64, s, f"{base}/{name}", weights, stage) for s in args.seeds[:3]]
@@ -526,7 +525,7 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
         "|---|---|---|---:|---|",
     ]
     for mode in sorted({TASKS[t].mode for t in tasks}):
-        mode_tasks = [t for t in tasks if TASKS[t].mode == mode and not TASKS[t].held_out]
+        mode_tasks = [t for t, spec in TASKS.items() if spec.mode == mode and not spec.held_out]
         for method in METHODS:
             for variant in GRID[mode][method]:
                 values = [
