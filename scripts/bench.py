@@ -193,7 +193,7 @@ def split_target(name: str, target: FileSet, seed: int, work: Path) -> Split:
         for index in rest:
             path = target.paths[index]
             link = train_dir / f"{path.parent.name}_{path.name}"
-            if not link.exists():
+            if not link.is_symlink():
                 link.symlink_to(path.resolve())
         (train_dir / ".complete").touch()
     return Split(validation, test, rest, train_dir)
@@ -452,6 +452,8 @@ def execute(specs: Sequence[RunSpec], settings: Settings, processes: int, out: P
     """Run the specs in ``processes`` worker processes; append each run's lines as it finishes."""
     if not specs:
         return
+    for task, seed in sorted({(spec.task, spec.seed) for spec in specs}):  # before the workers read them
+        split_target(task, _files(task, settings.work, settings.pacs).target, seed, settings.work)
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
         pending: dict[Future[list[dict[str, Any]]], RunSpec] = {}
