@@ -1,11 +1,14 @@
-"""Write-once blobs: original image bytes and model files, in a local folder (the default) or an S3 bucket.
+"""Write-once blobs: original image bytes, model files and uploaded archives, in a local folder (the default) or
+an S3 bucket.
 
-Two key spaces. An image's key is derived from its SHA-256 alone (``images/ab/cd/abcd…``), never from a
+Three key spaces. An image's key is derived from its SHA-256 alone (``images/ab/cd/abcd…``), never from a
 user-supplied name, so no upload can choose where it is written; the database stores that key (``stored_path``).
 A model version's files (the encoder artefact and the figures of its training run) are ``models/<version>/
 <name>`` (:func:`model_key`: a safe version name, one of :data:`MODEL_FILES`); ``model_versions.artefact_path``
-stores the artefact's key. Blobs are write-once: storing bytes where a blob already is changes nothing and says
-so. No code outside the stores reads them by file path.
+stores the artefact's key. An uploaded archive waiting for its ingest job is ``archives/<sha256>``
+(:func:`archive_key`), stored from a file and read back as one (:meth:`BlobStore.fetched`), so the worker that
+runs the job needs no disk in common with the API that took the upload. Blobs are write-once: storing bytes where
+a blob already is changes nothing and says so. No code outside the stores reads them by file path.
 
 :class:`BlobStore` is what the service uses; :func:`open_blob_store` picks the implementation from the settings
 (CONTRACT §5): :class:`LocalBlobStore` under ``METAH_DATA_DIR`` (atomic and durable writes: temporary file, fsync,
@@ -22,7 +25,8 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 
 IMAGES = "images"
 MODELS = "models"
+ARCHIVES = "archives"
 ARTEFACT = "model.pt"
 # A model version's files: the encoder artefact and the training run's figures (model/train.py writes them beside
 # model.pt; GET /v1/models/{version}/plots/{name} serves them).
@@ -39,6 +44,7 @@ MODEL_FILES = (ARTEFACT, *PLOT_FILES)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a model version as a key (or file name) part
 _KEY = re.compile(rf"{IMAGES}/([0-9a-f]{{2}})/([0-9a-f]{{2}})/([0-9a-f]{{64}})")
 _MODEL_KEY = re.compile(f"{MODELS}/({SAFE_NAME.pattern})/([^/]+)")
+_ARCHIVE_KEY = re.compile(rf"{ARCHIVES}/[0-9a-f]{{64}}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -60,11 +66,28 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def blob_key(digest: str) -> str:
-    """The key of the blob whose SHA-256 is ``digest`` (lower-case hex): ``images/ab/cd/<digest>``."""
+def _check_digest(digest: str) -> str:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
+    return digest
+
+
+def blob_key(digest: str) -> str:
+    """The key of the blob whose SHA-256 is ``digest`` (lower-case hex): ``images/ab/cd/<digest>``."""
+    _check_digest(digest)
     return f"{IMAGES}/{digest[:2]}/{digest[2:4]}/{digest}"
+
+
+def archive_key(digest: str) -> str:
+    """The key of an uploaded archive whose SHA-256 is ``digest``: ``archives/<digest>``."""
+    return f"{ARCHIVES}/{_check_digest(digest)}"
+
+
+def check_archive_key(key: str) -> str:
+    """``key`` if it is an archive's key (:func:`archive_key`); ``ValueError`` otherwise."""
+    if _ARCHIVE_KEY.fullmatch(key) is None:
+        raise ValueError(f"not a blob path of an archive: {key!r}")
+    return key
 
 
 def model_key(version: str, name: str = ARTEFACT) -> str:
@@ -82,12 +105,14 @@ def check_model_key(key: str) -> str:
 
 
 def check_key(key: str) -> str:
-    """``key`` if it is a blob key of this layout (an image's or a model file's); anything else (``..``, an
-    absolute path, a prefix, another file of the data dir) is refused with ``ValueError``."""
+    """``key`` if it is a blob key of this layout (an image's, a model file's or an archive's); anything else
+    (``..``, an absolute path, a prefix, another file of the data dir) is refused with ``ValueError``."""
     match = _KEY.fullmatch(key)
     if match is not None and match[3][:2] == match[1] and match[3][2:4] == match[2]:
         return key
     if (model := _MODEL_KEY.fullmatch(key)) is not None and model[2] in MODEL_FILES:
+        return key
+    if _ARCHIVE_KEY.fullmatch(key) is not None:
         return key
     raise ValueError(f"not a blob path: {key!r}")
 
@@ -108,6 +133,16 @@ class BlobStore(Protocol):
 
     def put_many(self, blobs: Sequence[bytes]) -> list[str]:
         """Store a batch (each blob as :meth:`put` does); returns the keys, in order."""
+        ...
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Store the file ``path`` (an upload, possibly large: streamed, never read into memory) under an archive
+        key (:func:`archive_key`) and take it: once this returns, ``path`` is gone. On failure it stays."""
+        ...
+
+    def fetched(self, key: str, scratch: Path) -> AbstractContextManager[Path]:
+        """A local file holding the blob while the ``with`` block runs (read it, do not change it): the local
+        store's own file, or a download into a temporary file in the folder ``scratch``, removed afterwards."""
         ...
 
     def get(self, key: str) -> bytes:
@@ -221,6 +256,21 @@ class LocalBlobStore:
             for folder in sorted({folder for target in written for folder in self._folders_of(target)}):
                 fsync_folder(folder)
         return keys
+
+    def put_file(self, key: str, path: Path) -> None:
+        """A rename into place (then an fsync of the folder): ``path`` must be on the store's file system (the
+        API writes uploads in ``data_dir/archives``)."""
+        target = self.root / check_archive_key(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        fsync_folder(target.parent)
+
+    @contextlib.contextmanager
+    def fetched(self, key: str, scratch: Path) -> Iterator[Path]:
+        path = self.path(key)
+        if not path.is_file():
+            raise BlobNotFoundError(f"no blob {key}")
+        yield path
 
     def _folders_of(self, target: Path) -> list[Path]:
         """The folders from a blob's up to the store's root: ``images/ab/cd``, ``images/ab``, ``images``, root."""

@@ -23,14 +23,18 @@ deletes what it stored on failure would hide a blob another row points to.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
@@ -38,6 +42,7 @@ from service.storage import (
     BlobNotFoundError,
     BlobStoreError,
     blob_key,
+    check_archive_key,
     check_key,
     check_model_key,
     parse_blob_url,
@@ -74,8 +79,8 @@ def _client_config() -> Config:
 
 
 class S3BlobStore:
-    """Blobs as objects ``<prefix>/images/ab/cd/<sha256>`` and ``<prefix>/models/<version>/<name>`` in
-    ``bucket``.
+    """Blobs as objects ``<prefix>/images/ab/cd/<sha256>``, ``<prefix>/models/<version>/<name>`` and
+    ``<prefix>/archives/<sha256>`` in ``bucket``.
 
     Args:
         bucket: the bucket (made by :meth:`create_if_missing`, which ``metah migrate`` is to call).
@@ -181,6 +186,39 @@ class S3BlobStore:
             return [self.put(data)[0] for data in blobs]
         with ThreadPoolExecutor(min(_BATCH_THREADS, len(blobs))) as pool:
             return [key for key, _ in pool.map(self.put, blobs)]
+
+    def put_file(self, key: str, path: Path) -> None:
+        """boto3's managed upload (multipart, in parallel, beyond 8 MiB); an archive's key names its bytes, so
+        storing it again is harmless and needs no condition."""
+        name = self._object(check_archive_key(key))
+        try:
+            self.client.upload_file(str(path), self.bucket, name, ExtraArgs={"ContentType": "application/octet-stream"})
+        except S3UploadFailedError as exc:  # boto3 wraps the failed request's ClientError in its message only
+            if isinstance(exc.__context__, ClientError | BotoCoreError):
+                raise self._unusable(exc.__context__) from exc
+            raise BlobStoreError(f"S3 upload to s3://{self.bucket} failed: {exc}", reason="an upload failed") from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise self._unusable(exc) from exc
+        path.unlink()
+
+    @contextlib.contextmanager
+    def fetched(self, key: str, scratch: Path) -> Iterator[Path]:
+        """boto3's managed download (ranged GETs in parallel) into ``scratch``."""
+        name = self._object(key)
+        scratch.mkdir(parents=True, exist_ok=True)
+        target = scratch / f".fetched.{uuid.uuid4().hex}.tmp"
+        try:
+            try:
+                self.client.download_file(self.bucket, name, str(target))
+            except ClientError as exc:
+                if _code(exc) in _MISSING:  # a HEAD first: a missing bucket is a 404 too
+                    raise BlobNotFoundError(f"no blob {key}") from None
+                raise self._unusable(exc) from exc
+            except BotoCoreError as exc:
+                raise self._unusable(exc) from exc
+            yield target
+        finally:
+            target.unlink(missing_ok=True)
 
     def _get_object(self, key: str) -> Any:
         name = self._object(key)

@@ -1,14 +1,16 @@
 """Bulk ingestion: an uploaded archive is stored (content-addressed) and queued; a worker ingests it.
 
 Submission (:func:`submit`, in the API process): stream the upload to ``data_dir/archives`` while hashing it,
-check from its content that it is a zip or tar (else 415), queue an ``ingest`` job.
+check from its content that it is a zip or tar (else 415), store it in the blob store (``archives/<sha256>``:
+there already on the local store, uploaded to S3 otherwise), queue an ``ingest`` job.
 
-The job (:func:`run_ingest`, in a worker): open the archive with limits (:mod:`service.jobs.archive`), plan the
-items (labels from a top-level ``manifest.csv`` ``path,label,domain``, else from ImageFolder sub-folders), then
-per batch: read → :func:`service.pipeline.probe` → already stored? → :func:`service.pipeline.decode` →
-:func:`service.pipeline.encode` (one forward pass per batch) → blobs → one transaction of image rows, codes
-and ``changes`` rows. The same stages as a single upload, so both paths produce identical codes. Resubmitting
-the same archive finds every image already stored (same bytes, same domain) and creates nothing.
+The job (:func:`run_ingest`, in a worker): fetch the archive from the blob store, open it with limits
+(:mod:`service.jobs.archive`), plan the items (labels from a top-level ``manifest.csv`` ``path,label,domain``,
+else from ImageFolder sub-folders), then per batch: read → :func:`service.pipeline.probe` → already stored? →
+:func:`service.pipeline.decode` → :func:`service.pipeline.encode` (one forward pass per batch) → blobs → one
+transaction of image rows, codes and ``changes`` rows. The same stages as a single upload, so both paths produce
+identical codes. Resubmitting the same archive finds every image already stored (same bytes, same domain) and
+creates nothing.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from service.pipeline import ImageInfo, decode, encode, probe
 from service.registry import load_registered
 from service.schemas import DOMAIN_PATTERN
 from service.settings import Settings
-from service.storage import fsync_folder, sha256_hex
+from service.storage import BlobStore, archive_key, check_archive_key, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,8 @@ _DOMAIN = re.compile(DOMAIN_PATTERN)
 # ------------------------------------------------------------------------------------------------ submit
 
 
-def _store_archive(settings: Settings, upload: IO[bytes]) -> tuple[str, str]:
-    """Copy the upload into ``archives/<sha256>``; returns ``(sha256, path relative to the data dir)``."""
+def _store_archive(settings: Settings, store: BlobStore, upload: IO[bytes]) -> tuple[str, str]:
+    """Copy the upload into the blob ``archives/<sha256>``; returns ``(sha256, its key)``."""
     folder = settings.archives_dir
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".upload.{uuid.uuid4().hex}.tmp"
@@ -80,24 +82,24 @@ def _store_archive(settings: Settings, upload: IO[bytes]) -> tuple[str, str]:
         except ArchiveError as exc:
             raise UnsupportedMediaTypeError(str(exc), code="not_an_archive") from exc
         hexdigest = digest.hexdigest()
-        relative = f"archives/{hexdigest}"
-        os.replace(tmp, settings.data_dir / relative)
-        fsync_folder(folder)  # the job row about to be committed names this file
-        return hexdigest, relative
+        key = archive_key(hexdigest)
+        store.put_file(key, tmp)  # durable before the job row that names it is committed
+        return hexdigest, key
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def submit(settings: Settings, db: Database, upload: IO[bytes], domain: str) -> int:
+def submit(settings: Settings, db: Database, store: BlobStore, upload: IO[bytes], domain: str) -> int:
     """Store an uploaded archive and queue its ingest job; returns the job id (blocking: call in a thread).
 
     Raises:
         PayloadTooLargeError: over ``max_archive_bytes``.
         UnsupportedMediaTypeError: not a zip or tar archive.
+        BlobStoreError: the blob store cannot be used.
     """
-    digest, relative = _store_archive(settings, upload)
+    digest, key = _store_archive(settings, store, upload)
     with db.session() as session:
-        job = queue.enqueue(session, KIND, {"archive": relative, "sha256": digest, "domain": domain})
+        job = queue.enqueue(session, KIND, {"archive": key, "sha256": digest, "domain": domain})
         session.commit()
         return job.id
 
@@ -209,20 +211,23 @@ class IngestJob:
         return self._encoder
 
     def __call__(self, context: JobContext) -> dict[str, Any]:
-        params = context.job.params
-        settings = context.settings
-        path = settings.data_dir / str(params["archive"])
-        if not path.is_file():
-            raise JobFailedError(f"the archive {params['archive']} is missing from storage", code="archive_missing")
+        key = str(context.job.params["archive"])
+        try:
+            present = context.store.exists(check_archive_key(key))
+        except ValueError:
+            present = False
+        if not present:
+            raise JobFailedError(f"the archive {key} is missing from storage", code="archive_missing")
         keep = False
         try:
-            return self._run(context, path)
+            with context.store.fetched(key, context.settings.archives_dir) as path:
+                return self._run(context, path)
         except Released:
             keep = True  # the job goes back to the queue with its archive
             raise
         finally:
             if not keep:
-                remove_archive(context, str(params["archive"]))
+                remove_archive(context, key)
 
     def _run(self, context: JobContext, path: Path) -> dict[str, Any]:
         params, settings = context.job.params, context.settings
@@ -313,13 +318,11 @@ class IngestJob:
                 tally.existing += 1
 
 
-def remove_archive(context: JobContext, relative: str) -> None:
+def remove_archive(context: JobContext, key: str) -> None:
     """Delete a finished job's archive unless another unfinished job (the same bytes resubmitted) needs it."""
     with context.db.session() as session:
         unfinished = (Job.kind == KIND) & (Job.id != context.job.id) & Job.status.in_([queue.QUEUED, queue.RUNNING])
         others: list[dict[str, Any]] = list(session.scalars(select(Job.params).where(unfinished)))
-        if any(params.get("archive") == relative for params in others):
+        if any(params.get("archive") == key for params in others):
             return
-    path = context.settings.data_dir / relative
-    if path.parent.resolve() == context.settings.archives_dir.resolve():
-        path.unlink(missing_ok=True)
+    context.store.delete(check_archive_key(key))

@@ -44,7 +44,7 @@ async def create_ingest_job(
     domain: Annotated[str, Form(pattern=DOMAIN_PATTERN)] = "database",
 ) -> JobCreated:
     """Store the archive and queue its ingestion; labels come from ``manifest.csv`` or sub-folder names."""
-    job_id = await runtime.run_io(ingest.submit, runtime.settings, runtime.db, archive.file, domain)
+    job_id = await runtime.run_io(ingest.submit, runtime.settings, runtime.db, runtime.store, archive.file, domain)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return JobCreated(job_id=job_id)
 

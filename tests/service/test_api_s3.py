@@ -1,15 +1,20 @@
-"""The service with ``METAH_BLOB_URL`` on a real S3 server (radosgw, tests/s3server.py): images, model artefacts and
-their plots live in the bucket, so a server started on an empty data dir serves everything the database knows.
-Then what clients and operators see when S3 fails: 503 with the contract's error body, one line from the CLI.
+"""The service with ``METAH_BLOB_URL`` on a real S3 server (radosgw, tests/s3server.py): images, model artefacts,
+their plots and uploaded archives live in the bucket, so the API and a job worker need no disk in common, and a
+server started on an empty data dir serves everything the database knows. Then what clients and operators see
+when S3 fails: 503 with the contract's error body, one line from the CLI.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -32,15 +37,32 @@ from tests.service.conftest import (
     search,
     start_live_server,
 )
-from tests.service.test_api_jobs import image_folder, submitted, wait_job, zip_of
+from tests.service.test_api_jobs import image_folder, submit, submitted, wait_job, zip_of
 
 PNGs = list[tuple[bytes, str]]
 FAST_JOBS = {"WORKER_POLL_S": "0.1", "CHANGES_POLL_S": "0.2", "INGEST_BATCH_SIZE": "8"}
 
 
 def stored_files(data_dir: Path) -> list[str]:
-    """The files a local blob store would hold in ``data_dir`` (images, model artefacts and plots)."""
-    return [str(p) for folder in ("images", "models") for p in (data_dir / folder).rglob("*") if p.is_file()]
+    """The files a local blob store would hold in ``data_dir`` (images, model artefacts, plots, archives)."""
+    folders = ("images", "models", "archives")
+    return [str(p) for folder in folders for p in (data_dir / folder).rglob("*") if p.is_file()]
+
+
+@contextmanager
+def running_metah_worker(env: dict[str, str]) -> Iterator[list[str]]:
+    """A real ``metah worker`` process; SIGTERM and wait on exit, then its log is the list's one item."""
+    output: list[str] = []
+    with tempfile.TemporaryFile(mode="w+") as log:
+        command = [sys.executable, "-m", "service.cli", "worker"]
+        worker = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            yield output
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+            log.seek(0)
+            output.append(log.read())
 
 
 def wait_ready(client: httpx.Client, version: str) -> dict[str, object]:
@@ -51,17 +73,23 @@ def wait_ready(client: httpx.Client, version: str) -> dict[str, object]:
     return ready
 
 
-def test_serve_and_its_worker_keep_images_and_models_in_s3(
+def test_an_api_and_a_worker_without_a_shared_disk_keep_everything_in_s3(
     tmp_path: Path, api_artefact: Path, digits: DigitFolders, digit_pngs: PNGs, s3_environ: S3Server
 ) -> None:
-    """Ingest (one upload, two archives), search, fetch, train and activate, delete; then a server on a fresh data
-    dir without ``METAH_MODEL`` serves the trained model and the images from the bucket alone."""
+    """The API (``metah serve``) and a ``metah worker``, each on its own empty data dir, sharing only the database
+    and the bucket: ingest (one upload, two archives), search, fetch, train and activate, delete; then a server on
+    a fresh data dir without ``METAH_MODEL`` serves the trained model and the images from the bucket alone."""
     bucket = fresh_bucket()
     store = S3BlobStore(bucket, "e2e")  # the test's own view of the bucket
-    shared = {"DATABASE_URL": f"sqlite:///{tmp_path / 'metah.db'}", "BLOB_URL": f"s3://{bucket}/e2e", **FAST_JOBS}
-    first, second = tmp_path / "first", tmp_path / "second"
+    shared = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'metah.db'}",
+        "BLOB_URL": f"s3://{bucket}/e2e",
+        "API_KEY": API_KEY,
+        **FAST_JOBS,
+    }
+    first, worker_dir, second = tmp_path / "first", tmp_path / "worker", tmp_path / "second"
     port = free_port()
-    env = metah_environment(DATA_DIR=str(first), MODEL=str(api_artefact), PORT=str(port), API_KEY=API_KEY, **shared)
+    env = metah_environment(DATA_DIR=str(first), MODEL=str(api_artefact), PORT=str(port), WORKERS="0", **shared)
     migrated = subprocess.run(
         [sys.executable, "-m", "service.cli", "migrate"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
     )
@@ -70,7 +98,10 @@ def test_serve_and_its_worker_keep_images_and_models_in_s3(
 
     usps = digit_pngs[:12]
     mnist = [(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in sorted(digits.source.rglob("*.png"))[::8]]
-    with running_metah_serve(env, port) as run:
+    with (
+        running_metah_serve(env, port) as run,
+        running_metah_worker(metah_environment(DATA_DIR=str(worker_dir), **shared)) as worker,
+    ):
         client = run.client
         first_version = str(client.get("/readyz").json()["model_version"])
         single = post_image(client, usps[0][0], label=usps[0][1], domain="usps").json()
@@ -112,10 +143,13 @@ def test_serve_and_its_worker_keep_images_and_models_in_s3(
         assert client.delete(f"/v1/images/{twin['id']}").status_code == 204
         assert not store.exists(key)
     assert "Traceback" not in run.output, run.output
-    assert stored_files(first) == []
+    assert "Traceback" not in worker[0] and "worker started" in worker[0], worker[0]
+    assert stored_files(first) == stored_files(worker_dir) == []
+    archives = store.client.list_objects_v2(Bucket=bucket, Prefix="e2e/archives/").get("Contents", [])
+    assert archives == []  # removed when their jobs finished
 
     port = free_port()
-    env = metah_environment(DATA_DIR=str(second), PORT=str(port), API_KEY=API_KEY, **shared)  # no METAH_MODEL
+    env = metah_environment(DATA_DIR=str(second), PORT=str(port), **shared)  # no METAH_MODEL
     with running_metah_serve(env, port) as run:
         client = run.client
         assert wait_ready(client, version)["indexed"] == total - 2
@@ -151,6 +185,9 @@ def test_a_bucket_gone_behind_the_service_is_a_503_with_the_contract_error(
         assert refused["error"]["message"] == "the blob store is unavailable: its bucket does not exist"
         assert store.bucket not in refused["error"]["message"]  # the details are for the log, not for clients
         assert_error(client.get(f"/v1/images/{image_id}/content"), 503, "storage_unavailable")
+        archive = zip_of(image_folder(digit_pngs[3:], 3))
+        assert_error(submit(client, archive), 503, "storage_unavailable")
+        assert list((tmp_path / "data" / "archives").iterdir()) == []  # the upload's temporary file is gone
         assert_error(client.get(f"/v1/models/{version}/plots/pr_curve.png"), 503, "storage_unavailable")
         assert client.delete(f"/v1/images/{image_id}").status_code == 204  # the row goes; its blob is logged
         assert search(client, digit_pngs[2][0]).status_code == 200  # searches need no blob

@@ -27,6 +27,7 @@ from service.storage import (
     BlobStore,
     BlobStoreError,
     LocalBlobStore,
+    archive_key,
     blob_key,
     model_key,
     open_blob_store,
@@ -167,6 +168,9 @@ HOSTILE_KEYS = [
     "models/../model.pt",
     "models/.v1/model.pt",
     "models/v1",
+    f"archives/{'a' * 63}",
+    f"archives/{'a' * 64}/x",
+    f"archives/aa/aa/{'a' * 64}",
 ]
 
 
@@ -267,6 +271,30 @@ def test_model_files_are_stored_once_under_their_version(store: BlobStore) -> No
     assert not store.exists(plot)
     with pytest.raises(ValueError, match="not a blob path of a model file"):
         store.put_at(blob_key(sha256_hex(b"x")), b"x")  # image keys are named by their bytes: put() names them
+
+
+@pytest.mark.parametrize("size", [1000, 20 * MB])  # 20 MB: a multipart upload and a ranged download on S3
+def test_an_archive_is_stored_from_a_file_and_read_back_as_one(store: BlobStore, tmp_path: Path, size: int) -> None:
+    data = hashlib.shake_256(b"an uploaded archive").digest(size)
+    upload = tmp_path / "upload.tmp"
+    upload.write_bytes(data)
+    key = archive_key(sha256_hex(data))
+    assert key == f"archives/{sha256_hex(data)}"
+    store.put_file(key, upload)
+    assert not upload.exists()  # taken by the store
+    assert store.size(key) == size
+    scratch = tmp_path / "scratch"
+    with store.fetched(key, scratch) as path:
+        assert path.read_bytes() == data
+    assert list(scratch.glob("*")) == []  # a download is removed afterwards
+    assert store.exists(key)
+    store.delete(key)
+    with pytest.raises(BlobNotFoundError), store.fetched(key, scratch):
+        pass
+    upload.write_bytes(data)
+    with pytest.raises(ValueError, match="not a blob path of an archive"):
+        store.put_file(blob_key(sha256_hex(data)), upload)
+    assert upload.exists()
 
 
 @pytest.mark.parametrize(("version", "name"), [("../x", "model.pt"), ("v1", "history.csv"), ("", "model.pt")])
