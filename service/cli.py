@@ -90,11 +90,17 @@ def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser(
+    p = sub.add_parser(
         "worker",
-        help="a job worker (ingestion) sharing the database and data dir of the API",
+        help="a job worker (ingestion, training, activation) sharing the database and data dir of the API",
         description="Settings come from the environment (METAH_DATA_DIR, METAH_DATABASE_URL, ...). "
         "Stops on SIGTERM/SIGINT; its running job goes back to the queue.",
+    )
+    p.add_argument(
+        "--kind",
+        action="append",
+        choices=["ingest", "train", "activate"],
+        help="run only jobs of this kind (repeatable; default: every kind), e.g. a lane for ingestion",
     )
 
 
@@ -260,7 +266,7 @@ def run_worker(args: argparse.Namespace) -> int:
     revision, head = current_revision(settings.sqlalchemy_url), head_revision()
     if revision != head:
         raise ConfigError(f"the database is at revision {revision}, this code needs {head}: run `metah migrate`")
-    work(settings)
+    work(settings, args.kind)
     return 0
 
 

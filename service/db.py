@@ -7,12 +7,18 @@ written). ``NORMAL`` would only survive a crash of the process: the last commits
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_S = 30
 
@@ -58,3 +64,38 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that may pass by itself: the server restarting or failing over, a dropped connection,
+    a busy SQLite file. A wrong statement or a violated constraint is not."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def retry_transient(
+    call: Callable[[], T],
+    *,
+    what: str,
+    give_up_after: float,
+    first_wait: float = 0.1,
+    max_wait: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``call()``, called again after a transient database error (:func:`is_transient`) with exponential backoff
+    (``first_wait`` doubling up to ``max_wait``) until ``give_up_after`` seconds have passed; then, and on any
+    other error, the error is raised. Each retry is logged at WARNING with ``what`` was being done."""
+    deadline = time.monotonic() + give_up_after
+    wait, attempt = first_wait, 1
+    while True:
+        try:
+            return call()
+        except DBAPIError as exc:
+            if not is_transient(exc) or time.monotonic() + wait > deadline:
+                raise
+            log.warning(
+                "%s: transient database error (attempt %d, again in %.1f s): %s", what, attempt, wait, exc.orig or exc
+            )
+        sleep(wait)
+        wait, attempt = min(wait * 2, max_wait), attempt + 1

@@ -43,7 +43,10 @@ class Settings(BaseSettings):
             decompression bombs before any pixel is decoded.
         max_metadata_bytes: largest ``metadata`` JSON object accepted on an image → 422.
         torch_threads: intra-op threads for single-image inference in the server process.
-        workers: job worker processes ``metah serve`` starts as its children (0: none; run ``metah worker``).
+        workers: job worker processes ``metah serve`` starts as its children, for jobs of any kind (0: none, nor
+            ingest workers; run ``metah worker``).
+        ingest_workers: further worker processes ``metah serve`` starts (when ``workers`` > 0) that run only
+            ingest jobs, so that an archive is ingested while a model trains or is activated.
         max_archive_bytes: largest ingest archive upload (the request body limit of ``/v1/ingest-jobs``) → 413.
         archive_max_members, archive_max_total_bytes, archive_max_ratio: limits on an archive's contents
             (member count, total uncompressed size, uncompressed / compressed size); over any → the job fails.
@@ -51,6 +54,10 @@ class Settings(BaseSettings):
         worker_poll_s: how often an idle worker looks for a queued job.
         job_heartbeat_s, job_stale_after_s: a running job's heartbeat period, and the silence after which
             a worker treats it as abandoned (its worker died) and queues it again.
+        job_max_attempts: how many times a job may be claimed by a worker that then dies (the silence before it
+            is queued again doubles each time); then the job fails with the error ``worker_died``.
+        job_db_retry_s: how long a worker keeps writing a job's heartbeat, progress and outcome again, with
+            backoff, when the database cannot be reached (a restart, a failover).
         changes_poll_s: how often the API applies other processes' writes (the ``changes`` log) to its index.
         log_format: ``json`` (one object per line, with the request or job id) or ``text`` (``metah serve``
             and ``metah worker``; other commands always log text).
@@ -70,6 +77,7 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(default=16 * 1024, ge=2)
     torch_threads: int = Field(default=1, ge=1)
     workers: int = Field(default=1, ge=0, le=64)
+    ingest_workers: int = Field(default=1, ge=0, le=64)
     max_archive_bytes: int = Field(default=1024 * MiB, ge=1024)
     archive_max_members: int = Field(default=100_000, ge=1)
     archive_max_total_bytes: int = Field(default=8 * 1024 * MiB, ge=1)
@@ -78,6 +86,8 @@ class Settings(BaseSettings):
     worker_poll_s: float = Field(default=0.5, gt=0)
     job_heartbeat_s: float = Field(default=5.0, gt=0)
     job_stale_after_s: float = Field(default=60.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    job_db_retry_s: float = Field(default=60.0, ge=0)
     changes_poll_s: float = Field(default=1.0, gt=0)
     log_format: Literal["json", "text"] = "json"
 

@@ -10,12 +10,17 @@ cancelled directly. A claim is atomic across processes:
   transaction, so concurrent workers skip each other's candidate instead of waiting on it.
 
 A running job carries a heartbeat; a job whose heartbeat is older than ``stale_after`` belonged to a dead
-worker and is queued again (:func:`requeue_stale`).
+worker and is queued again (:func:`requeue_stale`), with backoff: after its n-th claim it waits for
+``stale_after × 2^(n-1)`` of silence. A job whose worker died ``max_attempts`` times (it probably kills its
+worker: out of memory, a native crash) fails instead, with the error code :data:`WORKER_DIED`. A worker that
+stops and releases its job gives the attempt back.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +33,7 @@ from service.models import Job, utc_now
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 MAX_ERRORS = 1000  # per job; later ones are counted in the result, not listed
+WORKER_DIED = "worker_died"
 
 
 def enqueue(session: Session, kind: str, params: dict[str, Any], *, total: int = 0) -> Job:
@@ -47,12 +53,15 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def claim(db: Database, token: str) -> Job | None:
-    """Claim the oldest queued job for the worker identified by ``token``; ``None`` when none is queued."""
+def claim(db: Database, token: str, kinds: Collection[str] | None = None) -> Job | None:
+    """Claim the oldest queued job (of one of ``kinds``, default any) for the worker identified by ``token``;
+    ``None`` when none is queued."""
     now = utc_now()
     running = {"status": RUNNING, "claimed_by": token, "started_at": now, "heartbeat_at": now}
     with db.session() as session:
         oldest = select(Job.id).where(Job.status == QUEUED).order_by(Job.id).limit(1)
+        if kinds is not None:
+            oldest = oldest.where(Job.kind.in_(kinds))
         if session.get_bind().dialect.name == "postgresql":
             job_id = session.scalar(oldest.with_for_update(skip_locked=True))
             if job_id is None:
@@ -122,8 +131,8 @@ def finish(
     values: dict[str, Any] = {"status": status, "heartbeat_at": None}
     if status in FINISHED:
         values["finished_at"] = utc_now()
-    else:
-        values |= {"claimed_by": None, "started_at": None}
+    else:  # released: the attempt did not fail, so it is given back
+        values |= {"claimed_by": None, "started_at": None, "attempts": Job.attempts - 1}
     if result is not None:
         values["result"] = result
     if errors is not None:
@@ -147,17 +156,49 @@ def request_cancel(db: Database, job_id: int) -> Job | None:
         return session.get(Job, job_id)
 
 
-def requeue_stale(db: Database, stale_after: float, now: datetime | None = None) -> list[int]:
-    """Queue again the running jobs whose heartbeat is older than ``stale_after`` seconds (dead workers)."""
-    cutoff = (now or utc_now()) - timedelta(seconds=stale_after)
+@dataclass
+class Abandoned:
+    """What :func:`requeue_stale` did with the jobs of dead workers."""
+
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+
+def requeue_stale(db: Database, stale_after: float, max_attempts: int, now: datetime | None = None) -> Abandoned:
+    """Queue again the running jobs whose heartbeat is older than ``stale_after × 2^(attempts-1)`` seconds (their
+    worker died); fail those whose worker died ``max_attempts`` times already (after ``stale_after``)."""
+    now = now or utc_now()
+    silent = (Job.status == RUNNING) & (
+        (Job.heartbeat_at < now - timedelta(seconds=stale_after)) | Job.heartbeat_at.is_(None)
+    )
+    abandoned = Abandoned()
     with db.session() as session:
-        stale = (Job.status == RUNNING) & ((Job.heartbeat_at < cutoff) | Job.heartbeat_at.is_(None))
-        ids = list(session.scalars(select(Job.id).where(stale)))
-        if ids:
-            session.execute(
-                update(Job)
-                .where(Job.id.in_(ids), stale)
-                .values(status=QUEUED, claimed_by=None, started_at=None, heartbeat_at=None)
-            )
-            session.commit()
-        return ids
+        for job in list(session.scalars(select(Job).where(silent).order_by(Job.id))):
+            if job.attempts >= max_attempts:
+                failure = {
+                    "code": WORKER_DIED,
+                    "message": f"the worker running this job died {job.attempts} times (at most {max_attempts} "
+                    "attempts, METAH_JOB_MAX_ATTEMPTS): not retried again; see the worker logs",
+                }
+                values: dict[str, Any] = {"status": FAILED, "finished_at": now, "errors": [failure, *job.errors]}
+                if _update_if(session, job.id, silent, values):
+                    abandoned.failed.append(job.id)
+                continue
+            backoff = timedelta(seconds=stale_after * 2 ** max(job.attempts - 1, 0))
+            if job.heartbeat_at is not None and job.heartbeat_at >= now - backoff:
+                continue
+            if _update_if(session, job.id, silent, {"status": QUEUED, "claimed_by": None, "started_at": None}):
+                abandoned.requeued.append(job.id)
+        session.commit()
+    return abandoned
+
+
+def _update_if(session: Session, job_id: int, condition: Any, values: dict[str, Any]) -> bool:
+    """Update one job when it still meets ``condition`` (another worker may have got there first)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, condition)
+        .values(heartbeat_at=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

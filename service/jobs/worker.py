@@ -4,17 +4,23 @@ A handler gets a :class:`JobContext`; it reports progress through :meth:`JobCont
 :class:`Cancelled` when a cancel was requested (checked between batches) and :class:`Released` when the worker
 is stopping (the job goes back to the queue for another worker). A heartbeat thread keeps a running job
 alive while a long batch runs.
+
+The database may go away for a while (a restart, a failover): heartbeat, progress and the job's outcome are
+written again with backoff for up to ``job_db_retry_s`` (:func:`service.db.retry_transient`), and an idle
+worker that cannot reach it waits and looks again, so neither a job nor the heartbeat ends because of it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.db import Database
+from sqlalchemy.exc import DBAPIError
+
+from service.db import Database, is_transient, retry_transient
 from service.errors import CodedError
 from service.jobs import queue
 from service.logs import bind
@@ -53,7 +59,11 @@ class JobContext:
 
     def progress(self, done: int, total: int | None = None) -> None:
         """Record progress and the errors so far; raises :class:`Cancelled` / :class:`Released`."""
-        cancel = queue.report(self.db, self.job.id, self.token, done=done, total=total, errors=self.errors)
+        cancel = retry_transient(
+            lambda: queue.report(self.db, self.job.id, self.token, done=done, total=total, errors=self.errors),
+            what=f"job {self.job.id} progress",
+            give_up_after=self.settings.job_db_retry_s,
+        )
         if cancel:
             raise Cancelled
         if self.stopping.is_set():
@@ -67,13 +77,17 @@ Handler = Callable[[JobContext], dict[str, Any]]
 
 
 class Worker:
-    """Claims and runs jobs until :meth:`stop`. ``handlers`` maps a job kind to its function."""
+    """Claims and runs jobs until :meth:`stop`. ``handlers`` maps a job kind to its function; ``kinds`` (default:
+    any) are the kinds this worker claims, so that a lane of workers can be kept for one kind."""
 
-    def __init__(self, settings: Settings, db: Database, handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, handlers: dict[str, Handler], kinds: Collection[str] | None = None
+    ) -> None:
         self.settings = settings
         self.db = db
         self.store = open_blob_store(settings)
         self.handlers = handlers
+        self.kinds = None if kinds is None else frozenset(kinds)
         self.stopping = threading.Event()
 
     def stop(self) -> None:
@@ -82,16 +96,27 @@ class Worker:
     def run_forever(self, should_continue: Callable[[], bool] = lambda: True) -> None:
         log.info("worker started")
         while not self.stopping.is_set() and should_continue():
-            if not self.run_once():
+            try:
+                ran = self.run_once()
+            except DBAPIError as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("the database cannot be reached, looking again shortly: %s", exc.orig or exc)
+                ran = False
+            if not ran:
                 self.stopping.wait(self.settings.worker_poll_s)
         log.info("worker stopped")
 
     def run_once(self) -> bool:
         """Re-queue abandoned jobs, then claim and run one job; ``False`` when none was queued."""
-        for job_id in queue.requeue_stale(self.db, self.settings.job_stale_after_s):
+        settings = self.settings
+        abandoned = queue.requeue_stale(self.db, settings.job_stale_after_s, settings.job_max_attempts)
+        for job_id in abandoned.requeued:
             log.warning("job %d was left running by a dead worker: queued again", job_id)
+        for job_id in abandoned.failed:
+            log.error("job %d failed: its worker died %d times", job_id, settings.job_max_attempts)
         token = queue.new_token()
-        job = queue.claim(self.db, token)
+        job = queue.claim(self.db, token, self.kinds)
         if job is None:
             return False
         with bind(job_id=job.id, job_kind=job.kind):
@@ -110,31 +135,58 @@ class Worker:
                 raise JobFailedError(f"no handler for jobs of kind {job.kind!r}", code="unknown_kind")
             result = handler(context)
         except Cancelled:
-            queue.finish(self.db, job.id, context.token, queue.CANCELLED, errors=context.errors)
+            self._finish(context, queue.CANCELLED, errors=context.errors)
             log.info("job %d cancelled", job.id)
         except Released:
-            queue.finish(self.db, job.id, context.token, queue.QUEUED, errors=[])
+            self._finish(context, queue.QUEUED, errors=[])
             log.info("job %d released: the worker is stopping", job.id)
         except JobFailedError as exc:
             failure = {"code": exc.code, "message": str(exc)}
-            queue.finish(self.db, job.id, context.token, queue.FAILED, errors=[failure, *context.errors])
+            self._finish(context, queue.FAILED, errors=[failure, *context.errors])
             log.warning("job %d failed: %s", job.id, exc)
         except BlobStoreError as exc:
             failure = {"code": "storage_unavailable", "message": f"the blob store is unavailable: {exc.reason}"}
-            queue.finish(self.db, job.id, context.token, queue.FAILED, errors=[failure, *context.errors])
+            self._finish(context, queue.FAILED, errors=[failure, *context.errors])
             log.error("job %d failed: %s", job.id, exc)
         except Exception as exc:
             log.exception("job %d crashed", job.id)
             failure = {"code": "internal_error", "message": f"{exc.__class__.__name__}: {exc}"}
-            queue.finish(self.db, job.id, context.token, queue.FAILED, errors=[failure, *context.errors])
+            self._finish(context, queue.FAILED, errors=[failure, *context.errors])
         else:
-            queue.finish(self.db, job.id, context.token, queue.SUCCEEDED, result=result, errors=context.errors)
+            self._finish(context, queue.SUCCEEDED, result=result, errors=context.errors)
             log.info("job %d succeeded: %s", job.id, result)
         finally:
             beating.set()
             beat.join()
 
+    def _finish(
+        self,
+        context: JobContext,
+        status: str,
+        *,
+        result: dict[str, Any] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        job_id, token = context.job.id, context.token
+        retry_transient(
+            lambda: queue.finish(self.db, job_id, token, status, result=result, errors=errors),
+            what=f"job {job_id} outcome",
+            give_up_after=self.settings.job_db_retry_s,
+        )
+
     def _beat(self, context: JobContext, done: threading.Event) -> None:
+        """Refresh the heartbeat until ``done``, or until the job is no longer this worker's. A database that
+        stays away longer than ``job_db_retry_s`` is logged and tried again at the next beat."""
+        job_id, token = context.job.id, context.token
         while not done.wait(self.settings.job_heartbeat_s):
-            if not queue.heartbeat(self.db, context.job.id, context.token):
+            try:
+                owned = retry_transient(
+                    lambda: queue.heartbeat(self.db, job_id, token),
+                    what=f"job {job_id} heartbeat",
+                    give_up_after=self.settings.job_db_retry_s,
+                )
+            except Exception:
+                log.exception("job %d: heartbeat not written", job_id)
+                continue
+            if not owned:
                 return

@@ -54,7 +54,7 @@ def _state(pid: int) -> str:
 
 def kill_serve_and_worker(process: subprocess.Popen[str]) -> None:
     victims = [process.pid, *children_of(process.pid)]
-    assert len(victims) == 2, victims  # the API and its one worker
+    assert len(victims) == 3, victims  # the API, its worker and its ingest worker
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     process.wait(timeout=30)
