@@ -23,12 +23,12 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILES = sorted([ROOT / "Dockerfile", *(ROOT / "docker").glob("*Dockerfile")])
-METAH_SERVICES = {"migrate", "demo-model", "api", "worker", "demo-library"}
+METAH_SERVICES = {"migrate", "demo-model", "api", "worker", "ingest-worker", "demo-library"}
 SECRETS_SCRIPT = ROOT / "docker" / "metah-secrets.sh"
 SECRETS_DIR = "/run/metah-secrets"
 SECRETS_ENTRYPOINT = ["/usr/local/bin/metah-secrets", "exec", SECRETS_DIR]
 # The services that read the secrets (through SECRETS_ENTRYPOINT, from the metah-secrets volume).
-SECRET_READERS = {"postgres", "migrate", "api", "worker", "demo-library"}
+SECRET_READERS = {"postgres", "migrate", "api", "worker", "ingest-worker", "demo-library"}
 
 
 def _compose_commands() -> list[list[str]]:
@@ -177,6 +177,7 @@ def test_compose_wiring(tmp_path: Path) -> None:
     assert api["environment"]["METAH_MODEL"] == "/data/demo-model/model.pt"
     assert [_published(port) for port in api["ports"]] == [("127.0.0.1", "8000", "8000")]
     assert services["worker"]["command"] == ["metah", "worker"]
+    assert services["ingest-worker"]["command"] == ["metah", "worker", "--kind", "ingest"]  # the ingest lane
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["demo-library"]["depends_on"]["api"]["condition"] == "service_healthy"
     # Unset tuning variables are passed through as "not set", never as empty strings (an empty int is an error).
