@@ -706,8 +706,8 @@ def main() -> None:
         args.artefact_check,
     )
     processes = args.processes or max(1, (os.cpu_count() or 1) // args.threads)
-    for task in args.tasks:  # features and folders once, before the runs read them in parallel
-        if TASKS[task].family == "photos":
+    for task in args.tasks if args.stage in ("tune", "table", "ablation", "all") else ():
+        if TASKS[task].family == "photos":  # features and folders once, before the runs read them in parallel
             _photo_features(task, settings.work, settings.pacs, settings.cache)
         else:
             _files(task, settings.work, settings.pacs)
