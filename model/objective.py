@@ -57,11 +57,12 @@ METHODS: dict[str, LossWeights] = {
 }
 
 # Heads on frozen pretrained features (the photo path): each method's best point of the same small grid, by
-# validation MAP@all on PACS photo -> sketch and photo -> cartoon (scripts/bench_photos.py, benchmarks/photos).
-# MeTAH's min-entropy alone drove sketch codes into the wrong classes; balanced by the diversity term it holds.
+# validation MAP@all on PACS photo -> sketch and photo -> cartoon, seeds 0 and 1 (scripts/bench.py GRID["frozen"],
+# benchmarks/retrieval). MeTAH's min-entropy alone drove sketch codes into the wrong classes; balanced by the
+# diversity term it holds.
 FROZEN_METHODS: dict[str, LossWeights] = {
-    "source_only": LossWeights(pairwise=10.0, quantization=0.1),
-    "tah": LossWeights(pairwise=10.0, quantization=0.8, adversarial=3.0),
+    "source_only": LossWeights(pairwise=1.0, quantization=0.1),
+    "tah": LossWeights(pairwise=1.0, quantization=0.1, adversarial=1.0),
     "metah": LossWeights(
         pairwise=10.0, quantization=0.8, adversarial=1.0, classification=1.0, entropy=0.1, diversity=0.1
     ),
