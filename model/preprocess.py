@@ -69,12 +69,30 @@ def decode_image(
             width, height = image.size
             if width * height > max_pixels:
                 raise DataError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
-            box = _reduce_jpeg(image, size) if draft else None
-            rgb = _to_rgb(ImageOps.exif_transpose(image))
-            resized = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
-            return np.array(resized, dtype=np.uint8)  # a writable copy, safe for torch.from_numpy
+            return decode_opened(image, size, draft=draft)
     except DataError:
         raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"not a readable image: {exc}") from exc
+
+
+def decode_opened(image: Image.Image, size: tuple[int, int], *, draft: bool = True) -> np.ndarray:
+    """The pixels of an image already opened (not yet loaded) by the caller, as :func:`decode_image` gives them.
+
+    For a caller that inspects the opened file first (its format, its declared size) and must not parse the
+    bytes twice. The caller checks the size against its limit; ``draft`` as in :func:`decode_image`.
+
+    Returns:
+        uint8 ``[H, W, 3]`` RGB.
+
+    Raises:
+        DataError: the pixels do not decode (truncated, corrupt).
+    """
+    try:
+        box = _reduce_jpeg(image, size) if draft else None
+        rgb = _to_rgb(ImageOps.exif_transpose(image))
+        resized = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
+        return np.array(resized, dtype=np.uint8)  # a writable copy, safe for torch.from_numpy
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"not a readable image: {exc}") from exc
 

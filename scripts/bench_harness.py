@@ -31,7 +31,7 @@ from model.export import LoadedEncoder, load_encoder
 from model.factory import restore_network
 from model.preprocess import to_model_input
 from scripts.run_demo import wait_ready
-from service.pipeline import decode, encode, probe
+from service.pipeline import decode, decode_upload, encode, probe
 from workbench.datasets import load_digits
 from workbench.images import png_bytes
 from workbench.loadtest import (
@@ -332,9 +332,9 @@ def ingest_job_over_http(server: Server, uploads: Sequence[Upload]) -> dict[str,
 
 
 def search_in_process(encoder: LoadedEncoder, index: HashIndex, data: bytes, max_pixels: int) -> list[int]:
-    """The search route's CPU work without HTTP or the database: probe → decode → encode → index search."""
-    probe(data, max_pixels)
-    code = encode(encoder, decode(encoder, data, max_pixels)[None])[0]
+    """The search route's CPU work without HTTP or the database: probe + decode (one parse) → encode → index
+    search."""
+    code = encode(encoder, decode_upload(encoder, data, max_pixels)[None])[0]
     hits = index.search(code, K, model_version=index.model_version)[0]
     return [int(d) for d in hits.distances]
 

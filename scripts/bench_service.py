@@ -10,8 +10,8 @@ Every HTTP number is set against the same work done in this process on the same 
    until the job has succeeded; vs ``service.pipeline`` probe → decode → encode (batches of
    ``METAH_INGEST_BATCH_SIZE``) in-process. Then single ``POST /v1/images`` uploads, one after another, vs
    :func:`service.pipeline.encode_upload` per image.
-3. **Single search**: ``POST /v1/search`` (k=10) vs probe → decode → encode → ``HashIndex.search`` in-process
-   on an index holding the same codes; the hits' distances must agree.
+3. **Single search**: ``POST /v1/search`` (k=10) vs decode (probed in the same parse) → encode →
+   ``HashIndex.search`` in-process on an index holding the same codes; the hits' distances must agree.
 4. **Concurrency**: 1, 8 and 32 client threads (one ``httpx.Client`` each) for a bounded time at the stored
    count; and the in-process search path at 100k and 1M codes resampled from the real stored codes (the server
    cannot be filled that far from outside in minutes). Also the server's RSS per stored image.
@@ -200,7 +200,7 @@ def markdown(results: dict[str, Any]) -> str:
             *[
                 f"| {name} | {s['median_ms']:.2f} | {s['p99_ms']:.2f} | {s['mean_ms']:.2f} |"
                 for name, s in (
-                    ("in-process probe → decode → encode → index search", search["in_process"]),
+                    ("in-process probe + decode (one parse) → encode → index search", search["in_process"]),
                     ("`POST /v1/search` (client wall time)", search["http"]),
                     ("… the server's own `took_ms` (the route's function)", search["server_took_ms"]),
                     ("`GET /healthz` (a route doing nothing: HTTP + framework floor)", search["healthz"]),

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 async def _follow_changes(runtime: Runtime) -> None:
-    """Apply job workers' writes to the index every ``changes_poll_s`` (searches also catch up first)."""
+    """Apply job workers' writes to the index every ``changes_poll_s`` (a search that finds the log ahead of the
+    index catches up too)."""
     while True:
         await anyio.sleep(runtime.settings.changes_poll_s)
         try:

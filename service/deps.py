@@ -39,16 +39,6 @@ async def get_pair(runtime: RuntimeDep) -> ServingPair:
 PairDep = Annotated[ServingPair, Depends(get_pair)]
 
 
-async def get_synced_pair(runtime: RuntimeDep) -> ServingPair:
-    """The serving pair after applying other processes' writes (job workers) to its index."""
-    if runtime.active is not None:
-        await runtime.run_io(runtime.catch_up)
-    return await get_pair(runtime)
-
-
-SyncedPairDep = Annotated[ServingPair, Depends(get_synced_pair)]
-
-
 async def require_api_key(
     runtime: RuntimeDep, x_api_key: Annotated[str | None, Header(description="needed on writes")] = None
 ) -> None:

@@ -77,6 +77,16 @@ class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 
 
+class TooBusyError(ServiceError):
+    """More CPU work queued than the server accepts (``METAH_CPU_QUEUE``): answered with ``Retry-After``."""
+
+    status, code = 429, "too_busy"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
 _STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -86,6 +96,7 @@ _STATUS_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "too_busy",
     503: "not_ready",
 }
 
@@ -141,6 +152,8 @@ async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
     if error is None:  # an OSError other than a full disk
         return await _on_unexpected(request, exc)
     headers = {"WWW-Authenticate": "X-API-Key"} if error.status == 401 else None
+    if isinstance(error, TooBusyError):
+        headers = {"Retry-After": str(error.retry_after_s)}
     return error_response(error.status, error.code, error.message, headers)
 
 

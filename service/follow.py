@@ -3,10 +3,12 @@
 Every write that changes what the index holds appends to the ``changes`` log in the same transaction as the
 rows. :class:`ChangeFollower` keeps a cursor (the last change applied) and, on :meth:`catch_up`, reads the
 changes after it, upserts the added images' codes of the serving model and removes the deleted ids. It runs
-before each search (one ``SELECT max(id) FROM changes`` when nothing is new: read-your-writes for a client that
-saw its job succeed) and from a background task (so the index and its snapshot stay current while nobody
-searches). Applying a change twice is harmless (upsert/remove are idempotent), so the API's own writes, which
-update the index directly, may be seen again here.
+from a background task (so the index and its snapshot stay current while nobody searches) and from a search
+that finds the log ahead of the cursor: a search reads the cursor without the lock and the log's last change
+in its hydrate query, so it takes the lock only when there is something to apply (read-your-writes for a
+client that saw its job succeed; see :func:`service.retrieval.nearest_rows`). Applying a change twice is
+harmless (upsert/remove are idempotent), so the API's own writes, which update the index directly, may be seen
+again here.
 
 An added image without a code of the serving model (written by a process still on the previous model while
 a model activation happened) is encoded here from its stored bytes, and the code row is written.

@@ -1,17 +1,27 @@
-"""Request body size limit, enforced while the body streams in (before any multipart parsing finishes).
+"""The service's limits: the request body size (:class:`BodySizeLimit`) and the CPU work in flight
+(:class:`CpuSlots`).
 
-A declared ``Content-Length`` over the limit is refused without reading the body; a chunked or lying body is
-cut off as soon as the bytes received pass the limit. Either way the client gets 413 with the contract's
-error body, whatever the application had started to do with the request.
+Body size: enforced while the body streams in (before any multipart parsing finishes). A declared
+``Content-Length`` over the limit is refused without reading the body; a chunked or lying body is cut off as
+soon as the bytes received pass the limit. Either way the client gets 413 with the contract's error body,
+whatever the application had started to do with the request.
+
+CPU work: at most one thread per core decodes, encodes or searches at a time; requests beyond those slots
+wait, at most ``queue`` of them: the next one is refused at once with 429 and ``Retry-After`` (instead of
+waiting behind an unbounded queue that only grows under overload). I/O (the database, the blob store) is done
+outside the slots.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from service.errors import TooBusyError, error_body
 
 
 class _BodyTooLargeError(Exception):
@@ -82,3 +92,47 @@ class BodySizeLimit:
         except _BodyTooLargeError:
             if not started:
                 await self._refuse(send, max_bytes)
+
+
+class CpuSlots:
+    """``slots`` threads may run CPU work at a time; at most ``slots + queue`` requests may be admitted.
+
+    A request is :meth:`admitted` once (on the event loop, before it takes a thread) and holds a :meth:`slot`
+    only around its CPU stages, so its database round trips leave the slot to another request.
+    """
+
+    def __init__(self, slots: int, queue: int, *, retry_after_s: int = 1) -> None:
+        if slots < 1 or queue < 0:
+            raise ValueError(f"need at least one slot and a queue of 0 or more (got {slots}, {queue})")
+        self.slots, self.queue, self.retry_after_s = slots, queue, retry_after_s
+        self._semaphore = threading.Semaphore(slots)
+        self._count = threading.Lock()
+        self._admitted = 0
+
+    @property
+    def admitted_now(self) -> int:
+        """Requests admitted and not finished (running, waiting for a slot, or in their I/O)."""
+        return self._admitted
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Admit one request for its whole duration; :class:`TooBusyError` when ``slots + queue`` already are."""
+        with self._count:
+            if self._admitted >= self.slots + self.queue:
+                raise TooBusyError(
+                    f"the server is busy: {self._admitted} requests are using or waiting for its "
+                    f"{self.slots} CPU slots; retry in {self.retry_after_s} s",
+                    retry_after_s=self.retry_after_s,
+                )
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._count:
+                self._admitted -= 1
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one CPU slot (blocking the calling worker thread until one is free)."""
+        with self._semaphore:
+            yield

@@ -1,4 +1,5 @@
-"""Upload → code, as stages: :func:`probe` (sniff, size check) → ``decode_image`` → :func:`encode` → pack;
+"""Upload → code, as stages: :func:`probe` (sniff, size check) → ``decode_image`` → :func:`encode` → pack
+(:func:`decode_upload` probes and decodes with one parse of the bytes, as a search does);
 and stored image → code with another model (:func:`encode_stored`: activation, and the API's follower).
 
 The only preprocessing is ``model.preprocess`` (CONTRACT §3); the only packing is ``index.pack_codes``.
@@ -8,7 +9,8 @@ Everything here is CPU work: call it off the event loop.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +21,7 @@ from index import pack_codes
 from index.codes import Codes
 from model.errors import DataError
 from model.export import LoadedEncoder
-from model.preprocess import decode_image, to_model_input
+from model.preprocess import decode_image, decode_opened, to_model_input
 from service.errors import PayloadTooLargeError, UnprocessableError, UnsupportedMediaTypeError
 from service.storage import BlobStore
 
@@ -37,8 +39,9 @@ class ImageInfo:
     height: int
 
 
-def probe(data: bytes, max_pixels: int) -> ImageInfo:
-    """Identify an accepted image format from the header and check its declared size, decoding no pixel.
+@contextmanager
+def opened_upload(data: bytes, max_pixels: int) -> Iterator[tuple[Image.Image, ImageInfo]]:
+    """The upload opened once (header parsed, no pixel decoded) and what it is, its declared size checked.
 
     Raises:
         UnprocessableError: empty upload.
@@ -48,20 +51,39 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
     if not data:
         raise UnprocessableError("the uploaded image is empty", code="empty_image")
     try:
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
-            fmt, (width, height) = image.format or "", image.size
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLargeError(f"image dimensions are too large: {exc}", code="image_too_large") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         accepted = ", ".join(ACCEPTED_FORMATS)
         raise UnsupportedMediaTypeError(f"not an image in an accepted format ({accepted})") from exc
-    if width < 1 or height < 1:
-        raise UnprocessableError(f"image has no pixels ({width}x{height})", code="unreadable_image")
-    if width * height > max_pixels:
-        raise PayloadTooLargeError(
-            f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels", code="image_too_large"
-        )
-    return ImageInfo(Image.MIME.get(fmt, "application/octet-stream"), width, height)
+    with image:
+        fmt, (width, height) = image.format or "", image.size
+        if width < 1 or height < 1:
+            raise UnprocessableError(f"image has no pixels ({width}x{height})", code="unreadable_image")
+        if width * height > max_pixels:
+            raise PayloadTooLargeError(
+                f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels", code="image_too_large"
+            )
+        yield image, ImageInfo(Image.MIME.get(fmt, "application/octet-stream"), width, height)
+
+
+def probe(data: bytes, max_pixels: int) -> ImageInfo:
+    """Identify an accepted image format from the header and check its declared size, decoding no pixel
+    (errors: :func:`opened_upload`)."""
+    with opened_upload(data, max_pixels) as (_, info):
+        return info
+
+
+def decode_upload(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> np.ndarray:
+    """:func:`probe` then :func:`decode` with one parse of the bytes: uint8 ``[H, W, 3]`` at the encoder's
+    ``input_size``.
+
+    Raises:
+        what :func:`opened_upload` raises; model.errors.DataError: the pixels do not decode → 422.
+    """
+    with opened_upload(data, max_pixels) as (image, _):
+        return decode_opened(image, encoder.input_size)
 
 
 def encode(encoder: LoadedEncoder, pixels: np.ndarray) -> Codes:

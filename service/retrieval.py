@@ -1,9 +1,14 @@
 """Searches: an upload or a stored image's code against the serving index, answered with database rows.
 
-A search is four calls: decode → encode → pack (:func:`service.pipeline.encode_upload`), :func:`nearest_rows`
-(``index.search`` + ``repository.images_by_ids``), :func:`to_response` (which also reports the query's code).
-Hits whose row is gone (deleted after the index was read) are dropped, so a deleted image is never returned,
-and the index is asked for more until ``k`` live hits are found or it has none left.
+A search is four calls: decode (one parse of the bytes) → encode → pack, :func:`nearest_rows` (``index.search``
++ ``repository.images_by_ids``), :func:`to_response` (which also reports the query's code). Hits whose row is
+gone (deleted after the index was read) are dropped, so a deleted image is never returned, and the index is
+asked for more until ``k`` live hits are found or it has none left.
+
+The CPU stages (decode, encode, index search) hold one of the runtime's CPU slots; the database round trips do
+not. No lock is taken to see other processes' writes: the hydrate query also reads the log's last change, and
+only when the index had not applied it yet (a job worker's write, committed before this request) is it caught
+up (:meth:`service.follow.ChangeFollower.catch_up`, under its lock) and the index searched again.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from index import Hits, unpack_codes
 from service import repository
 from service.errors import ConflictError, NotFoundError
 from service.models import Image
-from service.pipeline import decode, encode, probe
+from service.pipeline import decode_upload, encode
 from service.runtime import Runtime
 from service.schemas import Hit, QueryCode, SearchResponse, content_url
 from service.serving import ServingPair
@@ -34,11 +39,11 @@ def search_upload(runtime: Runtime, pair: ServingPair, data: bytes, query: Searc
     """The ``k`` stored images nearest to an uploaded one, in (distance, id) order."""
     started = time.perf_counter()
     stage = runtime.metrics.stage
-    with stage("decode"):
-        probe(data, runtime.settings.max_pixels)
-        pixels = decode(pair.encoder, data, runtime.settings.max_pixels)
-    with stage("encode"):
-        code = encode(pair.encoder, pixels[None])[0]
+    with runtime.cpu.slot():
+        with stage("decode"):
+            pixels = decode_upload(pair.encoder, data, runtime.settings.max_pixels)
+        with stage("encode"):
+            code = encode(pair.encoder, pixels[None])[0]
     hits, rows = nearest_rows(runtime, pair, code, query)
     return to_response(pair, code, hits, rows, started, query.k)
 
@@ -62,13 +67,18 @@ def nearest_rows(
 ) -> tuple[Hits, dict[int, Image]]:
     """The index's hits nearest to ``code`` (without id ``exclude``) and the rows of those still stored.
 
+    Read-your-writes without a lock: the change the index had applied is read before it is searched, the
+    log's last change in the hydrate query; when the log is ahead (a write committed before this request that
+    the index has not applied yet), the index catches up and is searched again.
+
     The serving index can hold ids whose rows were deleted after it was read (it drops them at its next
     catch-up). Their hits have no row, so when fewer than ``query.k`` hits have one, the index is asked again
     for twice as many, until ``k`` have a row or the index returned fewer than asked (it has no more).
     """
     asked = query.k + (exclude is not None)
+    applied = runtime.applied_change()  # None: no follower, nothing to check
     while True:
-        with runtime.metrics.stage("search"):
+        with runtime.cpu.slot(), runtime.metrics.stage("search"):
             hits = pair.index.search(
                 code, asked, domain=query.domain, max_distance=query.max_distance, model_version=pair.model_version
             )[0]
@@ -77,7 +87,13 @@ def nearest_rows(
             keep = hits.ids != exclude
             hits = Hits(hits.ids[keep], hits.distances[keep])
         with runtime.metrics.stage("hydrate"), runtime.db.session() as session:
+            last = repository.last_change(session) if applied is not None else None
             rows = repository.images_by_ids(session, hits.ids.tolist())
+        if last is not None and applied is not None and last > applied:
+            runtime.catch_up()  # the index missed a committed write: apply it (under the follower's lock)
+            applied = None  # it now holds every change up to ``last`` at least: search again, unchecked
+            continue
+        applied = None
         if len(rows) >= query.k or exhausted:
             return hits, rows
         asked *= 2

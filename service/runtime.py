@@ -23,6 +23,7 @@ from model.errors import CheckpointError
 from service.db import Database
 from service.errors import NotReadyError
 from service.follow import ChangeFollower
+from service.limits import CpuSlots
 from service.migrate import current_revision, head_revision
 from service.models import Job
 from service.observability import Metrics
@@ -45,7 +46,8 @@ class Runtime:
             the 503 that model-dependent requests get).
         write_lock: serialises blob writes/deletes with the commits that reference them, and index writes,
             within this process.
-        cpu: bounds concurrent CPU-heavy calls (decode, encode, search) to the number of cores.
+        cpu: bounds concurrent CPU-heavy calls (decode, encode, search) to the number of cores, and the requests
+            waiting for one to ``settings.cpu_queue`` (then 429).
     """
 
     settings: Settings
@@ -56,15 +58,35 @@ class Runtime:
     follower: ChangeFollower | None = None
     metrics: Metrics = field(default_factory=Metrics)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
-    cpu: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(os.cpu_count() or 1))
+    cpu: CpuSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cpu = CpuSlots(os.cpu_count() or 1, self.settings.cpu_queue)
 
     async def run_cpu(self, function: Callable[..., T], *args: object) -> T:
-        """Run CPU work (decode, encode, search) in a worker thread, at most ``cpu`` at a time."""
-        return await anyio.to_thread.run_sync(function, *args, limiter=self.cpu)
+        """Run CPU work (decode, encode) in a worker thread holding one of the ``cpu`` slots throughout (429 when
+        too many wait for one)."""
+
+        def in_slot() -> T:
+            with self.cpu.slot():
+                return function(*args)
+
+        with self.cpu.admitted():
+            return await anyio.to_thread.run_sync(in_slot)
+
+    async def run_admitted(self, function: Callable[..., T], *args: object) -> T:
+        """Run a call that takes a ``cpu`` slot only around its CPU stages (a search: its database round trips
+        leave the slot free) in a worker thread; admitted like :meth:`run_cpu`."""
+        with self.cpu.admitted():
+            return await anyio.to_thread.run_sync(function, *args)
 
     async def run_io(self, function: Callable[..., T], *args: object) -> T:
         """Run blocking I/O (database, files) in a worker thread of the default pool."""
         return await anyio.to_thread.run_sync(function, *args)
+
+    def applied_change(self) -> int | None:
+        """The last change of the log that the serving index holds, read without a lock (``None``: no follower)."""
+        return self.follower.cursor if self.follower is not None else None
 
     def catch_up(self) -> None:
         """Apply other processes' writes (job workers) to the serving index (see :mod:`service.follow`)."""

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
         job_db_retry_s: how long a worker keeps writing a job's heartbeat, progress and outcome again, with
             backoff, when the database cannot be reached (a restart, a failover).
         changes_poll_s: how often the API applies other processes' writes (the ``changes`` log) to its index.
+        cpu_queue: requests (searches, single uploads) that may wait for a CPU slot (one per core) beyond those
+            running; the next one is answered 429 with ``Retry-After`` at once instead of queueing.
         log_format: ``json`` (one object per line, with the request or job id) or ``text`` (``metah serve``
             and ``metah worker``; other commands always log text).
     """
@@ -89,6 +91,7 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=3, ge=1)
     job_db_retry_s: float = Field(default=60.0, ge=0)
     changes_poll_s: float = Field(default=1.0, gt=0)
+    cpu_queue: int = Field(default=32, ge=0)
     log_format: Literal["json", "text"] = "json"
 
     @field_validator("api_key", "database_url", "model", "blob_url", mode="before")

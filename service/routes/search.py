@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from service.deps import ImageId, RuntimeDep, SyncedPairDep, UploadDep
+from service.deps import ImageId, PairDep, RuntimeDep, UploadDep
 from service.retrieval import SearchQuery, search_similar, search_upload
 from service.schemas import DOMAIN_FILTER_PATTERN, SearchResponse, errors
 
@@ -26,13 +26,13 @@ async def search_query(
 SearchQueryDep = Annotated[SearchQuery, Depends(search_query)]
 
 
-@router.post("/search", responses=errors(413, 415, 422, 503))
-async def search(runtime: RuntimeDep, pair: SyncedPairDep, image: UploadDep, query: SearchQueryDep) -> SearchResponse:
+@router.post("/search", responses=errors(413, 415, 422, 429, 503))
+async def search(runtime: RuntimeDep, pair: PairDep, image: UploadDep, query: SearchQueryDep) -> SearchResponse:
     """The stored images nearest to the uploaded one, ordered by (Hamming distance, id)."""
-    return await runtime.run_cpu(search_upload, runtime, pair, image, query)
+    return await runtime.run_admitted(search_upload, runtime, pair, image, query)
 
 
-@router.post("/images/{image_id}/similar", responses=errors(404, 409, 422, 503))
-async def similar(runtime: RuntimeDep, pair: SyncedPairDep, image_id: ImageId, query: SearchQueryDep) -> SearchResponse:
+@router.post("/images/{image_id}/similar", responses=errors(404, 409, 422, 429, 503))
+async def similar(runtime: RuntimeDep, pair: PairDep, image_id: ImageId, query: SearchQueryDep) -> SearchResponse:
     """The stored images nearest to a stored one (its stored code; the image itself is left out)."""
-    return await runtime.run_cpu(search_similar, runtime, pair, image_id, query)
+    return await runtime.run_admitted(search_similar, runtime, pair, image_id, query)

@@ -1,0 +1,118 @@
+"""The search path's costs: no follower lock when nothing changed, one parse of the upload, a bounded CPU queue.
+
+Each test counts what the route does on a real server (its threads run in this process, so the counters see
+them): ``ChangeFollower.catch_up`` calls (the lock and its database round trip), ``PIL.Image.open`` calls, and
+the 429 with ``Retry-After`` when ``METAH_CPU_QUEUE`` requests already wait for the CPU slots.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import retrieval
+from service.errors import TooBusyError
+from service.follow import ChangeFollower
+from service.limits import CpuSlots
+from tests.service.conftest import StartServer, assert_error, post_image, search
+
+QUIET = {"changes_poll_s": 3600.0}  # no background catch-up during the test: only the searches' own count
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """Replace ``owner.name`` with a wrapper that counts its calls; returns the one-element counter."""
+    calls = [0]
+    original: Callable[..., Any] = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_a_search_takes_no_follower_lock_when_nothing_changed(
+    start_server: StartServer, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = start_server(**QUIET).client()
+    ids = [post_image(client, data, label=label).json()["id"] for data, label in digit_pngs[:6]]
+    catch_ups = _counting(monkeypatch, ChangeFollower, "catch_up")
+    first = search(client, digit_pngs[0][0], k=6).json()["hits"]  # the API's own writes: read-your-writes
+    assert sorted(hit["id"] for hit in first) == sorted(ids)
+    seen = catch_ups[0]
+    for data, _ in digit_pngs[:5]:
+        assert len(search(client, data, k=3).json()["hits"]) == 3
+    assert catch_ups[0] == seen, "a search took the follower's lock although the change log had not moved"
+
+
+def test_a_search_opens_the_uploaded_image_once(
+    start_server: StartServer, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = start_server(**QUIET).client()
+    post_image(client, digit_pngs[0][0])
+    opens = _counting(monkeypatch, Image, "open")
+    assert search(client, digit_pngs[1][0], k=1).status_code == 200
+    assert opens[0] == 1
+
+
+def test_a_full_cpu_queue_answers_429_with_retry_after(
+    start_server: StartServer, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``METAH_CPU_QUEUE=0``: with every CPU slot held by a search (held here until released), the next search is
+    refused at once; once the slots are free, searches answer again."""
+    client = start_server(cpu_queue=0, **QUIET).client()
+    post_image(client, digit_pngs[0][0])
+    slots = os.cpu_count() or 1
+    inside, release = threading.Semaphore(0), threading.Event()
+    encode = retrieval.encode
+
+    def held_encode(*args: Any) -> np.ndarray:
+        inside.release()
+        assert release.wait(timeout=30)
+        return encode(*args)
+
+    monkeypatch.setattr(retrieval, "encode", held_encode)
+    statuses: list[int] = []
+
+    def blocked_search() -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
+            statuses.append(search(own, digit_pngs[1][0]).status_code)
+
+    threads = [threading.Thread(target=blocked_search) for _ in range(slots)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(slots):
+            assert inside.acquire(timeout=30), "the searches did not reach the CPU stage"
+        started = time.perf_counter()
+        with httpx.Client(base_url=str(client.base_url), timeout=10) as impatient:
+            refused = search(impatient, digit_pngs[2][0])
+        assert time.perf_counter() - started < 5  # at once, not after the held searches
+        assert_error(refused, 429, "too_busy")
+        assert refused.headers["Retry-After"] == "1"
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert statuses == [200] * slots
+    monkeypatch.setattr(retrieval, "encode", encode)
+    assert search(client, digit_pngs[2][0]).status_code == 200
+
+
+def test_cpu_slots_admit_slots_plus_queue() -> None:
+    slots = CpuSlots(1, 1, retry_after_s=3)
+    with slots.admitted(), slots.admitted():
+        with pytest.raises(TooBusyError, match="busy") as refused, slots.admitted():
+            pass
+        assert refused.value.retry_after_s == 3
+    with slots.admitted():  # released on exit
+        assert slots.admitted_now == 1
