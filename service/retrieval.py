@@ -1,7 +1,7 @@
 """Searches: an upload or a stored image's code against the serving index, answered with database rows.
 
 A search is four calls: decode (one parse of the bytes) → encode → pack, :func:`nearest_rows` (``index.search``
-+ ``repository.images_by_ids``), :func:`to_response` (which also reports the query's code). Hits whose row is
++ :func:`hydrate`), :func:`to_response` (which also reports the query's code). Hits whose row is
 gone (deleted after the index was read) are dropped, so a deleted image is never returned, and the index is
 asked for more until ``k`` live hits are found or it has none left.
 
@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from sqlalchemy import Row, func, select
 
 from index import Hits, unpack_codes
 from service import repository
 from service.errors import ConflictError, NotFoundError
-from service.models import Image
+from service.models import Change, Image
 from service.pipeline import decode_upload, encode
 from service.runtime import Runtime
 from service.schemas import Hit, QueryCode, SearchResponse, content_url
@@ -64,7 +66,7 @@ def search_similar(runtime: Runtime, pair: ServingPair, image_id: int, query: Se
 
 def nearest_rows(
     runtime: Runtime, pair: ServingPair, code: np.ndarray, query: SearchQuery, *, exclude: int | None = None
-) -> tuple[Hits, dict[int, Image]]:
+) -> tuple[Hits, dict[int, Row[Any]]]:
     """The index's hits nearest to ``code`` (without id ``exclude``) and the rows of those still stored.
 
     Read-your-writes without a lock: the change the index had applied is read before it is searched, the
@@ -86,9 +88,8 @@ def nearest_rows(
         if exclude is not None:
             keep = hits.ids != exclude
             hits = Hits(hits.ids[keep], hits.distances[keep])
-        with runtime.metrics.stage("hydrate"), runtime.db.session() as session:
-            last = repository.last_change(session) if applied is not None else None
-            rows = repository.images_by_ids(session, hits.ids.tolist())
+        with runtime.metrics.stage("hydrate"):
+            last, rows = hydrate(runtime, hits.ids.tolist(), check=applied is not None)
         if last is not None and applied is not None and last > applied:
             runtime.catch_up()  # the index missed a committed write: apply it (under the follower's lock)
             applied = None  # it now holds every change up to ``last`` at least: search again, unchecked
@@ -99,6 +100,19 @@ def nearest_rows(
         asked *= 2
 
 
+# What a hit shows of its row (``meta`` is the ``metadata`` column), read as plain rows: no ORM objects.
+_HIT_COLUMNS = select(Image.id, Image.domain, Image.label, Image.meta.label("meta"))
+
+
+def hydrate(runtime: Runtime, ids: list[int], *, check: bool) -> tuple[int | None, dict[int, Row[Any]]]:
+    """The rows (``id, domain, label, meta``) of the ``ids`` still stored and, with ``check``, the log's last
+    change (else ``None``): one connection, two statements."""
+    with runtime.db.engine.connect() as connection:
+        last = int(connection.scalar(select(func.max(Change.id))) or 0) if check else None
+        rows = {row.id: row for row in connection.execute(_HIT_COLUMNS.where(Image.id.in_(ids)))} if ids else {}
+    return last, rows
+
+
 def describe_code(code: np.ndarray, bits: int) -> QueryCode:
     """A packed code ``uint8 [bits // 8]`` as hex (the packed bytes) and as a string of 0/1 (bit 0 first)."""
     unpacked = unpack_codes(code[None], bits)[0]
@@ -106,7 +120,7 @@ def describe_code(code: np.ndarray, bits: int) -> QueryCode:
 
 
 def to_response(
-    pair: ServingPair, code: np.ndarray, hits: Hits, rows: dict[int, Image], started: float, k: int
+    pair: ServingPair, code: np.ndarray, hits: Hits, rows: dict[int, Row[Any]], started: float, k: int
 ) -> SearchResponse:
     out = []
     for image_id, distance in hits.pairs():
