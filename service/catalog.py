@@ -1,27 +1,27 @@
 """Adding and deleting images: blob, database row and code in one transaction, then the index.
 
 Order of an ingest: probe (415/413) → already stored in this domain? (idempotent) → decode → encode → pack
-→ store the blob → commit image + code + change → update the index → acknowledge. A crash after the commit
-leaves the index behind the database, which the next start detects (the snapshot is stale) and repairs.
+→ touch the blob's entry, store the blob, commit image + code + change (:func:`service.blobs.commit_with_blobs`)
+→ update the index → acknowledge. A crash after the commit leaves the index behind the database, which the next
+start detects (the snapshot is stale) and repairs. A delete leaves the blob to the sweep (:mod:`service.blobs`).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from service import repository
+from service.blobs import commit_with_blobs
 from service.errors import NotFoundError
 from service.models import Image
 from service.pipeline import ImageInfo, encode_upload, probe
 from service.runtime import Runtime
 from service.serving import ServingPair
-from service.storage import BlobNotFoundError, BlobStoreError, sha256_hex
-
-log = logging.getLogger(__name__)
+from service.storage import BlobNotFoundError, sha256_hex
 
 
 @dataclass(frozen=True)
@@ -74,21 +74,17 @@ def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> I
         return Ingested(existing, created=False)
     code = encode_upload(pair.encoder, data, max_pixels)
     with runtime.write_lock:
-        stored_path, fresh = runtime.store.put(data)
-        image = image_row(digest, info, len(data), stored_path, new)
-        with runtime.db.session() as session:
-            try:
-                change = repository.add_image(session, image, code.tobytes(), pair.model_version)
-                session.commit()
-            except IntegrityError:  # another process stored the same bytes in this domain meanwhile
-                session.rollback()
-                if (existing := _existing(runtime, digest, new.domain)) is not None:
-                    return Ingested(existing, created=False)
-                raise
-            except BaseException:  # the database is down, the disk is full…: no row, so no file either
-                if fresh:
-                    runtime.store.delete(stored_path)
-                raise
+
+        def write(session: Session, keys: list[str]) -> tuple[int, Image]:
+            image = image_row(digest, info, len(data), keys[0], new)
+            return repository.add_image(session, image, code.tobytes(), pair.model_version), image
+
+        try:  # a blob stored for a row that fails to commit (the database is down) is left to the sweep
+            change, image = commit_with_blobs(runtime.db, runtime.store, [data], runtime.settings.blob_grace_s, write)
+        except IntegrityError:  # another process stored the same bytes in this domain meanwhile
+            if (existing := _existing(runtime, digest, new.domain)) is not None:
+                return Ingested(existing, created=False)
+            raise
         if runtime.active is not None:
             runtime.active.add([image.id], code[None], image.domain, model_version=pair.model_version, change=change)
     return Ingested(image, created=True)
@@ -126,7 +122,8 @@ def list_domains(runtime: Runtime) -> list[tuple[str, int]]:
 
 
 def delete(runtime: Runtime, image_id: int) -> None:
-    """Delete an image, its codes and (when no other domain holds the same bytes) its blob."""
+    """Delete an image and its codes; its blob is left to the sweep (:mod:`service.blobs`), which removes it
+    once no row references it, so that a worker storing the same bytes meanwhile never loses it."""
     with runtime.write_lock:
         with runtime.db.session() as session:
             image = repository.image_by_id(session, image_id)
@@ -134,11 +131,5 @@ def delete(runtime: Runtime, image_id: int) -> None:
                 raise NotFoundError(f"image {image_id} does not exist", code="image_not_found")
             change = repository.delete_image(session, image)
             session.commit()
-            blob_in_use = repository.hash_in_use(session, image.sha256)
-        if not blob_in_use:
-            try:
-                runtime.store.delete(image.stored_path)
-            except BlobStoreError as exc:  # the image is deleted: its blob stays behind, referenced by no row
-                log.error("image %d deleted, but not its blob %s: %s", image_id, image.stored_path, exc)
         if runtime.active is not None:
             runtime.active.remove([image_id], change=change)

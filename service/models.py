@@ -190,3 +190,15 @@ class Job(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+
+
+class LooseBlob(Base):
+    """An image blob that may have no row: a writer is about to point a new row at it, or its last row was
+    deleted. ``touched_at`` is the latest such moment. The blob sweep (:mod:`service.blobs`) removes a blob whose
+    entry is older than the grace period and which no row references, holding the entry's lock while it does;
+    a writer touches the entry before it stores the blob and takes it back in the transaction of its row."""
+
+    __tablename__ = "loose_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    touched_at: Mapped[datetime] = mapped_column(index=True)

@@ -5,14 +5,15 @@ The caller owns the transaction (commit or roll back); these functions only ``fl
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.models import Change, Code, Image, Job, ModelVersion
+from service.models import Change, Code, Image, Job, LooseBlob, ModelVersion, utc_now
 
 ROW_CHUNK = 10_000
 
@@ -87,14 +88,65 @@ def add_images(session: Session, images: Sequence[Image], codes: Sequence[bytes]
 
 
 def delete_image(session: Session, image: Image) -> int:
-    """Delete an image (its codes go with it) and log the change; returns the change id."""
+    """Delete an image (its codes go with it), mark its blob loose (the sweep removes it once no row references
+    it) and log the change; returns the change id."""
     session.execute(delete(Code).where(Code.image_id == image.id))
     session.delete(image)
+    session.flush()
+    touch_blobs(session, [image.sha256])  # before the changes lock: writers take blob entries, then that lock
     return log_change(session, image.id, "delete")
 
 
-def hash_in_use(session: Session, sha256: str) -> bool:
-    return session.scalar(select(func.count()).select_from(Image).where(Image.sha256 == sha256)) != 0
+# ------------------------------------------------------------------------------------------- loose blobs
+
+
+def touch_blobs(session: Session, digests: Collection[str], now: datetime | None = None) -> None:
+    """Mark image blobs loose as of ``now`` (:class:`~service.models.LooseBlob`; an existing entry is touched
+    again). Entries are locked in hash order, as every writer locks them."""
+    rows = [{"sha256": digest, "touched_at": now or utc_now()} for digest in sorted(set(digests))]
+    if not rows:
+        return
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(LooseBlob).values(rows)
+    session.execute(
+        statement.on_conflict_do_update(index_elements=["sha256"], set_={"touched_at": statement.excluded.touched_at})
+    )
+
+
+def take_blobs(session: Session, digests: Collection[str], deadline: datetime) -> set[str]:
+    """In the transaction that commits new rows pointing at these blobs, before it inserts them: delete their
+    entries (locked until the commit). The writer touched them before it stored the blobs; a sweep claims only
+    entries untouched for the grace period, so when this runs before ``deadline`` (touch time + half the grace
+    period, the other half for clocks that disagree) no sweep can have removed a blob since. After it, only a
+    blob some committed row references (locked against deletion until the commit) is sure to be there.
+    Returns the hashes that are neither: the caller rolls back and stores them again."""
+    wanted = sorted(set(digests))
+    if not wanted:
+        return set()
+    session.execute(delete(LooseBlob).where(LooseBlob.sha256.in_(wanted)))
+    if utc_now() < deadline:
+        return set()
+    held = select(Image.sha256).where(Image.sha256.in_(wanted)).order_by(Image.id).with_for_update(read=True)
+    return set(wanted) - set(session.scalars(held))
+
+
+def claim_loose_blobs(session: Session, before: datetime, limit: int) -> list[str]:
+    """Delete (in the caller's transaction, which holds their locks until it ends) up to ``limit`` entries last
+    touched before ``before``, skipping entries other transactions hold; returns their hashes."""
+    oldest = select(LooseBlob.sha256).where(LooseBlob.touched_at < before).order_by(LooseBlob.sha256).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        oldest = oldest.with_for_update(skip_locked=True)
+    claimed = delete(LooseBlob).where(LooseBlob.sha256.in_(oldest)).returning(LooseBlob.sha256)
+    return list(session.scalars(claimed))
+
+
+def referenced_hashes(session: Session, digests: Collection[str]) -> set[str]:
+    """Which of these hashes some image row holds (read afresh: on PostgreSQL each statement sees what was
+    committed before it began)."""
+    if not digests:
+        return set()
+    query = select(Image.sha256).where(Image.sha256.in_(sorted(set(digests)))).distinct()
+    return {str(digest) for digest in session.scalars(query)}
 
 
 # ------------------------------------------------------------------------------------------------- codes

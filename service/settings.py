@@ -59,6 +59,10 @@ class Settings(BaseSettings):
         job_db_retry_s: how long a worker keeps writing a job's heartbeat, progress and outcome again, with
             backoff, when the database cannot be reached (a restart, a failover).
         changes_poll_s: how often the API applies other processes' writes (the ``changes`` log) to its index.
+        blob_grace_s: how long an image blob whose last row was deleted (or whose row was never committed) stays
+            before the blob sweep removes it; a writer slower than half of it between storing a blob and
+            committing its row stores it again (:mod:`service.blobs`).
+        blob_sweep_s: how often each job worker runs the blob sweep.
         cpu_queue: requests (searches, single uploads) that may wait for a CPU slot (one per core) beyond those
             running; the next one is answered 429 with ``Retry-After`` at once instead of queueing.
         log_format: ``json`` (one object per line, with the request or job id) or ``text`` (``metah serve``
@@ -91,6 +95,8 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=3, ge=1)
     job_db_retry_s: float = Field(default=60.0, ge=0)
     changes_poll_s: float = Field(default=1.0, gt=0)
+    blob_grace_s: float = Field(default=3600.0, gt=0)
+    blob_sweep_s: float = Field(default=300.0, gt=0)
     cpu_queue: int = Field(default=32, ge=0)
     log_format: Literal["json", "text"] = "json"
 

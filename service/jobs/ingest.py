@@ -8,9 +8,9 @@ The job (:func:`run_ingest`, in a worker): fetch the archive from the blob store
 (:mod:`service.jobs.archive`), plan the items (labels from a top-level ``manifest.csv`` ``path,label,domain``,
 else from ImageFolder sub-folders), then per batch: read → :func:`service.pipeline.probe` → already stored? →
 :func:`service.pipeline.decode` → :func:`service.pipeline.encode` (one forward pass per batch) → blobs → one
-transaction of image rows, codes and ``changes`` rows. The same stages as a single upload, so both paths produce
-identical codes. Resubmitting the same archive finds every image already stored (same bytes, same domain) and
-creates nothing.
+transaction of image rows, codes and ``changes`` rows (:func:`service.blobs.commit_with_blobs`). The same
+stages as a single upload, so both paths produce identical codes. Resubmitting the same archive finds every
+image already stored (same bytes, same domain) and creates nothing.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from typing import IO, Any
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from model.errors import CheckpointError, DataError
 from model.export import LoadedEncoder
 from service import repository
+from service.blobs import commit_with_blobs
 from service.catalog import NewImage, image_values
 from service.db import Database
 from service.errors import PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
@@ -288,34 +290,37 @@ class IngestJob:
         if not ready:
             return
         codes = encode(encoder, np.stack([p.pixels for p in ready]))
-        paths = context.store.put_many([p.data for p in ready])
-        values = [
-            image_values(p.digest, p.info, len(p.data), stored_path, p.item.new)
-            for p, stored_path in zip(ready, paths, strict=True)
-        ]
-        rows = [Image(**value) for value in values]
         version = str(encoder.metadata["model_version"])
-        with context.db.session() as session:
-            try:
-                repository.add_images(session, rows, [code.tobytes() for code in codes], version)
-                session.commit()
-                tally.created += len(rows)
-                return
-            except IntegrityError:  # another writer stored some of these meanwhile: one at a time
-                session.rollback()
-        for value, code in zip(values, codes, strict=True):  # fresh rows: the batch's belong to the rolled-back session
-            self._add_one(context, Image(**value), code.tobytes(), version, tally)
+        grace = context.settings.blob_grace_s
+
+        def write(session: Session, paths: list[str]) -> None:
+            values = [
+                image_values(p.digest, p.info, len(p.data), stored_path, p.item.new)
+                for p, stored_path in zip(ready, paths, strict=True)
+            ]
+            repository.add_images(session, [Image(**value) for value in values], [c.tobytes() for c in codes], version)
+
+        try:
+            commit_with_blobs(context.db, context.store, [p.data for p in ready], grace, write)
+            tally.created += len(ready)
+            return
+        except IntegrityError:  # another writer stored some of these meanwhile: one at a time
+            pass
+        for candidate, code in zip(ready, codes, strict=True):
+            self._add_one(context, candidate, code.tobytes(), version, tally)
 
     @staticmethod
-    def _add_one(context: JobContext, row: Image, code: bytes, version: str, tally: Tally) -> None:
-        with context.db.session() as session:
-            try:
-                repository.add_image(session, row, code, version)
-                session.commit()
-                tally.created += 1
-            except IntegrityError:
-                session.rollback()
-                tally.existing += 1
+    def _add_one(context: JobContext, candidate: Prepared, code: bytes, version: str, tally: Tally) -> None:
+        def write(session: Session, paths: list[str]) -> None:
+            new = candidate.item.new
+            row = Image(**image_values(candidate.digest, candidate.info, len(candidate.data), paths[0], new))
+            repository.add_image(session, row, code, version)
+
+        try:
+            commit_with_blobs(context.db, context.store, [candidate.data], context.settings.blob_grace_s, write)
+            tally.created += 1
+        except IntegrityError:
+            tally.existing += 1
 
 
 def remove_archive(context: JobContext, key: str) -> None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
+from service import blobs
 from service.db import Database, is_transient, retry_transient
 from service.errors import CodedError
 from service.jobs import queue
@@ -95,7 +97,11 @@ class Worker:
 
     def run_forever(self, should_continue: Callable[[], bool] = lambda: True) -> None:
         log.info("worker started")
+        next_sweep = time.monotonic()
         while not self.stopping.is_set() and should_continue():
+            if time.monotonic() >= next_sweep:
+                self.sweep_blobs()
+                next_sweep = time.monotonic() + self.settings.blob_sweep_s
             try:
                 ran = self.run_once()
             except DBAPIError as exc:
@@ -106,6 +112,17 @@ class Worker:
             if not ran:
                 self.stopping.wait(self.settings.worker_poll_s)
         log.info("worker stopped")
+
+    def sweep_blobs(self) -> None:
+        """Remove the blobs no row references any more (:func:`service.blobs.sweep`); a failure is logged and
+        the next sweep tries again."""
+        try:
+            removed = blobs.sweep(self.db, self.store, self.settings.blob_grace_s)
+        except (BlobStoreError, DBAPIError) as exc:
+            log.warning("blob sweep interrupted, tried again in %.0f s: %s", self.settings.blob_sweep_s, exc)
+            return
+        if removed:
+            log.info("blob sweep: %d blobs no row references removed", removed)
 
     def run_once(self) -> bool:
         """Re-queue abandoned jobs, then claim and run one job; ``False`` when none was queued."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from service.blobs import sweep
+from service.db import Database
+from service.storage import LocalBlobStore
 from tests.service.conftest import LiveServer, assert_error, post_image, search
 
 
@@ -93,7 +97,17 @@ def test_delete_removes_the_image_everywhere(
     hits = search(client, data, k=1000).json()["hits"]
     assert [h["id"] for h in hits] == [kept_id]
     digest = hashlib.sha256(data).hexdigest()
-    assert not (server.settings.data_dir / "images" / digest[:2] / digest[2:4] / digest).exists()
+    blob = server.settings.data_dir / "images" / digest[:2] / digest[2:4] / digest
+    assert blob.exists()  # the blob sweep removes it (service/blobs.py), not the delete
+    db = Database(server.settings.sqlalchemy_url)
+    try:
+        assert sweep(db, LocalBlobStore(server.settings.data_dir), server.settings.blob_grace_s) == 0
+        assert blob.exists()  # within the grace period
+        time.sleep(0.01)
+        assert sweep(db, LocalBlobStore(server.settings.data_dir), 0.001) == 1
+    finally:
+        db.close()
+    assert not blob.exists()
 
     again = post_image(client, data, label=label)
     assert again.status_code == 201 and again.json()["id"] > kept_id  # ids are never reused

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 import migrations
 from service.migrate import current_revision, downgrade, head_revision, is_current, upgrade
@@ -83,3 +83,27 @@ def test_the_alembic_command_upgrades_an_empty_and_an_existing_database(tmp_path
     for url in (empty, existing):
         assert current_revision(url) == head_revision()
         assert "No new upgrade operations detected" in alembic(url, "check")
+
+
+def test_upgrade_from_0003_adds_loose_blobs_and_keeps_the_images(tmp_path: Path) -> None:
+    """0004 (the blob sweep's ``loose_blobs``) on a database at the previous head, and back."""
+    url = f"sqlite:///{tmp_path / 'metah.db'}"
+    upgrade(url, "0003")
+    engine = create_engine(url)
+    columns = "sha256, domain, metadata, media_type, size_bytes, width, height, stored_path, created_at"
+    values = f"'{'a' * 64}', 'd', '{{}}', 'image/png', 1, 1, 1, 'k', '2026-12-01'"
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"INSERT INTO images ({columns}) VALUES ({values})"))
+        assert "loose_blobs" not in inspect(engine).get_table_names()
+        upgrade(url)
+        assert current_revision(url) == head_revision() == "0004"
+        assert "loose_blobs" in inspect(engine).get_table_names()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT sha256 FROM images")).scalars().all() == ["a" * 64]
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+        downgrade(url, "0003")
+        assert "loose_blobs" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
