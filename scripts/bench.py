@@ -132,7 +132,13 @@ GRID: dict[str, dict[str, dict[str, LossWeights]]] = {
     },
 }
 
-# MeTAH with one part taken out, each derived from MeTAH's chosen weights.
+# MeTAH with one part taken out, each derived from MeTAH's chosen weights (name -> what the tables call it).
+ABLATION_LABELS = {
+    "no-classifier": "metah without the classification loss",
+    "no-entropy": "metah without the entropy (and diversity) term",
+    "no-adversary": "metah without the adversary",
+    "entropy-unramped": "metah with the entropy unramped",
+}
 ABLATIONS = {
     "no-classifier": lambda w: replace(w, classification=0.0),
     "no-entropy": lambda w: replace(w, entropy=0.0, diversity=0.0),
@@ -554,7 +560,7 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
             if run["method"] == "tah" and run["variant"] == TAH_REFERENCE:
                 label = "tah (reference weights)" if label is None else label
             if run["stage"] == "ablation":
-                label = f"metah − {run['variant'].split('/')[-1]}"
+                label = ABLATION_LABELS[run["variant"].split("/")[-1]]
             if label is not None:
                 cells.setdefault((run["bits"], label), []).append(run)
         if not cells:
