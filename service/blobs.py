@@ -15,11 +15,14 @@ of ``loose_blobs`` (:class:`~service.models.LooseBlob`):
   the blob was gone before the writer stored it (and the writer stores it again). A writer slower than half
   the grace period between its touch and its commit starts again.
 
-Blobs orphaned by a crash between storing and committing are swept the same way: their entries stay.
+Blobs orphaned by a crash between storing and committing are swept the same way: their entries stay. Blobs
+with no entry and no row (a delete before this module whose S3 request failed logged one) are found in the
+store's listing by :func:`mark_strays` (``metah sweep-blobs --strays``).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -30,7 +33,7 @@ from sqlalchemy.orm import Session
 from service import repository
 from service.db import Database
 from service.models import utc_now
-from service.storage import BlobStore, blob_key, sha256_hex
+from service.storage import BlobStore, blob_key, image_digest, sha256_hex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,6 +76,22 @@ def commit_with_blobs(
             session.commit()
             return result
     raise BlobLeaseError(f"{len(blobs)} blobs: every attempt to store them took over half of {grace_s} s")
+
+
+def mark_strays(db: Database, store: BlobStore, *, chunk: int = 1000) -> int:
+    """Mark loose every image blob in the store that no row references and that has no entry (left behind
+    by a delete whose request to S3 failed before the sweep existed, or copied in by hand), so that sweeps
+    remove it once the grace period has passed; returns how many it found. Reads the store's whole listing."""
+    marked = 0
+    keys = store.image_keys()
+    while listed := list(itertools.islice(keys, chunk)):
+        digests = {digest for key in listed if (digest := image_digest(key)) is not None}
+        with db.session() as session:
+            strays = digests - repository.referenced_hashes(session, digests)
+            repository.touch_blobs(session, strays, again=False)
+            session.commit()
+        marked += len(strays)
+    return marked
 
 
 def sweep(db: Database, store: BlobStore, grace_s: float, *, batch: int = SWEEP_BATCH) -> int:

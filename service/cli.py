@@ -104,6 +104,20 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
 
 
+def _add_sweep_blobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "sweep-blobs",
+        help="remove the image blobs no row references (deleted longer than METAH_BLOB_GRACE_S ago); the "
+        "workers do it every METAH_BLOB_SWEEP_S",
+    )
+    p.add_argument(
+        "--strays",
+        action="store_true",
+        help="first list the whole store and mark the blobs no row references that nothing marked (left behind "
+        "by a failed delete before migration 0004), for this sweep or the first one after the grace period",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metah", description="Cross-domain image retrieval with MeTAH hashing.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -114,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_migrate(sub)
     _add_worker(sub)
+    _add_sweep_blobs(sub)
     return parser
 
 
@@ -270,6 +285,22 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sweep_blobs(args: argparse.Namespace) -> int:
+    settings = _service_settings()
+    from service.blobs import mark_strays, sweep
+    from service.db import Database
+    from service.storage import open_blob_store
+
+    db, store = Database(settings.sqlalchemy_url), open_blob_store(settings)
+    try:
+        if args.strays:
+            print(f"{mark_strays(db, store)} blobs no row references found and marked")
+        print(f"{sweep(db, store, settings.blob_grace_s)} blobs removed")
+    finally:
+        db.close()
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
@@ -277,6 +308,7 @@ COMMANDS = {
     "serve": run_serve,
     "migrate": run_migrate,
     "worker": run_worker,
+    "sweep-blobs": run_sweep_blobs,
 }
 
 

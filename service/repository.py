@@ -100,17 +100,19 @@ def delete_image(session: Session, image: Image) -> int:
 # ------------------------------------------------------------------------------------------- loose blobs
 
 
-def touch_blobs(session: Session, digests: Collection[str], now: datetime | None = None) -> None:
-    """Mark image blobs loose as of ``now`` (:class:`~service.models.LooseBlob`; an existing entry is touched
-    again). Entries are locked in hash order, as every writer locks them."""
+def touch_blobs(session: Session, digests: Collection[str], now: datetime | None = None, *, again: bool = True) -> None:
+    """Mark image blobs loose as of ``now`` (:class:`~service.models.LooseBlob`); an existing entry is touched
+    again, or with ``again=False`` kept as it is. Entries are locked in hash order, as every writer locks them."""
     rows = [{"sha256": digest, "touched_at": now or utc_now()} for digest in sorted(set(digests))]
     if not rows:
         return
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement = dialect.insert(LooseBlob).values(rows)
-    session.execute(
-        statement.on_conflict_do_update(index_elements=["sha256"], set_={"touched_at": statement.excluded.touched_at})
-    )
+    if again:
+        touched = {"touched_at": statement.excluded.touched_at}
+        session.execute(statement.on_conflict_do_update(index_elements=["sha256"], set_=touched))
+    else:
+        session.execute(statement.on_conflict_do_nothing(index_elements=["sha256"]))
 
 
 def take_blobs(session: Session, digests: Collection[str], deadline: datetime) -> set[str]:

@@ -78,6 +78,14 @@ def blob_key(digest: str) -> str:
     return f"{IMAGES}/{digest[:2]}/{digest[2:4]}/{digest}"
 
 
+def image_digest(key: str) -> str | None:
+    """The SHA-256 an image's key names (:func:`blob_key`); ``None`` for any other key."""
+    match = _KEY.fullmatch(key)
+    if match is None or match[3][:2] != match[1] or match[3][2:4] != match[2]:
+        return None
+    return match[3]
+
+
 def archive_key(digest: str) -> str:
     """The key of an uploaded archive whose SHA-256 is ``digest``: ``archives/<digest>``."""
     return f"{ARCHIVES}/{_check_digest(digest)}"
@@ -161,6 +169,10 @@ class BlobStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove a blob (absent is fine)."""
+        ...
+
+    def image_keys(self) -> Iterator[str]:
+        """The keys of every image blob stored, in no particular order (the blob sweep's look for strays)."""
         ...
 
     def presigned_url(self, key: str, expires_s: int = 300) -> str | None:
@@ -349,6 +361,12 @@ class LocalBlobStore:
     def presigned_url(self, key: str, expires_s: int = 300) -> str | None:
         check_key(key)
         return None
+
+    def image_keys(self) -> Iterator[str]:
+        for path in (self.root / IMAGES).glob("*/*/*"):
+            key = path.relative_to(self.root).as_posix()
+            if image_digest(key) is not None:  # not a temporary file
+                yield key
 
     def create_if_missing(self) -> bool:
         folder = self.root / IMAGES

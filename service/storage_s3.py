@@ -39,12 +39,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from service.storage import (
+    IMAGES,
     BlobNotFoundError,
     BlobStoreError,
     blob_key,
     check_archive_key,
     check_key,
     check_model_key,
+    image_digest,
     parse_blob_url,
     sha256_hex,
 )
@@ -260,6 +262,18 @@ class S3BlobStore:
     def delete(self, key: str) -> None:
         """Absent is fine (S3's DELETE answers 204 either way)."""
         self._call("delete_object", Key=self._object(key))
+
+    def image_keys(self) -> Iterator[str]:
+        """``ListObjectsV2`` pages of the images' prefix (1,000 keys a request)."""
+        start = f"{self.prefix}/{IMAGES}/" if self.prefix else f"{IMAGES}/"
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+                for listed in page.get("Contents", []):
+                    key = str(listed["Key"]).removeprefix(f"{self.prefix}/" if self.prefix else "")
+                    if image_digest(key) is not None:
+                        yield key
+        except (ClientError, BotoCoreError) as exc:
+            raise self._unusable(exc) from exc
 
     def presigned_url(self, key: str, expires_s: int = 300) -> str | None:
         """A GET URL signed with this store's credentials (computed locally: no request)."""
