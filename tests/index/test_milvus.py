@@ -153,7 +153,7 @@ def test_same_hits_as_faiss_filtered_and_unfiltered_after_deletes(milvus_client:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("METAH_MILVUS_EXACTNESS_N"), reason="set METAH_MILVUS_EXACTNESS_N=200000")
+@pytest.mark.scale  # deselected unless METAH_MILVUS_EXACTNESS_N is set (tests/index/conftest.py)
 def test_same_hits_as_faiss_at_scale(milvus_client: Any) -> None:
     n = int(os.environ["METAH_MILVUS_EXACTNESS_N"])
     figures = compare_with_faiss(milvus_client, n, MilvusOptions(lite=True, prefix=f"exact{n}"), queries=200)
