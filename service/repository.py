@@ -90,10 +90,11 @@ def add_images(session: Session, images: Sequence[Image], codes: Sequence[bytes]
 def delete_image(session: Session, image: Image) -> int:
     """Delete an image (its codes go with it), mark its blob loose (the sweep removes it once no row references
     it) and log the change; returns the change id."""
+    # The entry first: a writer locks it before it inserts a row (whose unique key may wait on this row) and
+    # before the changes lock, so on PostgreSQL the two lock in the same order and cannot deadlock.
+    touch_blobs(session, [image.sha256])
     session.execute(delete(Code).where(Code.image_id == image.id))
     session.delete(image)
-    session.flush()
-    touch_blobs(session, [image.sha256])  # before the changes lock: writers take blob entries, then that lock
     return log_change(session, image.id, "delete")
 
 
