@@ -1,11 +1,12 @@
 """A full disk during ingestion: an 8 MiB tmpfs as the data dir (the model takes half; mounting needs root, as
 in CI). The upload that does not fit gets a clear 503, no row or file is left half-written, and uploads work
-again once space is freed."""
+again once space is freed (deleted images' blobs removed by the blob sweep)."""
 
 from __future__ import annotations
 
 import io
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.blobs import sweep
+from service.db import Database
+from service.storage import LocalBlobStore
 from tests.service.conftest import StartServer, assert_error, post_image
 
 DISK_BYTES = 8 * 1024 * 1024
@@ -72,6 +76,11 @@ def test_a_full_disk_is_a_clear_503_and_leaves_nothing_half_written(
         assert client.get(f"/v1/images/{image_id}/content").status_code == 200
     assert client.get("/readyz").json()["indexed"] == len(acknowledged)
 
-    for image_id in acknowledged[:3]:  # free some space
+    for image_id in acknowledged[:3]:  # free some space: the blob sweep removes what deletes leave
         assert client.delete(f"/v1/images/{image_id}").status_code == 204
+    db = Database(server.settings.sqlalchemy_url)
+    time.sleep(0.01)
+    # the sweep after the grace period: the three deleted, and the entry of the upload that did not fit
+    assert sweep(db, LocalBlobStore(small_disk), 0.001) == 4
+    db.close()
     assert post_image(client, noise_png(1000), domain="noise").status_code == 201
