@@ -96,8 +96,9 @@ def mark_strays(db: Database, store: BlobStore, *, chunk: int = 1000) -> int:
 
 def sweep(db: Database, store: BlobStore, grace_s: float, *, batch: int = SWEEP_BATCH) -> int:
     """Remove the image blobs whose entries nobody touched for ``grace_s`` seconds and that no row references;
-    returns how many. A batch is one transaction that holds its entries' locks while their blobs are removed;
-    when removing fails (:class:`~service.storage.BlobStoreError`) the batch's entries stay for the next sweep."""
+    returns how many (a blob already gone, such as one whose upload failed, counts too). A batch is one
+    transaction that holds its entries' locks while their blobs are removed; when removing fails
+    (:class:`~service.storage.BlobStoreError`) the batch's entries stay for the next sweep."""
     before = utc_now() - timedelta(seconds=grace_s)
     removed = 0
     while True:
