@@ -56,7 +56,7 @@ from model.export import load_encoder
 from model.factory import restore_network
 from model.features import FeatureCache, FeatureTable, extract_features
 from model.metrics import evaluate_retrieval
-from model.objective import LossWeights
+from model.objective import LossWeights, method_weights
 from model.preprocess import to_model_input
 from model.train import train
 from scripts.bench_stats import cosine_map, describe_run, mean_std, paired_difference
@@ -521,6 +521,17 @@ def _provenance(runs: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _defaults_check(choice: dict[str, str]) -> list[str]:
+    """Whether the product's presets (model.objective) are the weights chosen here, one line per mode/method."""
+    lines = []
+    for key, variant in sorted(choice.items()):
+        mode, method = key.split("/")
+        same = method_weights(method, mode) == GRID[mode][method][variant]
+        verdict = "the product default" if same else "**not** the product default (model/objective.py differs)"
+        lines.append(f"- {mode} {method}: chosen {variant} is {verdict}")
+    return lines
+
+
 def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
     runs, cosine = read_lines(out / "runs.jsonl"), read_lines(out / "cosine.jsonl")
     choice = chosen(runs, tasks, tune_seeds)
@@ -558,6 +569,7 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
                 if values:
                     mark = "**yes**" if choice.get(f"{mode}/{method}") == variant else ""
                     lines.append(f"| {mode} | {method} | {variant} | {statistics.fmean(values):.4f} | {mark} |")
+    lines += ["", *_defaults_check(choice)]
     tests = [r for r in runs if r["split"] == "test"]
     for task in tasks:
         mode = TASKS[task].mode
