@@ -462,3 +462,24 @@ def single_searches(
     out["median_overhead_ms"] = out["http"]["median_ms"] - out["in_process"]["median_ms"]
     out["p99_overhead_ms"] = out["http"]["p99_ms"] - out["in_process"]["p99_ms"]
     return out
+
+
+def single_search_table(search: dict[str, Any], title: str, in_process: str, decimals: int) -> list[str]:
+    """The "single search" section's heading and latency table (in-process, HTTP, the server's ``took_ms``,
+    ``/healthz``), as both service benchmarks report it; ``in_process`` names the in-process path."""
+    rows = (
+        (in_process, search["in_process"]),
+        ("`POST /v1/search` (client wall time)", search["http"]),
+        ("… the server's own `took_ms` (the route's function)", search["server_took_ms"]),
+        ("`GET /healthz` (a route doing nothing: HTTP + framework floor)", search["healthz"]),
+    )
+    cells = ("median_ms", "p99_ms", "mean_ms")
+    return [
+        "",
+        title,
+        "",
+        "| path | median ms | p99 ms | mean ms |",
+        "|---|---:|---:|---:|",
+        *[f"| {name} | " + " | ".join(f"{s[c]:.{decimals}f}" for c in cells) + " |" for name, s in rows],
+        "",
+    ]

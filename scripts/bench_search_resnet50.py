@@ -53,6 +53,7 @@ from scripts.bench_harness import (
     ingest_in_process,
     ingest_job_over_http,
     metah_serve,
+    single_search_table,
     single_searches,
     wait_for_worker,
 )
@@ -204,21 +205,12 @@ def markdown(results: dict[str, Any]) -> str:
     if search := results.get("search"):
         cpu = search["cpu_ms"]
         lines += [
-            "",
-            f"## 3. Single search (k=10), {search['queries']} queries, interleaved one by one",
-            "",
-            "| path | median ms | p99 ms | mean ms |",
-            "|---|---:|---:|---:|",
-            *[
-                f"| {name} | {s['median_ms']:.1f} | {s['p99_ms']:.1f} | {s['mean_ms']:.1f} |"
-                for name, s in (
-                    ("in-process probe → decode → encode → index search", search["in_process"]),
-                    ("`POST /v1/search` (client wall time)", search["http"]),
-                    ("… the server's own `took_ms`", search["server_took_ms"]),
-                    ("`GET /healthz` (HTTP + framework floor)", search["healthz"]),
-                )
-            ],
-            "",
+            *single_search_table(
+                search,
+                f"## 3. Single search (k=10), {search['queries']} queries, interleaved one by one",
+                "in-process probe → decode → encode → index search",
+                1,
+            ),
             f"Median overhead {search['median_overhead_ms']:.1f} ms ({results['search_ratio']:.3f}×). Server stage "
             "means (ms, from `/metrics`): "
             + ", ".join(f"{k} {v:.1f}" for k, v in search["server_stage_mean_ms"].items())

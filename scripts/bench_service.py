@@ -67,6 +67,7 @@ from scripts.bench_harness import (
     local_caller,
     metah_serve,
     scaled_index,
+    single_search_table,
     single_searches,
     single_uploads_over_http,
     wait_for_worker,
@@ -192,21 +193,12 @@ def markdown(results: dict[str, Any]) -> str:
     if search:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in search["server_stage_mean_ms"].items())
         lines += [
-            "",
-            f"## 3. Single search (k={K}), {search['queries']} queries at {results['stored']:,} stored images",
-            "",
-            "| path | median ms | p99 ms | mean ms |",
-            "|---|---:|---:|---:|",
-            *[
-                f"| {name} | {s['median_ms']:.2f} | {s['p99_ms']:.2f} | {s['mean_ms']:.2f} |"
-                for name, s in (
-                    ("in-process probe + decode (one parse) → encode → index search", search["in_process"]),
-                    ("`POST /v1/search` (client wall time)", search["http"]),
-                    ("… the server's own `took_ms` (the route's function)", search["server_took_ms"]),
-                    ("`GET /healthz` (a route doing nothing: HTTP + framework floor)", search["healthz"]),
-                )
-            ],
-            "",
+            *single_search_table(
+                search,
+                f"## 3. Single search (k={K}), {search['queries']} queries at {results['stored']:,} stored images",
+                "in-process probe + decode (one parse) → encode → index search",
+                2,
+            ),
             f"Overhead of HTTP + service: median {search['median_overhead_ms']:.2f} ms, p99 "
             f"{search['p99_overhead_ms']:.2f} ms. Server stage means (ms, from `/metrics`): {stages}. "
             f"Errors {search['errors']}; hits whose distances differ from the in-process search: "
