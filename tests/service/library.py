@@ -22,6 +22,21 @@ from tests.conftest import DigitFolders
 from tests.service.conftest import make_settings
 
 
+def image_row(data: bytes, stored_path: str, domain: str, label: str | None, *, side: int) -> Image:
+    """The row of a PNG of ``side`` × ``side`` pixels stored under ``stored_path`` (not yet added)."""
+    return Image(
+        sha256=sha256_hex(data),
+        domain=domain,
+        label=label,
+        meta={},
+        media_type="image/png",
+        size_bytes=len(data),
+        width=side,
+        height=side,
+        stored_path=stored_path,
+    )
+
+
 @dataclass
 class Library:
     settings: Settings
@@ -32,17 +47,7 @@ class Library:
         """Store ``(bytes, domain, label)`` images (blobs and rows, one transaction); returns their ids."""
         paths = self.worker.store.put_many([data for data, _, _ in images])
         rows = [
-            Image(
-                sha256=sha256_hex(data),
-                domain=domain,
-                label=label,
-                meta={},
-                media_type="image/png",
-                size_bytes=len(data),
-                width=28,
-                height=28,
-                stored_path=relative,
-            )
+            image_row(data, relative, domain, label, side=28)
             for (data, domain, label), relative in zip(images, paths, strict=True)
         ]
         with self.db.session() as session:

@@ -15,11 +15,12 @@ from service.blobs import commit_with_blobs, mark_strays, sweep
 from service.cli import main
 from service.db import Database
 from service.migrate import upgrade
-from service.models import Image, LooseBlob
+from service.models import LooseBlob
 from service.storage import BlobStore, BlobStoreError, LocalBlobStore, sha256_hex
 from service.storage_s3 import S3BlobStore
 from tests.s3server import fresh_bucket
 from tests.service.conftest import make_settings
+from tests.service.library import image_row
 
 
 @pytest.fixture
@@ -33,19 +34,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 def add_row(db: Database, key: str, data: bytes) -> None:
     with db.session() as session:
-        session.add(
-            Image(
-                sha256=sha256_hex(data),
-                domain="d",
-                label=None,
-                meta={},
-                media_type="image/png",
-                size_bytes=len(data),
-                width=1,
-                height=1,
-                stored_path=key,
-            )
-        )
+        session.add(image_row(data, key, "d", None, side=1))
         session.commit()
 
 
