@@ -61,7 +61,7 @@ from scripts.bench_stats import git_commit
 from service.pipeline import decode
 from service.settings import Settings
 from workbench.datasets import load_digits, stratified_sample, write_image_folder
-from workbench.loadtest import Upload, photo_sets, ratio, verdict
+from workbench.loadtest import Upload, identical_results, photo_sets, ratio, verdict
 from workbench.machine import machine
 
 ENCODE_TARGET = 1.0  # artefact / eager images/s, at least
@@ -138,11 +138,7 @@ def targets(results: dict[str, Any]) -> list[str]:
             f"single search HTTP / in-process median {value:.3f}× (≤ {SEARCH_TARGET}×): "
             f"{verdict(value <= SEARCH_TARGET)}"
         )
-        same = search["distance_mismatches"] == 0 and search["errors"] == 0
-        out.append(
-            f"search results identical to in-process ({search['distance_mismatches']} mismatches, "
-            f"{search['errors']} errors): {verdict(same)}"
-        )
+        out.append(identical_results(search))
     return out
 
 

@@ -180,6 +180,15 @@ INGEST_RATIO_TARGET = 0.7
 SEARCH_OVERHEAD_TARGET_MS = 1.5  # issue 13, the search path (was 5.0 in issue 6)
 
 
+def identical_results(search: dict[str, Any]) -> str:
+    """The target line: every search over HTTP found what the in-process search found, without an error."""
+    mismatches, errors = search["distance_mismatches"], search["errors"]
+    return (
+        f"search results identical to in-process ({mismatches} mismatches, {errors} errors): "
+        f"{verdict(mismatches == 0 and errors == 0)}"
+    )
+
+
 def targets(results: dict[str, Any]) -> list[str]:
     out = []
     if ing := results.get("ingestion"):
@@ -194,10 +203,7 @@ def targets(results: dict[str, Any]) -> list[str]:
             f"single search median overhead {value:.2f} ms (≤ {SEARCH_OVERHEAD_TARGET_MS} ms): "
             f"{verdict(value <= SEARCH_OVERHEAD_TARGET_MS)}"
         )
-        out.append(
-            f"search results identical to in-process ({search['distance_mismatches']} mismatches, "
-            f"{search['errors']} errors): {verdict(search['distance_mismatches'] == 0 and search['errors'] == 0)}"
-        )
+        out.append(identical_results(search))
     if conc := results.get("concurrency"):
         errors = sum(r["errors"] for r in conc)
         out.append(f"errors under concurrent load {errors} (= 0): {verdict(errors == 0)}")
