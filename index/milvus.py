@@ -142,6 +142,16 @@ def connect(uri: str, token: str = "") -> tuple[MilvusClient, MilvusOptions]:
     return MilvusClient(uri=uri, token=token), MilvusOptions(lite=is_lite(uri))
 
 
+def disconnect(client: MilvusClient, uri: str) -> None:
+    """Close a client of :func:`connect`; for Milvus Lite also stop the Lite server of that file (pymilvus keeps
+    one per file and process until exit, and would hand it to the next client of the same path)."""
+    client.close()
+    if is_lite(uri):
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(uri)
+
+
 def collection_name(prefix: str, model_version: str) -> str:
     """``{prefix}_{version with other characters as _}_{12 hex of its SHA-256}``: a valid, injective name."""
     readable = re.sub(r"[^A-Za-z0-9_]", "_", model_version)[:120]

@@ -17,6 +17,7 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 
+from service.cursors import INDEX_NOT_READY, INDEX_UNAVAILABLE
 from service.errors import install_error_handlers
 from service.jobs.process import WorkerProcesses
 from service.limits import BodySizeLimit
@@ -48,7 +49,9 @@ async def _lifespan(settings: Settings, metrics: Metrics, app: FastAPI) -> Async
     runtime = await anyio.to_thread.run_sync(open_runtime, settings)
     runtime.metrics = metrics
     metrics.watch_state(partial(read_state, runtime))
-    workers = WorkerProcesses(settings, settings.workers if runtime.problem is None else 0)
+    # Workers run unless the service cannot work at all; they build the Milvus collection it may wait for.
+    usable = runtime.problem is None or runtime.problem.code in (INDEX_NOT_READY, INDEX_UNAVAILABLE)
+    workers = WorkerProcesses(settings, settings.workers if usable else 0)
     workers.start()
     try:
         async with anyio.create_task_group() as tasks:

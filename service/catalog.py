@@ -2,8 +2,10 @@
 
 Order of an ingest: probe (415/413) → already stored in this domain? (idempotent) → decode → encode → pack
 → touch the blob's entry, store the blob, commit image + code + change (:func:`service.blobs.commit_with_blobs`)
-→ update the index → acknowledge. A crash after the commit leaves the index behind the database, which the next
-start detects (the snapshot is stale) and repairs. A delete leaves the blob to the sweep (:mod:`service.blobs`).
+→ update the index (on the Milvus backend the caller waits for the indexer instead, outside the CPU slot:
+:meth:`service.runtime.Runtime.wait_indexed`) → acknowledge. A crash after the commit leaves the index behind
+the database, which the next start detects (the snapshot is stale) and repairs (on Milvus: the indexer applies
+the change). A delete leaves the blob to the sweep (:mod:`service.blobs`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ class NewImage:
 
 @dataclass(frozen=True)
 class Ingested:
+    """``change``: the change that added the image (``None``: it was stored already)."""
+
     image: Image
     created: bool
+    change: int | None = None
 
 
 def image_values(digest: str, info: ImageInfo, size: int, stored_path: str, new: NewImage) -> dict[str, Any]:
@@ -85,9 +90,8 @@ def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> I
             if (existing := _existing(runtime, digest, new.domain)) is not None:
                 return Ingested(existing, created=False)
             raise
-        if runtime.active is not None:
-            runtime.active.add([image.id], code[None], image.domain, model_version=pair.model_version, change=change)
-    return Ingested(image, created=True)
+        runtime.index_added([image.id], code[None], image.domain, model_version=pair.model_version, change=change)
+    return Ingested(image, created=True, change=change)
 
 
 def get_image(runtime: Runtime, image_id: int) -> Image:
@@ -131,5 +135,5 @@ def delete(runtime: Runtime, image_id: int) -> None:
                 raise NotFoundError(f"image {image_id} does not exist", code="image_not_found")
             change = repository.delete_image(session, image)
             session.commit()
-        if runtime.active is not None:
-            runtime.active.remove([image_id], change=change)
+        runtime.index_removed([image_id], change=change)
+    runtime.wait_indexed(change)

@@ -202,3 +202,21 @@ class LooseBlob(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     touched_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class IndexCursor(Base):
+    """Where the indexer (:mod:`service.indexer`) stands with one model version's Milvus collection.
+
+    ``state``: ``requested`` (to be built from the ``codes`` table), ``ready`` (built; the indexer applies every
+    change after ``change`` to it) or ``retired`` (no longer kept up to date: a previous model). ``change`` is
+    the last change of the log the collection holds; ``write_ts`` the Milvus timestamp of the indexer's last
+    write to it, which readers pass as ``guarantee_timestamp`` to see everything up to ``change``.
+    """
+
+    __tablename__ = "index_cursors"
+
+    model_version: Mapped[str] = mapped_column(String(VERSION_LENGTH), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    change: Mapped[int] = mapped_column(BigInteger, default=0)
+    write_ts: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)

@@ -113,14 +113,19 @@ def open_index(settings: Settings, db: Database, version: str, bits: int) -> Has
     return index
 
 
-def open_active_pair(settings: Settings, db: Database, store: BlobStore) -> ServingPair | None:
-    """The active model with its index; registers ``settings.model`` first when the registry has no active
-    model. ``None`` when there is no model at all."""
+def active_or_registered(settings: Settings, db: Database, store: BlobStore) -> ModelVersion | None:
+    """The active model's row; registers (and activates) ``settings.model`` first when no model is active.
+    ``None`` when there is no model at all."""
     with db.session() as session:
         row = repository.active_model(session)
     if row is None and settings.model is not None:
         row = register_artefact(db, store, settings.model, activate=True)
-    if row is None:
+    return row
+
+
+def open_active_pair(settings: Settings, db: Database, store: BlobStore) -> ServingPair | None:
+    """The active model with its index (:func:`active_or_registered`); ``None`` when there is no model at all."""
+    if (row := active_or_registered(settings, db, store)) is None:
         return None
     encoder = load_registered(store, row)
     return ServingPair(encoder, open_index(settings, db, row.version, row.bits))
@@ -134,6 +139,8 @@ def list_models(db: Database) -> list[ModelVersion]:
 def save_snapshot(settings: Settings, pair: ServingPair) -> bool:
     """Write the serving index's snapshot unless the one on disk already reflects the same change (a cache:
     the next start uses it only if it is still current). Returns whether a file was written."""
+    if not isinstance(pair.index, HashIndex):  # a Milvus collection is kept by Milvus
+        return False
     path = snapshot_path(settings, pair.model_version)
     try:
         manifest = read_manifest(path)

@@ -1,6 +1,11 @@
 """What the service holds while it runs: settings, database, blob store and the serving pair.
 
 Opened in the app's lifespan (:func:`open_runtime`), never at import; tests get it from a real server.
+
+Two index backends (``METAH_INDEX_BACKEND``): ``faiss`` (the codes in this process, kept up to date by
+:class:`service.follow.ChangeFollower` and by the API's own writes) and ``milvus`` (the active model's Milvus
+collection, read only: :mod:`service.remote_index`; the elected indexer applies every write, and a write here
+waits for it, up to ``index_wait_s``: :meth:`Runtime.wait_indexed`).
 """
 
 from __future__ import annotations
@@ -10,16 +15,19 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
+import numpy.typing as npt
 import torch
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from index.errors import HashIndexError
 from model.errors import CheckpointError
+from service import cursors
+from service.cursors import INDEX_UNAVAILABLE
 from service.db import Database
 from service.errors import NotReadyError
 from service.follow import ChangeFollower
@@ -28,13 +36,27 @@ from service.migrate import current_revision, head_revision
 from service.models import Job
 from service.observability import Metrics
 from service.registry import open_active_pair, save_snapshot
-from service.serving import ActivePair
+from service.serving import ActivePair, ServingPair
 from service.settings import Settings
 from service.storage import BlobStore, BlobStoreError, open_blob_store
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class Follower(Protocol):
+    """What the runtime asks of its follower (:class:`ChangeFollower`, or
+    :class:`service.remote_index.RemoteFollower` on the Milvus backend)."""
+
+    @property
+    def cursor(self) -> int | None: ...
+
+    def catch_up(self) -> int: ...
+
+    def advance(self, change: int) -> None: ...
+
+    def follow_activation(self) -> bool: ...
 
 
 @dataclass
@@ -55,7 +77,9 @@ class Runtime:
     store: BlobStore
     active: ActivePair | None
     problem: NotReadyError | None = None
-    follower: ChangeFollower | None = None
+    follower: Follower | None = None
+    stop_indexer: Callable[[], None] | None = None  # this process's indexer candidate (Milvus Lite)
+    milvus: Any = None  # the MilvusClient on the Milvus backend
     metrics: Metrics = field(default_factory=Metrics)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     cpu: CpuSlots = field(init=False)
@@ -88,6 +112,42 @@ class Runtime:
         """The last change of the log that the serving index holds, read without a lock (``None``: no follower)."""
         return self.follower.cursor if self.follower is not None else None
 
+    def serve(self, pair: ServingPair) -> None:
+        """Serve ``pair`` from now on (the first one, after a start that had none yet, or the next model)."""
+        if self.active is None:
+            self.active, self.problem = ActivePair(pair), None
+        else:
+            self.active.swap(pair)
+
+    def index_added(
+        self, ids: npt.ArrayLike, codes: npt.ArrayLike, domain: str, *, model_version: str, change: int
+    ) -> None:
+        """This process committed ``change`` adding these codes: the FAISS index takes them now (the Milvus
+        indexer applies them; see :meth:`wait_indexed`). Called under ``write_lock``."""
+        active = self.active if self.settings.index_backend == "faiss" else None
+        if active is not None and active.add(ids, codes, domain, model_version=model_version, change=change):
+            self._advance(change)
+
+    def index_removed(self, ids: npt.ArrayLike, *, change: int) -> None:
+        """This process committed ``change`` deleting these ids (as :meth:`index_added`)."""
+        if self.settings.index_backend == "faiss" and self.active is not None:
+            self.active.remove(ids, change=change)
+            self._advance(change)
+
+    def _advance(self, change: int) -> None:
+        if self.follower is not None:
+            self.follower.advance(change)
+
+    def wait_indexed(self, change: int) -> bool:
+        """On the Milvus backend, wait (up to ``index_wait_s``) until the indexer has applied ``change``, so that
+        a request after this one's response finds it; ``False`` when it did not in time (logged)."""
+        if self.settings.index_backend != "milvus":
+            return True
+        if cursors.wait_indexed(self.db, change, self.settings.index_wait_s):
+            return True
+        log.warning("change %d not indexed within %.1f s: acknowledged anyway", change, self.settings.index_wait_s)
+        return False
+
     def catch_up(self) -> None:
         """Apply other processes' writes (job workers) to the serving index (see :mod:`service.follow`)."""
         if self.follower is not None:
@@ -99,7 +159,13 @@ class Runtime:
             self.follower.follow_activation()
 
     def close(self) -> None:
-        if self.active is not None:
+        if self.stop_indexer is not None:
+            self.stop_indexer()
+        if self.milvus is not None:
+            from index.milvus import disconnect
+
+            disconnect(self.milvus, str(self.settings.milvus_uri))
+        if self.active is not None and self.settings.index_backend == "faiss":
             try:
                 save_snapshot(self.settings, self.active.current)
             except (OSError, HashIndexError) as exc:
@@ -118,6 +184,8 @@ def open_runtime(settings: Settings) -> Runtime:
         message = f"the database is at revision {revision}, this code needs {head}: run `metah migrate`"
         log.error(message)
         return Runtime(settings, db, store, None, NotReadyError(message, code="database_not_migrated"))
+    if settings.index_backend == "milvus":
+        return _open_remote_runtime(settings, db, store)
     try:
         pair = open_active_pair(settings, db, store)
     except BlobStoreError as exc:
@@ -133,6 +201,18 @@ def open_runtime(settings: Settings) -> Runtime:
         return Runtime(settings, db, store, None, problem)
     active = ActivePair(pair)
     return Runtime(settings, db, store, active, follower=ChangeFollower(settings, db, store, active))
+
+
+def _open_remote_runtime(settings: Settings, db: Database, store: BlobStore) -> Runtime:
+    """The Milvus backend: no model is served until Milvus answers and the active model's collection is ready
+    (503 meanwhile); the follower connects, starts the indexer on Milvus Lite, and keeps looking."""
+    from service.remote_index import RemoteFollower
+
+    waiting = NotReadyError(f"connecting to Milvus at {settings.milvus_uri}", code=INDEX_UNAVAILABLE)
+    runtime = Runtime(settings, db, store, None, waiting)
+    runtime.follower = RemoteFollower(settings, db, store, runtime)
+    runtime.follow_activation()
+    return runtime
 
 
 def read_state(runtime: Runtime) -> tuple[int | None, dict[tuple[str, str], int]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy.typing as npt
 
-from index import HashIndex
+from index.protocol import CodeIndex
 from model.export import LoadedEncoder
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class ServingPair:
     """An encoder and the index of the codes it produced (same bits, same model version)."""
 
     encoder: LoadedEncoder
-    index: HashIndex
+    index: CodeIndex
 
     def __post_init__(self) -> None:
         if self.index.model_version != self.model_version or self.index.bits != self.encoder.bits:

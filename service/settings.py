@@ -65,6 +65,15 @@ class Settings(BaseSettings):
         blob_sweep_s: how often each job worker runs the blob sweep.
         cpu_queue: requests (searches, single uploads) that may wait for a CPU slot (one per core) beyond those
             running; the next one is answered 429 with ``Retry-After`` at once instead of queueing.
+        index_backend: ``faiss`` (the codes in each API process, the default) or ``milvus`` (the codes in a
+            Milvus collection per model version that one elected indexer keeps up with the ``changes`` log:
+            :mod:`service.indexer`).
+        milvus_uri: the Milvus server (``http://host:19530``) or a Milvus Lite file (``*.db``; one process
+            only: the ``metah serve`` process then runs the indexer too); needed with ``index_backend=milvus``.
+        index_wait_s: on the ``milvus`` backend, how long a write (an upload, a delete, a finished job) waits
+            for the indexer to apply it before it is acknowledged anyway (read-your-writes while the indexer
+            keeps up).
+        indexer_poll_s: how often the indexer looks for new changes.
         log_format: ``json`` (one object per line, with the request or job id) or ``text`` (``metah serve``
             and ``metah worker``; other commands always log text).
     """
@@ -98,9 +107,13 @@ class Settings(BaseSettings):
     blob_grace_s: float = Field(default=3600.0, gt=0)
     blob_sweep_s: float = Field(default=300.0, gt=0)
     cpu_queue: int = Field(default=32, ge=0)
+    index_backend: Literal["faiss", "milvus"] = "faiss"
+    milvus_uri: str | None = None
+    index_wait_s: float = Field(default=10.0, ge=0)
+    indexer_poll_s: float = Field(default=0.05, gt=0)
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("api_key", "database_url", "model", "blob_url", mode="before")
+    @field_validator("api_key", "database_url", "model", "blob_url", "milvus_uri", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
@@ -112,6 +125,12 @@ class Settings(BaseSettings):
         if value is not None:
             parse_blob_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _milvus_needs_a_uri(self) -> Settings:
+        if self.index_backend == "milvus" and self.milvus_uri is None:
+            raise ValueError("METAH_INDEX_BACKEND=milvus needs METAH_MILVUS_URI (http://host:19530 or a Lite .db file)")
+        return self
 
     @model_validator(mode="after")
     def _refuse_open_writes(self) -> Settings:
@@ -127,6 +146,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'metah.db').resolve()}"
+
+    @property
+    def milvus_lite(self) -> bool:
+        """The Milvus backend on a Milvus Lite file (one process opens it: the API's, which hosts the indexer)."""
+        return self.milvus_uri is not None and self.milvus_uri.endswith(".db")
 
     @property
     def is_sqlite(self) -> bool:

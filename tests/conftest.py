@@ -22,8 +22,9 @@ from workbench.datasets import load_digits, stratified_sample, write_image_folde
 
 torch.set_num_threads(1)
 
-# pytester: tests/test_backends.py runs small suites of its own; tests.s3server: the S3 server's fixtures.
-pytest_plugins = ("pytester", "tests.s3server")
+# pytester: tests/test_backends.py runs small suites of its own; tests.s3server, tests.milvus: the S3 server's
+# and Milvus's fixtures.
+pytest_plugins = ("pytester", "tests.s3server", "tests.milvus")
 
 
 def backends_required() -> bool:

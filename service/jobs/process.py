@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from service.jobs.ingest import KIND as INGEST
 from service.jobs.ingest import IngestJob
 from service.jobs.worker import Handler, Worker
 from service.settings import Settings
+from service.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,19 @@ def run_worker(settings: Settings, kinds: Sequence[str] | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
     parent = os.environ.get(PARENT_PID_ENV)
+    stop_indexer = _indexer_candidate(settings, db, worker.store)
     try:
         worker.run_forever(lambda: parent is None or os.getppid() == int(parent))
     finally:
+        stop_indexer()
         db.close()
+
+
+def _indexer_candidate(settings: Settings, db: Database, store: BlobStore) -> Callable[[], None]:
+    """On the Milvus backend with a server, every worker is a candidate for the indexer (:mod:`service.indexer`);
+    returns what stops it. (Milvus Lite opens in one process only: there ``metah serve`` runs it.)"""
+    if settings.index_backend != "milvus" or settings.milvus_lite:
+        return lambda: None
+    from service.indexer import start_indexer
+
+    return start_indexer(settings, db, store).stop

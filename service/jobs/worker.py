@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from service import blobs
+from service import blobs, cursors, repository
 from service.db import Database, is_transient, retry_transient
 from service.errors import CodedError
 from service.jobs import queue
@@ -170,11 +170,22 @@ class Worker:
             failure = {"code": "internal_error", "message": f"{exc.__class__.__name__}: {exc}"}
             self._finish(context, queue.FAILED, errors=[failure, *context.errors])
         else:
+            self._await_indexer()
             self._finish(context, queue.SUCCEEDED, result=result, errors=context.errors)
             log.info("job %d succeeded: %s", job.id, result)
         finally:
             beating.set()
             beat.join()
+
+    def _await_indexer(self) -> None:
+        """On the Milvus backend a job is reported succeeded once the indexer has applied every change so far, so
+        a client that saw it succeed finds its images (bounded by ``index_wait_s``)."""
+        if self.settings.index_backend != "milvus":
+            return
+        with self.db.session() as session:
+            last = repository.last_change(session)
+        if not cursors.wait_indexed(self.db, last, self.settings.index_wait_s):
+            log.warning("change %d not indexed in %.1f s: the job succeeds anyway", last, self.settings.index_wait_s)
 
     def _finish(
         self,

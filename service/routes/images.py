@@ -28,6 +28,8 @@ async def add_image(
 ) -> ImagePublic:
     """Store an image: 201 with the new record, or 200 with the existing one for the same bytes and domain."""
     result = await runtime.run_cpu(catalog.ingest, runtime, pair, image, form)
+    if result.change is not None:  # the Milvus backend: acknowledged once the indexer applied it (bounded)
+        await runtime.run_io(runtime.wait_indexed, result.change)
     if not result.created:
         response.status_code = status.HTTP_200_OK
     return ImagePublic.from_row(result.image)

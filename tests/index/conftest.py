@@ -4,7 +4,7 @@
 Milvus Lite: one Lite server per test session, a fresh collection prefix per index, dropped after the test)
 and, marked slow, ``milvus-server``: a real Milvus 2.3.5 standalone server (the ``milvus`` wheel) that the
 session starts on loopback in a temporary folder and stops at the end (about 20 s), with a partition key and
-Session consistency (the test client reads its own writes).
+Session consistency (the test client reads its own writes). Both servers' fixtures are in tests/milvus.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,39 +79,11 @@ class Backend:
         self.made.clear()
 
 
-@pytest.fixture(scope="session")
-def milvus_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One Milvus Lite server (a local file) for the session; each test uses its own collections."""
-    from pymilvus import MilvusClient
-
-    path: Path = tmp_path_factory.mktemp("milvus") / "lite.db"
-    client = MilvusClient(str(path))
-    yield client
-    client.close()
-
-
 def milvus_options(*, lite: bool, prefix: str) -> Any:
     """Lite as configured in production; a server with Session consistency, so the test reads its writes."""
     from index.milvus import MilvusOptions
 
     return MilvusOptions(lite=lite, prefix=prefix, consistency_level="Bounded" if lite else "Session")
-
-
-@pytest.fixture(scope="session")
-def milvus_server_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A Milvus 2.3.5 standalone server on 127.0.0.1 (ports chosen free by the wheel), data in a temp folder."""
-    milvus = pytest.importorskip("milvus", reason="the milvus==2.3.5 wheel (requirements-dev.txt) runs the server")
-    from pymilvus import MilvusClient
-
-    server = milvus.MilvusServer(wait_for_started=True)
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
-    server.start()
-    try:
-        client = MilvusClient(f"http://127.0.0.1:{server.listen_port}")
-        yield client
-        client.close()
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["faiss", "milvus", pytest.param("milvus-server", marks=pytest.mark.slow)])

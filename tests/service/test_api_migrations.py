@@ -97,7 +97,7 @@ def test_upgrade_from_0003_adds_loose_blobs_and_keeps_the_images(tmp_path: Path)
             connection.execute(text(f"INSERT INTO images ({columns}) VALUES ({values})"))
         assert "loose_blobs" not in inspect(engine).get_table_names()
         upgrade(url)
-        assert current_revision(url) == head_revision() == "0004"
+        assert current_revision(url) == head_revision()
         assert "loose_blobs" in inspect(engine).get_table_names()
         with engine.connect() as connection:
             assert connection.execute(text("SELECT sha256 FROM images")).scalars().all() == ["a" * 64]
@@ -105,5 +105,24 @@ def test_upgrade_from_0003_adds_loose_blobs_and_keeps_the_images(tmp_path: Path)
             assert compare_metadata(context, Base.metadata) == []
         downgrade(url, "0003")
         assert "loose_blobs" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0004_adds_the_index_cursors_and_back(tmp_path: Path) -> None:
+    """0005 (the Milvus indexer's ``index_cursors``) on a database at 0004, and back."""
+    url = f"sqlite:///{tmp_path / 'metah.db'}"
+    upgrade(url, "0004")
+    engine = create_engine(url)
+    try:
+        assert "index_cursors" not in inspect(engine).get_table_names()
+        upgrade(url)
+        assert "index_cursors" in inspect(engine).get_table_names()
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO index_cursors VALUES ('m1', 'ready', 7, 0, '2026-12-01')"))
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+        downgrade(url, "0004")
+        assert "index_cursors" not in inspect(engine).get_table_names()
     finally:
         engine.dispose()

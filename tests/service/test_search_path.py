@@ -54,6 +54,21 @@ def test_a_search_takes_no_follower_lock_when_nothing_changed(
     assert catch_ups[0] == seen, "a search took the follower's lock although the change log had not moved"
 
 
+def test_the_first_search_after_the_apis_own_writes_searches_once(
+    start_server: StartServer, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's own upload or delete moves the follower's cursor (it is the next change), so the search after it
+    neither catches up nor searches the index a second time."""
+    client = start_server(**QUIET).client()
+    catch_ups = _counting(monkeypatch, ChangeFollower, "catch_up")
+    searches = _counting(monkeypatch, retrieval, "hydrate")
+    ids = [post_image(client, data, label=label).json()["id"] for data, label in digit_pngs[:4]]
+    assert sorted(hit["id"] for hit in search(client, digit_pngs[0][0], k=4).json()["hits"]) == sorted(ids)
+    assert client.delete(f"/v1/images/{ids[0]}").status_code == 204
+    assert ids[0] not in {hit["id"] for hit in search(client, digit_pngs[0][0], k=4).json()["hits"]}
+    assert (catch_ups[0], searches[0]) == (0, 2)
+
+
 def test_a_search_opens_the_uploaded_image_once(
     start_server: StartServer, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,274 @@
+"""The one indexer of the Milvus backend: applies the ``changes`` log to each model version's collection.
+
+PostgreSQL (or SQLite) stays the source of truth and ``changes`` the outbox. Every process that may index runs
+an :class:`IndexerThread`; one of them is elected (:class:`service.election.Leadership`) and runs
+:meth:`Indexer.run_round` every ``indexer_poll_s``; the others try to take over every ``changes_poll_s``.
+Which processes are candidates: with a Milvus server every ``metah worker`` (those ``metah serve`` starts
+included); with Milvus Lite, which only one process can open, the ``metah serve`` process.
+
+A round, for each row of ``index_cursors`` (:mod:`service.cursors`):
+
+* ``requested``: build the collection from the ``codes`` table (``last_change`` read first, so a change
+  committed during the scan is applied again after it: harmless), encode the images that have no code of that
+  model yet (stored by a process on the previous model), then ``ready`` at that change;
+* ``ready``: read the changes after its ``change`` a chunk at a time, upsert the added codes and remove the
+  deleted ids, then store the new ``change`` and the Milvus timestamp of the writes (``write_ts``).
+
+Idempotent: upserts and removes may be applied twice (a leader killed between its Milvus writes and its cursor
+update is followed by one that applies the same chunk again). Each chunk's cursor update is fenced: it is
+written only while the lock is still held, and only to a row still ``ready`` (not retired or asked again).
+The active model always has a row (asked for when missing). On a server the alias ``{prefix}_active`` names the
+active model's collection (Milvus Lite has no aliases).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pymilvus import MilvusClient
+from pymilvus.exceptions import MilvusException
+from sqlalchemy.exc import DBAPIError
+
+from index.errors import HashIndexError
+from index.milvus import MilvusIndex, MilvusOptions, collection_name, disconnect
+from model.errors import CheckpointError
+from model.export import LoadedEncoder
+from service import cursors, outbox, repository
+from service.cursors import READY, REQUESTED, Cursor
+from service.db import Database
+from service.election import Leadership
+from service.models import ModelVersion
+from service.registry import load_registered
+from service.settings import Settings
+from service.storage import BlobStore, BlobStoreError
+
+log = logging.getLogger(__name__)
+
+ALIAS = "active"  # the stable name: ``{prefix}_active``
+CONNECT_TIMEOUT_S = 3.0  # a Milvus that does not answer in this long is tried again at the next round
+# What stops a round; the next one (after a pause, maybe in another process) starts again from the cursors.
+ROUND_ERRORS = (DBAPIError, MilvusException, HashIndexError, BlobStoreError, CheckpointError, OSError)
+
+
+class LostLeadershipError(Exception):
+    """Another process may lead now: this one stops writing."""
+
+
+class Indexer:
+    """The leader's work: builds and follows the collections named in ``index_cursors``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: BlobStore,
+        client: MilvusClient,
+        milvus: MilvusOptions,
+        chunk: int = outbox.CHUNK,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.client = client
+        self.milvus = milvus
+        self.chunk = chunk
+        self._indexes: dict[str, MilvusIndex] = {}
+        self._encoders: dict[str, LoadedEncoder] = {}
+        self._aliased: str | None = None
+
+    @property
+    def alias(self) -> str:
+        return f"{self.milvus.prefix}_{ALIAS}"
+
+    def run_round(self, held: Callable[[], bool] = lambda: True) -> int:
+        """Build what is asked for, apply the new changes; returns how many changes were applied."""
+        with self.db.session() as session:
+            if cursors.request_active(session):
+                session.commit()
+            active = repository.active_model(session)
+            rows = cursors.all_cursors(session)
+            models = {model.version: model for model in repository.list_models(session)}
+        applied = 0
+        for version, cursor in sorted(rows.items()):
+            if version not in models:  # a model removed from the registry
+                continue
+            if cursor.state == REQUESTED:
+                self._build(models[version], held)
+            elif cursor.state == READY:
+                applied += self._follow(models[version], cursor, held)
+        if active is not None:
+            self._point_alias(active.version)
+        return applied
+
+    def _build(self, model: ModelVersion, held: Callable[[], bool]) -> None:
+        version = model.version
+        self._indexes.pop(version, None)
+        self._unalias(version)
+        with self.db.session() as session:
+            last = repository.last_change(session)  # first: a change committed during the scan is applied again
+            index = MilvusIndex.build(
+                self.client,
+                repository.iter_codes(session, version),
+                bits=model.bits,
+                model_version=version,
+                milvus=self.milvus,
+                last_change=last,
+            )
+        for domain, (ids, codes) in outbox.missing_codes(self.db, version, self._encode(model)).by_domain.items():
+            index.upsert(ids, codes, domain)
+        self._fenced(version, REQUESTED, last, index, held)
+        self._indexes[version] = index
+        log.info("indexer: collection %s of model %s built (change %d)", index.name, version, last)
+
+    def _follow(self, model: ModelVersion, cursor: Cursor, held: Callable[[], bool]) -> int:
+        if (index := self._index(model)) is None:
+            return 0
+        after, applied, encode = cursor.change, 0, self._encode(model)
+        while (batch := outbox.read_changes(self.db, model.version, after, encode, self.chunk)) is not None:
+            for domain, (ids, codes) in batch.added.by_domain.items():
+                index.upsert(ids, codes, domain, change=batch.last)
+            if batch.deleted.size:
+                index.remove(batch.deleted, change=batch.last)
+            if not self._fenced(model.version, READY, batch.last, index, held):
+                return applied
+            after, applied = batch.last, applied + batch.count
+        return applied
+
+    def _fenced(self, version: str, expect: str, change: int, index: MilvusIndex, held: Callable[[], bool]) -> bool:
+        """Store ``version``'s cursor while this process still leads; ``False``: the row changed meanwhile."""
+        if not held():
+            raise LostLeadershipError("the indexer lock is no longer held")
+        with self.db.session() as session:
+            updated = cursors.mark(session, version, expect=expect, change=change, write_ts=index.write_timestamp)
+            session.commit()
+        return updated == 1
+
+    def _index(self, model: ModelVersion) -> MilvusIndex | None:
+        """The collection of a ``ready`` row; ``None`` when it is gone (a new Milvus): it is asked for again."""
+        index = self._indexes.get(model.version)
+        if index is None:
+            if not self.client.has_collection(collection_name(self.milvus.prefix, model.version)):
+                log.warning("indexer: the collection of model %s is gone: building it again", model.version)
+                with self.db.session() as session:
+                    cursors.request(session, model.version)
+                    session.commit()
+                return None
+            index = MilvusIndex(self.client, model.bits, model.version, milvus=self.milvus)
+            self._indexes[model.version] = index
+        return index
+
+    def _encode(self, model: ModelVersion) -> outbox.Encode:
+        """Encodes an image that has no code of ``model`` yet (its encoder is loaded the first time it is needed)."""
+
+        def encode(image_id: int, stored_path: str) -> bytes | None:
+            if (encoder := self._encoders.get(model.version)) is None:
+                encoder = self._encoders[model.version] = load_registered(self.store, model)
+            max_pixels = self.settings.max_pixels
+            return outbox.encode_and_store(self.db, self.store, encoder, image_id, stored_path, max_pixels)
+
+        return encode
+
+    def _point_alias(self, version: str) -> None:
+        if self.milvus.lite:
+            return
+        name = collection_name(self.milvus.prefix, version)
+        if self._aliased == name or not self.client.has_collection(name):
+            return
+        try:
+            current: Any = self.client.describe_alias(self.alias).get("collection_name")
+        except MilvusException:
+            current = None
+        if current is None:
+            self.client.create_alias(name, self.alias)
+        elif current != name:
+            self.client.alter_alias(name, self.alias)
+        self._aliased = name
+        log.info("indexer: alias %s names %s (model %s)", self.alias, name, version)
+
+    def _unalias(self, version: str) -> None:
+        """Before a collection is dropped and built again: Milvus refuses to drop one an alias names."""
+        name = collection_name(self.milvus.prefix, version)
+        if self.milvus.lite or not self.client.has_collection(name):
+            return
+        for alias in self.client.list_aliases(name).get("aliases", []):
+            self.client.drop_alias(alias)
+        if self._aliased == name:
+            self._aliased = None
+
+
+class IndexerThread:
+    """A candidate for the indexer in this process: tries to lead, and runs rounds while it does. ``connect``
+    makes its Milvus client (tried again until Milvus answers); ``disconnect`` closes it when the thread ends."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        leadership: Leadership,
+        make: Callable[[MilvusClient], Indexer],
+        connect: Callable[[], MilvusClient],
+        disconnect: Callable[[MilvusClient], None],
+    ) -> None:
+        self.settings = settings
+        self.leadership = leadership
+        self.make, self.connect, self.disconnect = make, connect, disconnect
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self.run, name="indexer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def run(self) -> None:
+        settings = self.settings
+        client: MilvusClient | None = None
+        indexer: Indexer | None = None
+        while not self.stopping.is_set():
+            pause = settings.changes_poll_s
+            try:
+                if indexer is None:
+                    client = self.connect()
+                    indexer = self.make(client)
+                if self.leadership.try_acquire():
+                    busy = indexer.run_round(self.leadership.held) > 0
+                    pause = 0.0 if busy else settings.indexer_poll_s
+            except LostLeadershipError as exc:
+                log.warning("indexer: %s", exc)
+                self.leadership.release()
+            except ROUND_ERRORS as exc:
+                log.warning("indexer round failed (again in %.1f s): %s", settings.changes_poll_s, exc)
+                self.leadership.release()
+            except Exception:
+                log.exception("indexer round crashed (again in %.1f s)", settings.changes_poll_s)
+                self.leadership.release()
+            self.stopping.wait(pause)
+        self.leadership.release()
+        if client is not None:
+            self.disconnect(client)
+
+
+def start_indexer(
+    settings: Settings, db: Database, store: BlobStore, client: MilvusClient | None = None
+) -> IndexerThread:
+    """Run an indexer candidate in this process (see the module docstring for which processes do) with
+    ``client``, or with a client of its own to ``settings.milvus_uri`` (``None``)."""
+    uri = str(settings.milvus_uri)
+    thread = IndexerThread(
+        settings,
+        Leadership(db),
+        lambda milvus: Indexer(settings, db, store, milvus, milvus_options(settings)),
+        (lambda: client) if client is not None else lambda: MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S),
+        (lambda _: None) if client is not None else lambda milvus: disconnect(milvus, uri),
+    )
+    thread.start()
+    return thread
+
+
+def milvus_options(settings: Settings) -> MilvusOptions:
+    return MilvusOptions(lite=settings.milvus_lite)
