@@ -8,6 +8,10 @@ registry row becomes active. The API notices the activation (:meth:`service.foll
 follow_activation`), builds the new index from the ``codes`` table and swaps model and index together;
 searches are answered by the old pair until then.
 
+On the Milvus backend the job then asks the indexer for the new model's collection (:mod:`service.indexer`)
+and waits until it is built and caught up (:func:`await_collection`) before it marks the model active and
+retires the previous collection in the same transaction; the indexer then points the alias at it.
+
 Before the switch, the job removes the codes of every model version but two: the one it activates and the one
 active until now (the rollback target; activating it again re-encodes nothing). So the ``codes`` table holds at
 most two codes per image instead of one more per activation. Activating the model that is already active
@@ -17,13 +21,15 @@ removes nothing.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from model.errors import CheckpointError
-from service import repository
+from service import cursors, repository
 from service.db import Database
 from service.jobs import queue
 from service.jobs.worker import JobContext, JobFailedError
@@ -34,6 +40,7 @@ from service.registry import load_registered
 log = logging.getLogger(__name__)
 
 KIND = "activate"
+AWAIT_POLL_S = 0.2  # how often the job looks at the new collection's cursor
 
 
 class ActivationRunningError(Exception):
@@ -109,10 +116,52 @@ def run_activation(context: JobContext) -> dict[str, Any]:
     removed = 0
     if active is not None and active.version != version:
         removed = remove_codes_except(context.db, [version, active.version])
+    if settings.index_backend == "milvus":
+        already = active is not None and active.version == version
+        await_collection(context, version, already_active=already, report=lambda: context.progress(done, done))
     with context.db.session() as session:
         repository.activate_model(session, version)
+        if settings.index_backend == "milvus":
+            cursors.retire_others(session, keep=version)
         session.commit()
     return {"version": version, "encoded": encoded, "removed_codes": removed}
+
+
+def await_collection(context: JobContext, version: str, *, already_active: bool, report: Callable[[], None]) -> None:
+    """The Milvus backend: ask the indexer for ``version``'s collection (unless it is the active model's, ready
+    already) and wait until it is built and holds every change committed before it was built; then the switch.
+    ``report`` is called between looks (progress: a cancel or a stopping worker ends the wait).
+
+    Raises:
+        JobFailedError: (``indexer_unavailable``) the collection's cursor did not move for ``job_stale_after_s``.
+    """
+    settings = context.settings
+    with context.db.session() as session:
+        cursor = cursors.cursor_of(session, version)
+        if not (already_active and cursor is not None and cursor.state == cursors.READY):
+            cursors.request(session, version)
+            session.commit()
+    target: int | None = None
+    seen, quiet_until = None, time.monotonic() + settings.job_stale_after_s
+    while True:
+        with context.db.session() as session:
+            cursor = cursors.cursor_of(session, version)
+            if target is None and cursor is not None and cursor.state == cursors.READY:
+                target = repository.last_change(session)  # built: now catch up to what is committed
+        if cursor is None or cursor.state == cursors.RETIRED:
+            raise JobFailedError(f"the collection of model {version} was retired meanwhile", code="index_retired")
+        if target is not None and cursor.change >= target:
+            return
+        if cursor != seen:
+            seen, quiet_until = cursor, time.monotonic() + settings.job_stale_after_s
+        elif time.monotonic() > quiet_until:
+            raise JobFailedError(
+                f"the indexer did not build the collection of model {version} (no progress for "
+                f"{settings.job_stale_after_s:.0f} s): is a metah worker running?",
+                code="indexer_unavailable",
+            )
+        report()
+        time.sleep(max(settings.indexer_poll_s, AWAIT_POLL_S))
 
 
 def remove_codes_except(db: Database, keep: list[str]) -> int:
