@@ -61,8 +61,8 @@ up to the Bounded staleness (the service drops hits that have no row). ``last_ch
 :class:`index.HashIndex`'s; the durable cursor belongs in the database.
 
 Limits of this first increment: writes are atomic per request of ``batch_rows`` rows, not per call; on a
-server ``upsert`` is a delete then an insert (see :meth:`MilvusIndex.upsert`); aliases for a model swap are
-not used yet.
+server ``upsert`` is a delete then an insert (see :meth:`MilvusIndex.upsert`). Aliases, cursors and the one
+writer are the service's (:mod:`service.indexer`).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -137,9 +138,14 @@ def is_lite(uri: str) -> bool:
     return uri.endswith(".db")
 
 
-def connect(uri: str, token: str = "") -> tuple[MilvusClient, MilvusOptions]:
-    """A client for ``uri`` (``http://host:19530`` or a Milvus Lite file) and the matching options."""
-    return MilvusClient(uri=uri, token=token), MilvusOptions(lite=is_lite(uri))
+def connect(uri: str, token: str = "", *, timeout_s: float | None = None) -> tuple[MilvusClient, MilvusOptions]:
+    """A client for ``uri`` (``http://host:19530`` or a Milvus Lite file) and the matching options.
+
+    The client has a connection of its own: pymilvus shares one per URI by default, and closing any client of it
+    would close it for all of them (another part of the process, a test's fixture).
+    """
+    alias = f"metah-{uuid.uuid4().hex}"
+    return MilvusClient(uri=uri, token=token, timeout=timeout_s, alias=alias), MilvusOptions(lite=is_lite(uri))
 
 
 def disconnect(client: MilvusClient, uri: str) -> None:

@@ -33,7 +33,7 @@ from pymilvus.exceptions import MilvusException
 from sqlalchemy.exc import DBAPIError
 
 from index.errors import HashIndexError
-from index.milvus import MilvusIndex, MilvusOptions, collection_name, disconnect
+from index.milvus import MilvusIndex, MilvusOptions, collection_name, connect, disconnect
 from model.errors import CheckpointError
 from model.export import LoadedEncoder
 from service import cursors, outbox, repository
@@ -263,7 +263,7 @@ def start_indexer(
         settings,
         Leadership(db),
         lambda milvus: Indexer(settings, db, store, milvus, milvus_options(settings)),
-        (lambda: client) if client is not None else lambda: MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S),
+        (lambda: client) if client is not None else lambda: connect(uri, timeout_s=CONNECT_TIMEOUT_S)[0],
         (lambda _: None) if client is not None else lambda milvus: disconnect(milvus, uri),
     )
     thread.start()

@@ -21,7 +21,7 @@ from pymilvus.exceptions import MilvusException
 
 from index.errors import HashIndexError
 from index.hits import Hits
-from index.milvus import MilvusIndex
+from index.milvus import MilvusIndex, connect
 from model.errors import CheckpointError
 from service import cursors, repository
 from service.cursors import INDEX_NOT_READY, INDEX_UNAVAILABLE, READY
@@ -192,7 +192,7 @@ class RemoteFollower:
     def _connect(self) -> bool:
         uri = str(self.settings.milvus_uri)
         try:
-            self.host.milvus = MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S)
+            self.host.milvus, _ = connect(uri, timeout_s=CONNECT_TIMEOUT_S)
         except MilvusException as exc:
             message = f"Milvus at {uri} cannot be reached (tried again every few seconds): {exc.message}"
             return self._not_yet(NotReadyError(message, code=INDEX_UNAVAILABLE))

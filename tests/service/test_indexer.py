@@ -39,8 +39,10 @@ def db(tmp_path: Path, database_url: str | None) -> Iterator[Database]:
     database.close()
 
 
-def add_rows(db: Database, n: int, seed: int, domain: str = "d") -> tuple[list[int], np.ndarray]:
-    """``n`` image rows with random 16-bit codes of :data:`VERSION` (no blobs: the indexer reads codes only)."""
+def add_rows(
+    db: Database, n: int, seed: int, domain: str = "d", version: str = VERSION
+) -> tuple[list[int], np.ndarray]:
+    """``n`` image rows with random 16-bit codes of ``version`` (no blobs: the indexer reads codes only)."""
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 256, (n, 2), dtype=np.uint8)
     info = ImageInfo("image/png", 1, 1)
@@ -48,7 +50,7 @@ def add_rows(db: Database, n: int, seed: int, domain: str = "d") -> tuple[list[i
         Image(**image_values(f"{seed:08x}{i:056x}", info, 1, f"k{seed}-{i}", NewImage(domain=domain))) for i in range(n)
     ]
     with db.session() as session:
-        repository.add_images(session, rows, [c.tobytes() for c in codes], VERSION)
+        repository.add_images(session, rows, [c.tobytes() for c in codes], version)
         session.commit()
         ids = [row.id for row in session.query(Image.id).where(Image.stored_path.like(f"k{seed}-%")).order_by(Image.id)]
     return ids, codes
