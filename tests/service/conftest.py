@@ -57,6 +57,14 @@ def api_artefact(digits: DigitFolders, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
+def second_artefact(digits: DigitFolders, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny encoder (32 bits, a few seconds of training) to activate after ``api_artefact``."""
+    out = tmp_path_factory.mktemp("second-model")
+    config = TrainConfig(iterations=10, batch_size=16, bits=32, eval_queries=20, seed=1)
+    return train(config, digits.source, digits.target, out, show_progress=False).paths.model
+
+
+@pytest.fixture(scope="session")
 def digit_pngs(digits: DigitFolders) -> list[tuple[bytes, str]]:
     """``(PNG bytes, label)`` of distinct USPS query digits, in a fixed order (labels cycle 0..9)."""
     by_label = {folder.name: sorted(folder.glob("*.png")) for folder in sorted(digits.query.iterdir())}

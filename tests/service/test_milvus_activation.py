@@ -9,27 +9,14 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from model.config import TrainConfig
-from model.train import train
 from service import cursors
 from service.db import Database
 from service.registry import register_artefact
 from service.storage import open_blob_store
-from tests.conftest import DigitFolders
 from tests.service.conftest import StartServer, post_image, search
 from tests.service.test_api_jobs import JOB_SETTINGS, WorkerThread, wait_job
 from tests.service.test_milvus_backend import PNGs, hits_of, milvus_settings, oracle, wait_ready
-
-
-@pytest.fixture(scope="module")
-def second_artefact(digits: DigitFolders, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another tiny encoder (32 bits) to activate."""
-    config = TrainConfig(iterations=10, batch_size=16, bits=32, eval_queries=20, seed=1)
-    return train(
-        config, digits.source, digits.target, tmp_path_factory.mktemp("second"), show_progress=False
-    ).paths.model
 
 
 def test_activation_builds_the_new_collection_then_switches_without_a_failed_search(

@@ -29,6 +29,7 @@ from service.registry import register_artefact
 from service.storage import open_blob_store
 from tests.milvus import MilvusServer
 from tests.service.conftest import REPO, StartServer, make_settings, metah_environment, post_image, search
+from tests.service.test_api_jobs import wait_job
 from tests.service.test_indexer import add_rows, delete_rows
 from tests.service.test_milvus_backend import PNGs, hits_of, oracle, wait_ready
 
@@ -186,3 +187,41 @@ def test_killing_the_indexer_mid_stream_loses_nothing(
     assert got == expected  # every acknowledged image once, no deleted one, the database's codes
     db.close()
     np.testing.assert_equal(sorted(got), sorted(set(added) - set(deleted)))
+
+
+def test_activation_on_a_milvus_server_moves_the_alias(
+    start_server: StartServer,
+    tmp_path: Path,
+    database_url: str | None,
+    milvus: MilvusServer,
+    digit_pngs: PNGs,
+    second_artefact: Path,
+) -> None:
+    url = database(tmp_path, database_url)
+    live = start_server(index_backend="milvus", milvus_uri=milvus.uri, changes_poll_s=0.2)
+    with metah_workers(1, tmp_path / "data", url, milvus.uri):  # it runs the activation job and the indexer
+        client = live.client()
+        old = wait_ready(client, timeout_s=90)["model_version"]
+        ids = [post_image(client, data, label=label).json()["id"] for data, label in digit_pngs[:10]]
+        db = Database(url)
+        version = register_artefact(db, open_blob_store(live.settings), second_artefact, activate=False).version
+        job = wait_job(client, client.post(f"/v1/models/{version}/activate").json()["job_id"], timeout_s=120)
+        assert job["status"] == "succeeded", job
+        deadline = time.monotonic() + 30
+        while (ready := wait_ready(client))["model_version"] != version:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.05)
+        assert ready["bits"] == 32
+        milvus_client = milvus_client_of(milvus)
+        while milvus_client.describe_alias("metah_active")["collection_name"] != collection_name("metah", version):
+            assert time.monotonic() < deadline, "the alias did not move"
+            time.sleep(0.05)
+        response = search(client, digit_pngs[2][0], k=10)
+        assert response.json()["model_version"] == version
+        assert hits_of(response) == oracle(live, response.json()["query"]["code_hex"], 10)
+        assert {hit for hit, _ in hits_of(search(client, digit_pngs[2][0], k=10))} <= set(ids)
+        with db.session() as session:
+            states = {c.model_version: c.state for c in cursors.all_cursors(session).values()}
+        assert states == {version: cursors.READY, old: cursors.RETIRED}
+        assert milvus_client.has_collection(collection_name("metah", old))  # kept: replicas still on it finish
+        db.close()
