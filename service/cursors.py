@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import insert, literal, select, update
 from sqlalchemy.orm import Session
@@ -34,10 +35,11 @@ class Cursor:
     state: str
     change: int
     write_ts: int
+    updated_at: datetime | None = None  # the indexer's last write of the row (a build touches it as it goes)
 
 
 def _cursor(row: IndexCursor) -> Cursor:
-    return Cursor(row.model_version, row.state, int(row.change), int(row.write_ts))
+    return Cursor(row.model_version, row.state, int(row.change), int(row.write_ts), row.updated_at)
 
 
 def all_cursors(session: Session) -> dict[str, Cursor]:
@@ -92,6 +94,22 @@ def request_active(session: Session) -> bool:
         )
     )
     return bool(revived.rowcount or added.rowcount)  # type: ignore[attr-defined]
+
+
+def touch(session: Session, version: str) -> None:
+    """The indexer is still building ``version``'s collection (what an activation waiting for it watches)."""
+    session.execute(update(IndexCursor).where(IndexCursor.model_version == version).values(updated_at=utc_now()))
+
+
+def retire_unless_active(session: Session, version: str) -> None:
+    """Stop keeping ``version``'s collection up to date unless it is the active model's (an activation that was
+    cancelled, or that another worker will run again and ask for anew)."""
+    active = select(ModelVersion.version).where(ModelVersion.active.is_(True))
+    session.execute(
+        update(IndexCursor)
+        .where(IndexCursor.model_version == version, IndexCursor.model_version.not_in(active))
+        .values(state=RETIRED, updated_at=utc_now())
+    )
 
 
 def retire_others(session: Session, keep: str) -> None:

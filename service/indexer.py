@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pymilvus import MilvusClient
@@ -33,6 +34,7 @@ from pymilvus.exceptions import MilvusException
 from sqlalchemy.exc import DBAPIError
 
 from index.errors import HashIndexError
+from index.hash_index import Entry
 from index.milvus import MilvusIndex, MilvusOptions, collection_name, connect, disconnect
 from model.errors import CheckpointError
 from model.export import LoadedEncoder
@@ -48,6 +50,7 @@ from service.storage import BlobStore, BlobStoreError
 log = logging.getLogger(__name__)
 
 ALIAS = "active"  # the stable name: ``{prefix}_active``
+TOUCH_S = 5.0  # how often a build touches its cursor row
 CONNECT_TIMEOUT_S = 3.0  # a Milvus that does not answer in this long is tried again at the next round
 # What stops a round; the next one (after a pause, maybe in another process) starts again from the cursors.
 ROUND_ERRORS = (DBAPIError, MilvusException, HashIndexError, BlobStoreError, CheckpointError, OSError)
@@ -111,7 +114,7 @@ class Indexer:
             last = repository.last_change(session)  # first: a change committed during the scan is applied again
             index = MilvusIndex.build(
                 self.client,
-                repository.iter_codes(session, version),
+                self._touching(repository.iter_codes(session, version), version),
                 bits=model.bits,
                 model_version=version,
                 milvus=self.milvus,
@@ -122,6 +125,18 @@ class Indexer:
         self._fenced(version, REQUESTED, last, index, held)
         self._indexes[version] = index
         log.info("indexer: collection %s of model %s built (change %d)", index.name, version, last)
+
+    def _touching(self, rows: Iterable[Entry], version: str) -> Iterator[Entry]:
+        """``rows``, touching ``version``'s cursor every :data:`TOUCH_S` while they are read (a long build is seen
+        to progress by the activation that waits for it)."""
+        touched = time.monotonic()
+        for row in rows:
+            yield row
+            if time.monotonic() - touched >= TOUCH_S:
+                with self.db.session() as session:
+                    cursors.touch(session, version)
+                    session.commit()
+                touched = time.monotonic()
 
     def _follow(self, model: ModelVersion, cursor: Cursor, held: Callable[[], bool]) -> int:
         if (index := self._index(model)) is None:

@@ -20,13 +20,14 @@ removes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from model.errors import CheckpointError
 from service import cursors, repository
@@ -132,15 +133,29 @@ def await_collection(context: JobContext, version: str, *, already_active: bool,
     already) and wait until it is built and holds every change committed before it was built; then the switch.
     ``report`` is called between looks (progress: a cancel or a stopping worker ends the wait).
 
+    A wait that ends otherwise (cancelled, the worker stopping, a failure) retires the collection again unless
+    it is the active model's, so that the indexer does not keep it up to date for nothing.
+
     Raises:
-        JobFailedError: (``indexer_unavailable``) the collection's cursor did not move for ``job_stale_after_s``.
+        JobFailedError: (``indexer_unavailable``) the collection's cursor did not move (nor a build touch it) for
+            ``job_stale_after_s``.
     """
-    settings = context.settings
     with context.db.session() as session:
         cursor = cursors.cursor_of(session, version)
         if not (already_active and cursor is not None and cursor.state == cursors.READY):
             cursors.request(session, version)
             session.commit()
+    try:
+        _wait_built(context, version, report)
+    except Exception:
+        with contextlib.suppress(SQLAlchemyError), context.db.session() as session:
+            cursors.retire_unless_active(session, version)
+            session.commit()
+        raise
+
+
+def _wait_built(context: JobContext, version: str, report: Callable[[], None]) -> None:
+    settings = context.settings
     target: int | None = None
     seen, quiet_until = None, time.monotonic() + settings.job_stale_after_s
     while True:

@@ -1,5 +1,6 @@
-"""The Milvus indexer without HTTP: its election, and applying the ``changes`` log idempotently (Milvus Lite,
-SQLite and PostgreSQL). The cross-process take-over after a kill -9 is in test_milvus_server.py."""
+"""The Milvus indexer without HTTP: its election, applying the ``changes`` log idempotently, a build seen to
+progress, and an activation with no indexer (Milvus Lite, SQLite and PostgreSQL). The cross-process take-over
+after a kill -9 is in test_milvus_server.py."""
 
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ from sqlalchemy import text
 
 from index.milvus import MilvusIndex, MilvusOptions
 from service import cursors, repository
+from service import indexer as indexer_module
 from service.catalog import NewImage, image_values
 from service.db import Database
 from service.election import Leadership
 from service.indexer import Indexer
+from service.jobs import activation, queue
+from service.jobs.process import handlers
+from service.jobs.worker import Worker
 from service.migrate import upgrade
-from service.models import Image
+from service.models import Image, Job
 from service.pipeline import ImageInfo
+from service.registry import register_artefact
 from service.storage import open_blob_store
 from tests.service.conftest import make_settings
 
@@ -119,3 +125,49 @@ def test_one_process_leads_and_another_takes_over_when_it_goes(db: Database) -> 
         first.release()
         second.release()
         second.db.close()
+
+
+def test_a_long_build_touches_its_cursor(
+    db: Database, tmp_path: Path, milvus_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an activation waiting for the build watches: the row moves while the codes are read."""
+    monkeypatch.setattr(indexer_module, "TOUCH_S", 0.0)
+    touched: list[str] = []
+    monkeypatch.setattr(cursors, "touch", lambda session, version: touched.append(version))
+    settings = make_settings(tmp_path / "data", database_url=str(db.engine.url.render_as_string(False)))
+    add_rows(db, 5, seed=3)
+    Indexer(
+        settings, db, open_blob_store(settings), milvus_client, MilvusOptions(lite=True, prefix="touch")
+    ).run_round()
+    assert touched == [VERSION] * 5
+    MilvusIndex(milvus_client, 16, VERSION, milvus=MilvusOptions(lite=True, prefix="touch")).drop()
+
+
+def test_an_activation_without_an_indexer_fails_clearly_and_retires_its_collection(
+    tmp_path: Path, database_url: str | None, api_artefact: Path, second_artefact: Path
+) -> None:
+    """No process indexes (Milvus Lite, and no metah serve): the job fails with ``indexer_unavailable`` after
+    ``job_stale_after_s`` without progress, the model stays as it was, and nothing keeps the asked-for collection."""
+    data = tmp_path / "data"
+    settings = make_settings(
+        data,
+        database_url=database_url or f"sqlite:///{data / 'metah.db'}",
+        index_backend="milvus",
+        milvus_uri=str(data / "milvus.db"),
+        job_stale_after_s=0.5,
+    )
+    data.mkdir()
+    upgrade(settings.sqlalchemy_url)
+    db = Database(settings.sqlalchemy_url)
+    worker = Worker(settings, db, handlers())
+    old = register_artefact(db, worker.store, api_artefact, activate=True).version
+    new = register_artefact(db, worker.store, second_artefact, activate=False).version
+    job_id = activation.enqueue_activation(db, new)
+    assert worker.run_once()
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == queue.FAILED
+        assert job.errors[0]["code"] == "indexer_unavailable" and "metah worker" in job.errors[0]["message"]
+        assert repository.active_model(session).version == old  # type: ignore[union-attr]
+        assert cursors.cursor_of(session, new).state == cursors.RETIRED  # type: ignore[union-attr]
+    db.close()
