@@ -4,6 +4,7 @@ after a kill -9 is in test_milvus_server.py."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from service import indexer as indexer_module
 from service.catalog import NewImage, image_values
 from service.db import Database
 from service.election import Leadership
-from service.indexer import Indexer
+from service.indexer import Indexer, start_indexer
 from service.jobs import activation, queue
 from service.jobs.process import handlers
 from service.jobs.worker import Worker
@@ -27,7 +28,7 @@ from service.models import Image, Job
 from service.pipeline import ImageInfo
 from service.registry import register_artefact
 from service.storage import open_blob_store
-from tests.service.conftest import make_settings
+from tests.service.conftest import free_port, make_settings
 
 VERSION = "m16"
 
@@ -171,3 +172,24 @@ def test_an_activation_without_an_indexer_fails_clearly_and_retires_its_collecti
         assert repository.active_model(session).version == old  # type: ignore[union-attr]
         assert cursors.cursor_of(session, new).state == cursors.RETIRED  # type: ignore[union-attr]
     db.close()
+
+
+def test_a_candidate_waits_for_an_unreachable_milvus_and_stops_promptly(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's indexer thread when Milvus does not answer: it logs and tries again; the worker is not taken down
+    with it, and it stops within its connect timeout."""
+    url = db.engine.url.render_as_string(False)
+    uri = f"http://127.0.0.1:{free_port()}"
+    settings = make_settings(tmp_path / "data", database_url=url, index_backend="milvus", milvus_uri=uri)
+    settings = settings.model_copy(update={"changes_poll_s": 0.1})
+    thread = start_indexer(settings, db, open_blob_store(settings))
+    deadline = time.monotonic() + 20
+    while "indexer round failed" not in caplog.text:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.05)
+    started = time.monotonic()
+    thread.stop()
+    assert time.monotonic() - started < indexer_module.CONNECT_TIMEOUT_S + 2
+    with db.session() as session:
+        assert cursors.all_cursors(session) == {}  # it never led: nothing was asked for
