@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from pymilvus import MilvusClient
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 
 ALIAS = "active"  # the stable name: ``{prefix}_active``
 TOUCH_S = 5.0  # how often a build touches its cursor row
+REQUEST_TIMEOUT_S = 60  # the indexer's Milvus requests, retries included
+STOP_WAIT_S = 10.0  # how long stopping waits for a round still in a Milvus request (the thread is a daemon)
 CONNECT_TIMEOUT_S = 3.0  # a Milvus that does not answer in this long is tried again at the next round
 # What stops a round; the next one (after a pause, maybe in another process) starts again from the cursors.
 ROUND_ERRORS = (DBAPIError, MilvusException, HashIndexError, BlobStoreError, CheckpointError, OSError)
@@ -238,7 +241,9 @@ class IndexerThread:
     def stop(self) -> None:
         self.stopping.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(STOP_WAIT_S)
+        if self._thread.is_alive():
+            log.warning("indexer: a round is still waiting for Milvus after %.0f s: not waiting longer", STOP_WAIT_S)
 
     def run(self) -> None:
         settings = self.settings
@@ -285,5 +290,8 @@ def start_indexer(
     return thread
 
 
-def milvus_options(settings: Settings) -> MilvusOptions:
-    return MilvusOptions(lite=settings.milvus_lite)
+def milvus_options(settings: Settings, *, timeout_s: int = REQUEST_TIMEOUT_S) -> MilvusOptions:
+    """The indexer's options (requests may take long: a build), or a reader's with a shorter ``timeout_s``. An
+    int: pymilvus bounds its retries by the timeout only when it is one (a float bounds each attempt, then it
+    retries up to 75 times)."""
+    return replace(MilvusOptions(lite=settings.milvus_lite), timeout_s=timeout_s)

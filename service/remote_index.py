@@ -12,7 +12,8 @@ never reach Milvus from here: the API waits for the indexer instead (:func:`serv
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy.typing as npt
@@ -35,9 +36,22 @@ from service.storage import BlobStore, BlobStoreError
 
 log = logging.getLogger(__name__)
 
+# A search (or count) that Milvus does not answer in this long (retries included) is a 503, not a hung request.
+REQUEST_TIMEOUT_S = 5
+
 
 class ReadOnlyIndexError(Exception):
     """An API replica tried to write to a Milvus collection: only the indexer writes."""
+
+
+@contextmanager
+def milvus_errors() -> Iterator[None]:
+    """A Milvus that fails a request (down, restarting, its collection gone) is a 503 ``index_unavailable``."""
+    try:
+        yield
+    except MilvusException as exc:
+        log.warning("Milvus request failed: %s", exc)
+        raise NotReadyError(f"Milvus is unavailable: {exc.message}", code=INDEX_UNAVAILABLE) from exc
 
 
 class RemoteIndex:
@@ -63,10 +77,12 @@ class RemoteIndex:
         return 0 if cursor is None else cursor.change
 
     def __len__(self) -> int:
-        return len(self.index)
+        with milvus_errors():
+            return len(self.index)
 
     def domains(self) -> dict[str, int]:
-        return self.index.domains()
+        with milvus_errors():
+            return self.index.domains()
 
     def _guarantee(self) -> int | None:
         """The Milvus timestamp of the indexer's last write (``None`` on Lite: one process, reads see writes)."""
@@ -86,22 +102,24 @@ class RemoteIndex:
         model_version: str | None = None,
     ) -> list[Hits]:
         guarantee = self._guarantee()
-        return self.index.search(
-            queries,
-            k,
-            domain=domain,
-            max_distance=max_distance,
-            model_version=model_version,
-            guarantee_timestamp=guarantee,
-        )
+        with milvus_errors():
+            return self.index.search(
+                queries,
+                k,
+                domain=domain,
+                max_distance=max_distance,
+                model_version=model_version,
+                guarantee_timestamp=guarantee,
+            )
 
     def range_search(
         self, queries: npt.ArrayLike, radius: int, *, domain: str | None = None, model_version: str | None = None
     ) -> list[Hits]:
         guarantee = self._guarantee()
-        return self.index.range_search(
-            queries, radius, domain=domain, model_version=model_version, guarantee_timestamp=guarantee
-        )
+        with milvus_errors():
+            return self.index.range_search(
+                queries, radius, domain=domain, model_version=model_version, guarantee_timestamp=guarantee
+            )
 
     def add(self, ids: npt.ArrayLike, codes: npt.ArrayLike, domain: str, *, change: int | None = None) -> None:
         raise ReadOnlyIndexError("API replicas do not write to Milvus: the indexer applies the changes log")
@@ -131,7 +149,7 @@ def open_remote_pair(settings: Settings, db: Database, store: BlobStore, client:
             code=INDEX_NOT_READY,
         )
     encoder = load_registered(store, row)
-    index = MilvusIndex(client, row.bits, row.version, milvus=milvus_options(settings))
+    index = MilvusIndex(client, row.bits, row.version, milvus=milvus_options(settings, timeout_s=REQUEST_TIMEOUT_S))
     log.info("serving model %s from Milvus collection %s (change %d)", row.version, index.name, cursor.change)
     return ServingPair(encoder, RemoteIndex(index, db))
 

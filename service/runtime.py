@@ -217,7 +217,10 @@ def _open_remote_runtime(settings: Settings, db: Database, store: BlobStore) -> 
 
 def read_state(runtime: Runtime) -> tuple[int | None, dict[tuple[str, str], int]]:
     """What ``/metrics`` reports at scrape time: the serving index's size and the jobs by kind and status."""
-    indexed = len(runtime.active.current.index) if runtime.active is not None else None
+    try:
+        indexed = len(runtime.active.current.index) if runtime.active is not None else None
+    except NotReadyError:  # a Milvus that does not answer: /readyz says so
+        indexed = None
     try:
         with runtime.db.session() as session:
             rows = session.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)).all()

@@ -170,3 +170,24 @@ def test_an_unreachable_milvus_answers_503_and_loses_no_write_attempt(
     assert_error(post_image(client, digit_pngs[0][0]), 503, "index_unavailable")
     assert_error(search(client, digit_pngs[0][0]), 503, "index_unavailable")
     assert client.get("/v1/images").json()["items"] == []
+
+
+def test_milvus_going_away_answers_503_and_keeps_every_write(
+    start_server: StartServer, tmp_path: Path, digit_pngs: PNGs
+) -> None:
+    """The Milvus Lite server process stops under a running API: searches and /readyz answer 503
+    ``index_unavailable`` (never a 500), /healthz and /metrics answer, and an upload is still committed and
+    acknowledged after ``index_wait_s`` (the indexer applies it once Milvus is back)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    live = start_server(**milvus_settings(tmp_path / "data", index_wait_s=0.5))
+    client = live.client()
+    wait_ready(client)
+    assert post_image(client, digit_pngs[0][0]).status_code == 201
+    server_manager_instance.release_server(str(live.settings.milvus_uri))
+    assert_error(search(client, digit_pngs[0][0]), 503, "index_unavailable")
+    assert_error(client.get("/readyz"), 503, "index_unavailable")
+    assert client.get("/healthz").status_code == 200 and client.get("/metrics").status_code == 200
+    created = post_image(client, digit_pngs[1][0], label="1")
+    assert created.status_code == 201, created.text
+    assert client.get(f"/v1/images/{created.json()['id']}").json()["label"] == "1"
