@@ -116,7 +116,8 @@ class MilvusOptions:
             ``Strong`` costs ~200 ms per search).
         tie_margin: extra candidates per search, so ties at the k-th distance rarely need a second request.
         batch_rows: rows per insert/upsert request.
-        timeout_s: per request (pymilvus retries some failures, a timeout bounds that).
+        timeout_s: per request, retries included (pymilvus retries some failures up to 75 times with back-off,
+            and bounds that by the timeout only when it is an ``int``; a float bounds each attempt only).
     """
 
     lite: bool = False
@@ -124,7 +125,7 @@ class MilvusOptions:
     consistency_level: str = "Bounded"
     tie_margin: int = 16
     batch_rows: int = 10_000
-    timeout_s: float = 60.0
+    timeout_s: float = 60
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", self.prefix):
