@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from model.objective import METHODS, LossWeights, compute_objective
 
 def test_methods_are_configurations_of_one_objective() -> None:
     assert METHODS["source_only"] == LossWeights(pairwise=1.0, quantization=0.1)
-    assert METHODS["tah"] == LossWeights(pairwise=1.0, quantization=0.1, adversarial=1.0)
-    assert METHODS["metah"] == LossWeights(adversarial=1.0, classification=1.0, entropy=0.3)
+    assert METHODS["tah"] == LossWeights(pairwise=10.0, quantization=0.8, adversarial=0.3)
+    assert METHODS["metah"] == LossWeights(adversarial=1.0, classification=1.0, entropy=0.3, diversity=0.1)
     assert not METHODS["source_only"].uses_target
     assert METHODS["tah"].needs_discriminator and not METHODS["tah"].needs_classifier
     assert METHODS["metah"].needs_discriminator and METHODS["metah"].needs_classifier
@@ -38,25 +39,34 @@ def test_objective_terms_follow_the_method() -> None:
     _, metah = compute_objective(out, labels, METHODS["metah"], ramp=1.0)
     assert set(source_only) == {"pairwise", "quantization", "loss"}
     assert set(tah) == {"pairwise", "quantization", "adversarial", "loss"}
-    assert set(metah) == {"pairwise", "quantization", "adversarial", "classification", "entropy", "loss"}
-    expected = (
-        metah["pairwise"]
-        + 0.1 * metah["quantization"]
-        + metah["adversarial"]
-        + metah["classification"]
-        + 0.3 * metah["entropy"]
+    assert set(metah) == {"pairwise", "quantization", "adversarial", "classification", "entropy", "diversity", "loss"}
+    weights = LossWeights(
+        pairwise=2.0, quantization=0.1, adversarial=0.5, classification=1.5, entropy=0.3, diversity=0.2
     )
-    assert metah["loss"] == pytest.approx(expected, rel=1e-5)
+    _, values = compute_objective(out, labels, weights, ramp=1.0)
+    expected = (
+        2.0 * values["pairwise"]
+        + 0.1 * values["quantization"]
+        + 0.5 * values["adversarial"]
+        + 1.5 * values["classification"]
+        + 0.3 * values["entropy"]
+        + 0.2 * values["diversity"]
+    )
+    assert values["loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_entropy_weight_is_ramped_by_the_grl_coefficient() -> None:
+def test_entropy_and_diversity_weights_are_ramped_by_the_grl_coefficient() -> None:
     out, labels = _output(4, 4), torch.tensor([0, 1, 2, 0])
-    _, at_start = compute_objective(out, labels, METHODS["metah"], ramp=0.0)
-    _, halfway = compute_objective(out, labels, METHODS["metah"], ramp=0.5)
-    assert halfway["loss"] - at_start["loss"] == pytest.approx(0.15 * halfway["entropy"], rel=1e-4)
-    unramped = LossWeights(adversarial=1.0, classification=1.0, entropy=0.3, entropy_ramp=False)
+    ramped = LossWeights(adversarial=1.0, classification=1.0, entropy=0.3, diversity=0.1)
+    _, at_start = compute_objective(out, labels, ramped, ramp=0.0)
+    _, halfway = compute_objective(out, labels, ramped, ramp=0.5)
+    target_terms = 0.15 * halfway["entropy"] + 0.05 * halfway["diversity"]
+    assert halfway["loss"] - at_start["loss"] == pytest.approx(target_terms, rel=1e-4)
+    unramped = replace(ramped, entropy_ramp=False)
     _, fixed = compute_objective(out, labels, unramped, ramp=0.0)
-    assert fixed["loss"] - at_start["loss"] == pytest.approx(0.3 * fixed["entropy"], rel=1e-4)
+    assert fixed["loss"] - at_start["loss"] == pytest.approx(
+        0.3 * fixed["entropy"] + 0.1 * fixed["diversity"], rel=1e-4
+    )
 
 
 def test_objective_refuses_a_network_without_the_needed_head() -> None:
@@ -124,7 +134,7 @@ def test_default_config_is_the_documented_recipe() -> None:
         "adversarial": 1.0,
         "classification": 1.0,
         "entropy": 0.3,
-        "diversity": 0.0,
+        "diversity": 0.1,
         "entropy_ramp": True,
         "balance_pairs": True,
     }
