@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, literal, select, update
+from sqlalchemy import delete, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from service.db import Database
@@ -110,6 +110,11 @@ def retire_unless_active(session: Session, version: str) -> None:
         .where(IndexCursor.model_version == version, IndexCursor.model_version.not_in(active))
         .values(state=RETIRED, updated_at=utc_now())
     )
+
+
+def forget_retired(session: Session, version: str) -> None:
+    """Delete ``version``'s row if it is still retired (its collection was dropped; the caller commits)."""
+    session.execute(delete(IndexCursor).where(IndexCursor.model_version == version, IndexCursor.state == RETIRED))
 
 
 def retire_others(session: Session, keep: str) -> None:

@@ -18,7 +18,8 @@ Idempotent: upserts and removes may be applied twice (a leader killed between it
 update is followed by one that applies the same chunk again). Each chunk's cursor update is fenced: it is
 written only while the lock is still held, and only to a row still ``ready`` (not retired or asked again).
 The active model always has a row (asked for when missing). On a server the alias ``{prefix}_active`` names the
-active model's collection (Milvus Lite has no aliases).
+active model's collection (Milvus Lite has no aliases). Of the ``retired`` collections only the newest (the
+previous model's) is kept; older ones are dropped and their rows forgotten.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from pymilvus import MilvusClient
@@ -40,7 +42,7 @@ from index.milvus import MilvusIndex, MilvusOptions, collection_name, connect, d
 from model.errors import CheckpointError
 from model.export import LoadedEncoder
 from service import cursors, outbox, repository
-from service.cursors import READY, REQUESTED, Cursor
+from service.cursors import READY, REQUESTED, RETIRED, Cursor
 from service.db import Database
 from service.election import Leadership
 from service.models import ModelVersion
@@ -107,7 +109,28 @@ class Indexer:
                 applied += self._follow(models[version], cursor, held)
         if active is not None:
             self._point_alias(active.version)
+        self._drop_retired(rows, held)
         return applied
+
+    def _drop_retired(self, rows: dict[str, Cursor], held: Callable[[], bool]) -> None:
+        """Keep the newest retired collection (the previous model's: the rollback target, and what a replica not
+        yet swapped still searches for a moment); drop the older ones and forget their rows (an activation of
+        such a model asks for its collection anew, built from the codes)."""
+        retired = sorted(
+            (c for c in rows.values() if c.state == RETIRED), key=lambda c: (c.updated_at, c.model_version)
+        )
+        for cursor in retired[:-1]:
+            if not held():
+                raise LostLeadershipError("the indexer lock is no longer held")
+            name = collection_name(self.milvus.prefix, cursor.model_version)
+            self._indexes.pop(cursor.model_version, None)
+            if self.client.has_collection(name):
+                self._unalias(cursor.model_version)
+                self.client.drop_collection(name)
+                log.info("indexer: dropped collection %s of retired model %s", name, cursor.model_version)
+            with self.db.session() as session:
+                cursors.forget_retired(session, cursor.model_version)
+                session.commit()
 
     def _build(self, model: ModelVersion, held: Callable[[], bool]) -> None:
         version = model.version
@@ -215,6 +238,10 @@ class Indexer:
             self.client.drop_alias(alias)
         if self._aliased == name:
             self._aliased = None
+
+
+def _retired_order(cursor: Cursor) -> tuple[datetime, str]:
+    return cursor.updated_at or datetime.min.replace(tzinfo=UTC), cursor.model_version
 
 
 class IndexerThread:

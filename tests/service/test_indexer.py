@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from index.milvus import MilvusIndex, MilvusOptions
+from index.milvus import MilvusIndex, MilvusOptions, collection_name
 from service import cursors, repository
 from service import indexer as indexer_module
 from service.catalog import NewImage, image_values
@@ -24,7 +25,7 @@ from service.jobs import activation, queue
 from service.jobs.process import handlers
 from service.jobs.worker import Worker
 from service.migrate import upgrade
-from service.models import Image, Job
+from service.models import Image, IndexCursor, Job
 from service.pipeline import ImageInfo
 from service.registry import register_artefact
 from service.storage import open_blob_store
@@ -193,3 +194,33 @@ def test_a_candidate_waits_for_an_unreachable_milvus_and_stops_promptly(
     assert time.monotonic() - started < indexer_module.CONNECT_TIMEOUT_S + 2
     with db.session() as session:
         assert cursors.all_cursors(session) == {}  # it never led: nothing was asked for
+
+
+def test_retired_collections_but_the_newest_are_dropped(db: Database, tmp_path: Path, milvus_client: Any) -> None:
+    """Two models retired before the active one: the older one's collection is dropped and its row forgotten, the
+    newer one (the previous model: the rollback target) is kept."""
+    options = MilvusOptions(lite=True, prefix="retired")
+    with db.session() as session:
+        for version, minute in (("old1", 1), ("old2", 2)):
+            repository.add_model(session, version=version, artefact_path="none.pt", bits=16, metrics={}, meta={})
+            session.add(
+                IndexCursor(
+                    model_version=version,
+                    state=cursors.RETIRED,
+                    change=0,
+                    write_ts=0,
+                    updated_at=datetime(2026, 12, 1, 0, minute, tzinfo=UTC),
+                )
+            )
+        session.commit()
+    for version in ("old1", "old2"):
+        MilvusIndex(milvus_client, 16, version, milvus=options)
+    settings = make_settings(tmp_path / "data", database_url=db.engine.url.render_as_string(False))
+    Indexer(settings, db, open_blob_store(settings), milvus_client, options).run_round()
+    assert not milvus_client.has_collection(collection_name("retired", "old1"))
+    assert milvus_client.has_collection(collection_name("retired", "old2"))
+    with db.session() as session:
+        states = {version: cursor.state for version, cursor in cursors.all_cursors(session).items()}
+    assert states == {"old2": cursors.RETIRED, VERSION: cursors.READY}
+    for version in ("old2", VERSION):
+        MilvusIndex(milvus_client, 16, version, milvus=options).drop()
