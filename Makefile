@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= photos
 
-.PHONY: install run test lint typecheck bench bench-digits demo-model clean
+.PHONY: install run test lint typecheck bench bench-retrieval demo-model clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV); $(PY) -m pip install -q --no-cache-dir --upgrade pip && $(PY) -m pip install -q --no-cache-dir -r requirements-dev.txt && $(PY) -m pip install -q --no-deps -e . && touch $(STAMP)
@@ -26,8 +26,8 @@ test: lint
 bench: install
 	$(PY) -m scripts.bench_service --out benchmarks/service && $(PY) -m scripts.bench_search_resnet50 --out benchmarks/service && $(PY) -m scripts.bench_scale_http --out benchmarks/service
 
-bench-digits: install
-	$(PY) scripts/bench_digits.py --out benchmarks/digits
+bench-retrieval: install
+	$(PY) -m scripts.bench --stage all
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

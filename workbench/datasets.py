@@ -43,13 +43,6 @@ def load_digits(name: str, root: Path = DIGITS_DIR) -> ArrayDomain:
         return ArrayDomain(name, npz["images"], npz["labels"].astype(np.int64))
 
 
-def split_queries(size: int, query_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of ``range(size)`` into (queries, rest), both sorted."""
-    order = np.random.default_rng(seed).permutation(size)
-    cut = round(size * query_fraction)
-    return np.sort(order[:cut]), np.sort(order[cut:])
-
-
 def stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Up to ``per_class`` indices of every label, seeded, sorted."""
     rng = np.random.default_rng(seed)
