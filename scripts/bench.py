@@ -394,10 +394,12 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def chosen(runs: Sequence[dict[str, Any]], tasks: Sequence[str], tune_seeds: Sequence[int]) -> dict[str, str]:
+def chosen(
+    runs: Sequence[dict[str, Any]], tasks: Sequence[str], tune_seeds: Sequence[int]
+) -> dict[tuple[str, str], str]:
     """Per training mode and method, the grid variant with the best mean **validation** MAP@all at 64 bits over
     that mode's tasks and the tuning seeds; only variants run on every (task, seed) compete."""
-    best: dict[str, str] = {}
+    best: dict[tuple[str, str], str] = {}
     for mode in {TASKS[t].mode for t in tasks}:  # every tuned task of the mode, whichever tasks are asked for
         mode_tasks = [t for t, spec in TASKS.items() if spec.mode == mode and not spec.held_out]
         for method in METHODS:
@@ -415,7 +417,7 @@ def chosen(runs: Sequence[dict[str, Any]], tasks: Sequence[str], tune_seeds: Seq
             needed = len(mode_tasks) * len(tune_seeds)
             complete = {v: statistics.fmean(s.values()) for v, s in scores.items() if len(s) == needed}
             if complete:
-                best[f"{mode}/{method}"] = max(sorted(complete), key=lambda v: complete[v])
+                best[mode, method] = max(sorted(complete), key=lambda v: complete[v])
     return best
 
 
@@ -432,10 +434,10 @@ def plan(stage: str, args: argparse.Namespace, runs: Sequence[dict[str, Any]]) -
         choice = chosen(runs, args.tasks, args.tune_seeds)
         for task in args.tasks:
             mode = TASKS[task].mode
-            missing = [m for m in args.methods if f"{mode}/{m}" not in choice]
+            missing = [m for m in args.methods if (mode, m) not in choice]
             if missing:
                 raise SystemExit(f"{task}: tuning is incomplete for {missing}; run --stage tune first")
-            picked = {m: choice[f"{mode}/{m}"] for m in args.methods}
+            picked = {m: choice[mode, m] for m in args.methods}
             if stage == "table":
                 for method, variant in picked.items():
                     weights = GRID[mode][method][variant]
@@ -521,11 +523,10 @@ def _provenance(runs: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _defaults_check(choice: dict[str, str]) -> list[str]:
+def _defaults_check(choice: dict[tuple[str, str], str]) -> list[str]:
     """Whether the product's presets (model.objective) are the weights chosen here, one line per mode/method."""
     lines = []
-    for key, variant in sorted(choice.items()):
-        mode, method = key.split("/")
+    for (mode, method), variant in sorted(choice.items()):
         same = method_weights(method, mode) == GRID[mode][method][variant]
         verdict = "the product default" if same else "**not** the product default (model/objective.py differs)"
         lines.append(f"- {mode} {method}: chosen {variant} is {verdict}")
@@ -567,7 +568,7 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
                     and r["seed"] in tune_seeds
                 ]
                 if values:
-                    mark = "**yes**" if choice.get(f"{mode}/{method}") == variant else ""
+                    mark = "**yes**" if choice.get((mode, method)) == variant else ""
                     lines.append(f"| {mode} | {method} | {variant} | {statistics.fmean(values):.4f} | {mark} |")
     lines += ["", *_defaults_check(choice)]
     tests = [r for r in runs if r["split"] == "test"]
@@ -577,7 +578,7 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
         for run in tests:
             if run["task"] != task:
                 continue
-            label = run["method"] if choice.get(f"{mode}/{run['method']}") == run["variant"] else None
+            label = run["method"] if choice.get((mode, run["method"])) == run["variant"] else None
             if run["method"] == "tah" and run["variant"] == TAH_REFERENCE:
                 label = "tah (reference weights)" if label is None else label
             if run["stage"] == "ablation":
@@ -681,7 +682,7 @@ def plot_map_by_bits(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int])
                     if r["task"] == task
                     and r["method"] == method
                     and r["bits"] == bits
-                    and r["variant"] == choice.get(f"{mode}/{method}")
+                    and r["variant"] == choice.get((mode, method))
                 ]
                 for bits in bits_list
             }
@@ -764,7 +765,7 @@ def write_cosine(args: argparse.Namespace, settings: Settings) -> None:
                 continue
             run_dir = None
             if TASKS[task].family == "digits":
-                variant = choice[f"{TASKS[task].mode}/metah"]
+                variant = choice[TASKS[task].mode, "metah"]
                 run_dir = settings.work / "runs" / task / "metah" / "64" / str(seed) / variant
             with path.open("a") as fh:
                 fh.write(json.dumps(cosine_reference(task, seed, settings, run_dir)) + "\n")
