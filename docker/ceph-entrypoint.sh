@@ -3,10 +3,11 @@
 # (7480) with one S3 user, metah, whose keys are AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (required; in
 # docker-compose.yml the generated ones of the metah-secrets volume, or S3_ACCESS_KEY / S3_SECRET_KEY from .env).
 #
-# The configuration is that of tests/s3server.py (each setting is explained there: no cephx, crc mode, one OSD with
-# pool size 1, tcp_nodelay on beast), except the object store: BlueStore on a sparse file of CEPH_S3_DISK_GB
-# (default 50, fixed at the first start) rather than memstore, so that the objects persist in CEPH_S3_DIR (the
-# volume). The monitor and the OSD talk over the container's loopback; only radosgw listens beyond it.
+# The one-node settings (no cephx, crc mode, one OSD with pool size 1) are docker/ceph-single-node.conf, shared with
+# the tests' S3 server (tests/s3server.py, which also explains tcp_nodelay on beast); the object store differs:
+# BlueStore on a sparse file of CEPH_S3_DISK_GB (default 50, fixed at the first start) rather than memstore, so
+# that the objects persist in CEPH_S3_DIR (the volume). The monitor and the OSD talk over the container's loopback;
+# only radosgw listens beyond it.
 #
 # First start (no CEPH_S3_DIR/initialised): a new cluster id, the monitor's and the OSD's file systems (an
 # interrupted first start is wiped and done again). Every start: monitor, then OSD, then the S3 user is created or
@@ -18,7 +19,8 @@ set -euo pipefail
 : "${AWS_ACCESS_KEY_ID:?the S3 access key is missing (docker-compose.yml: the scale-secrets service generates it)}"
 : "${AWS_SECRET_ACCESS_KEY:?the S3 secret key is missing (docker-compose.yml: the scale-secrets service generates it)}"
 disk_gb=${CEPH_S3_DISK_GB:-50}
-mon_port=3300
+mon_port=${CEPH_MON_PORT:-3300}  # the monitor, on the container's loopback only
+single_node_conf=${CEPH_SINGLE_NODE_CONF:-/etc/ceph-s3/single-node.conf}
 conf=$CEPH_S3_DIR/ceph.conf
 # radosgw-admin waits for the OSD and makes radosgw's pools: minutes at most on a slow disk.
 admin_timeout_s=300
@@ -26,17 +28,11 @@ admin_timeout_s=300
 say() { echo "ceph-entrypoint: $*"; }
 
 write_config() {
-  cat >"$conf" <<EOF
-[global]
+  {
+    cat "$single_node_conf"
+    cat <<EOF
 fsid = $1
 mon_host = v2:127.0.0.1:$mon_port
-public_addr = 127.0.0.1
-ms_bind_ipv6 = false
-auth_cluster_required = none
-auth_service_required = none
-auth_client_required = none
-ms_mon_client_mode = crc
-ms_client_mode = crc
 run_dir = $CEPH_S3_DIR/run
 admin_socket = $CEPH_S3_DIR/run/\$name.asok
 log_to_file = false
@@ -52,18 +48,10 @@ osd_objectstore = bluestore
 bluestore_block_create = true
 bluestore_block_size = $((disk_gb * 1024 * 1024 * 1024))
 osd_memory_target = 1073741824
-osd_pool_default_size = 1
-osd_pool_default_min_size = 1
-mon_allow_pool_size_one = true
-mon_warn_on_pool_no_redundancy = false
-osd_pool_default_pg_num = 8
-osd_pool_default_pgp_num = 8
-osd_pool_default_pg_autoscale_mode = off
-mon_max_pg_per_osd = 1000
-osd_crush_chooseleaf_type = 0
 rgw_data = $CEPH_S3_DIR/rgw
 rgw_frontends = beast endpoint=0.0.0.0:$CEPH_S3_PORT tcp_nodelay=1
 EOF
+  } >"$conf"
 }
 
 pids=()
@@ -72,9 +60,14 @@ start() {
   pids+=("$!")
 }
 
+# In reverse order, each after the one before has exited: radosgw stopped after the OSD or the monitor waits for
+# them until its 120 s alarm (longer than compose's stop grace period), and the OSD wants its monitor.
 stop_all() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait || true
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
 }
 trap 'say "stopping"; stop_all; exit 0' TERM INT
 

@@ -23,6 +23,8 @@ RUN groupadd --system --gid 64045 ceph \
     && install -d -o ceph -g ceph -m 0750 /var/lib/ceph-s3
 
 COPY ceph-entrypoint.sh /usr/local/bin/ceph-entrypoint.sh
+# The one-node Ceph settings, shared with the tests' S3 server (tests/s3server.py).
+COPY ceph-single-node.conf /etc/ceph-s3/single-node.conf
 # docker-compose.yml's wrapper of the entrypoint above: exports the generated S3 keys (AWS_ACCESS_KEY_ID,
 # AWS_SECRET_ACCESS_KEY) from the metah-secrets volume when .env does not set them.
 COPY metah-secrets.sh /usr/local/bin/metah-secrets

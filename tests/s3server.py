@@ -8,12 +8,9 @@ Also a pytest plugin (``pytest_plugins`` in tests/conftest.py), so that any test
 ``s3_server`` (one server for the session) and ``s3_environ`` (the standard AWS variables pointing at it), and
 make a bucket of its own with :func:`fresh_bucket`.
 
-Notes on the configuration, each learnt the hard way:
+Notes on the configuration, each learnt the hard way (the one-node settings shared with the compose profile's S3
+server are explained in docker/ceph-single-node.conf):
 
-- ``auth_*_required = none``: no keyrings to make. radosgw then also needs ``ms_mon_client_mode = crc`` (the
-  ``none`` method cannot give the ``secure`` connection mode it asks the monitor for: it retries forever with
-  ``get_initial_auth_request returned -13``).
-- One OSD: pool size 1, a CRUSH rule that picks OSDs rather than hosts, 8 PGs per pool (radosgw makes about 7).
 - ``tcp_nodelay=1`` on the beast frontend: without it a small GET takes ~49 ms instead of ~5 ms (Nagle's
   algorithm holding the response's last segment until the client's delayed ACK).
 - The S3 user is made before radosgw starts: made after, ``radosgw-admin`` waits on a cache notification
@@ -71,17 +68,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+SINGLE_NODE_CONF = Path(__file__).resolve().parents[1] / "docker" / "ceph-single-node.conf"
+
+
 def _config(folder: Path, fsid: str, mon_port: int, rgw_port: int) -> str:
-    return f"""[global]
-fsid = {fsid}
+    """The shared one-node settings (docker/ceph-single-node.conf, which explains them) plus this server's own."""
+    return (
+        SINGLE_NODE_CONF.read_text()
+        + f"""fsid = {fsid}
 mon_host = v2:127.0.0.1:{mon_port}
-public_addr = 127.0.0.1
-ms_bind_ipv6 = false
-auth_cluster_required = none
-auth_service_required = none
-auth_client_required = none
-ms_mon_client_mode = crc
-ms_client_mode = crc
 run_dir = {folder}/run
 admin_socket = {folder}/run/$name.asok
 log_file = {folder}/log/$name.log
@@ -89,18 +84,10 @@ mon_data = {folder}/mon/$id
 osd_data = {folder}/osd/$id
 osd_objectstore = memstore
 memstore_device_bytes = 1073741824
-osd_pool_default_size = 1
-osd_pool_default_min_size = 1
-mon_allow_pool_size_one = true
-mon_warn_on_pool_no_redundancy = false
-osd_pool_default_pg_num = 8
-osd_pool_default_pgp_num = 8
-osd_pool_default_pg_autoscale_mode = off
-mon_max_pg_per_osd = 1000
-osd_crush_chooseleaf_type = 0
 rgw_data = {folder}/rgw
 rgw_frontends = beast endpoint=127.0.0.1:{rgw_port} tcp_nodelay=1
 """
+    )
 
 
 class _Cluster:

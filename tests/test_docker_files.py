@@ -1,26 +1,32 @@
 """The Docker files, checked without a docker engine: hadolint on every Dockerfile, ``docker-compose config`` on
 docker-compose.yml (also in a fresh copy without .env; the default services and the ``scale`` profile's), the
-secrets script docker/metah-secrets.sh run directly, the scale profile's HAProxy configuration (``haproxy -c``) and
-S3 server script (``bash -n``), and every service setting documented in .env.example and passed by the compose file.
+secrets script docker/metah-secrets.sh run directly, the scale profile's HAProxy configuration (``haproxy -c``), its
+S3 server script (``bash -n``; and run on this host, slow tier: first start, restart, stop), and every service
+setting documented in .env.example and passed by the compose file.
 
 A few seconds in all. The end-to-end run (build, ``up``, upload, search) is ``scripts/docker-smoke.sh``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from service.settings import Settings
+from tests.s3server import _free_port, missing_binaries
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -511,13 +517,83 @@ def test_haproxy_config_is_valid() -> None:
 
 
 def test_ceph_entrypoint_is_executable_bash() -> None:
-    """The S3 server's entry point: executable (the Dockerfile copies its mode) and valid bash. It was run on a
-    host with Debian's ceph packages (first start, then restart with the objects still there), not in a
-    container: the tests never build images."""
+    """The S3 server's entry point: executable (the Dockerfile copies its mode) and valid bash."""
     assert CEPH_ENTRYPOINT.stat().st_mode & stat.S_IXUSR
     assert CEPH_ENTRYPOINT.read_text().startswith("#!/bin/bash\n")
     result = subprocess.run(["bash", "-n", str(CEPH_ENTRYPOINT)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@contextlib.contextmanager
+def ceph_entrypoint(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The entry point as the container runs it (on this host: the tests never build images), S3 answering."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(["bash", str(CEPH_ENTRYPOINT)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not _answers_http(env["CEPH_S3_PORT"]):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "radosgw did not answer"
+            time.sleep(0.5)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def _answers_http(port: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=1) as connection:
+            connection.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            return connection.recv(12).startswith(b"HTTP/1.1")
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ceph_entrypoint_keeps_the_objects_across_a_restart_and_stops_promptly(tmp_path: Path) -> None:
+    """First start (new cluster, BlueStore file, S3 user), an object written, SIGTERM (the daemons stop in reverse
+    order, in seconds, status 0), second start: the object is still there, and a key changed in the environment
+    takes effect."""
+    if missing := missing_binaries():
+        pytest.skip(f"backend missing: {', '.join(missing)} (apt-get install ceph-mon ceph-osd radosgw)")
+    port = str(_free_port())
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CEPH_"))},
+        "CEPH_S3_DIR": str(tmp_path / "s3"),
+        "CEPH_S3_PORT": port,
+        "CEPH_MON_PORT": str(_free_port()),
+        "CEPH_S3_DISK_GB": "2",
+        "CEPH_SINGLE_NODE_CONF": str(ROOT / "docker" / "ceph-single-node.conf"),
+        "AWS_ACCESS_KEY_ID": "FIRSTACCESSKEY000000",
+        "AWS_SECRET_ACCESS_KEY": "first-secret",
+    }
+
+    def client(access: str, secret: str) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id=access,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+        )
+
+    log = tmp_path / "entrypoint.log"
+    with ceph_entrypoint(env, log) as first:
+        s3 = client(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+        s3.create_bucket(Bucket="kept")
+        s3.put_object(Bucket="kept", Key="image", Body=b"bytes that must survive")
+        stopping = time.monotonic()
+        first.terminate()
+        assert first.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert time.monotonic() - stopping < 30  # within compose's grace period, not radosgw's 120 s alarm
+    assert (tmp_path / "s3" / "initialised").exists()
+    env |= {"AWS_ACCESS_KEY_ID": "SECONDACCESSKEY00000", "AWS_SECRET_ACCESS_KEY": "second-secret"}
+    with ceph_entrypoint(env, log):
+        s3 = client(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+        assert s3.get_object(Bucket="kept", Key="image")["Body"].read() == b"bytes that must survive"
+    assert "starting cluster" in log.read_text()
 
 
 def test_secrets_script_generates_the_s3_keys_once_without_printing_them(tmp_path: Path) -> None:
