@@ -37,7 +37,9 @@ class NewImage:
 
 @dataclass(frozen=True)
 class Ingested:
-    """``change``: the change that added the image (``None``: it was stored already)."""
+    """``change``: the change the caller waits for the indexer to apply before acknowledging (the Milvus
+    backend): the one that added the image or, for an image stored already, the latest change committed when it
+    was found (its own among them: the row may be another process's, not indexed yet); ``None``: no wait."""
 
     image: Image
     created: bool
@@ -65,9 +67,13 @@ def image_row(digest: str, info: ImageInfo, size: int, stored_path: str, new: Ne
     return Image(**image_values(digest, info, size, stored_path, new))
 
 
-def _existing(runtime: Runtime, digest: str, domain: str) -> Image | None:
+def _existing(runtime: Runtime, digest: str, domain: str) -> Ingested | None:
+    """The stored image with these bytes in this domain, if any (see :attr:`Ingested.change`)."""
     with runtime.db.session() as session:
-        return repository.image_by_hash(session, digest, domain)
+        if (image := repository.image_by_hash(session, digest, domain)) is None:
+            return None
+        change = repository.last_change(session) if runtime.settings.index_backend == "milvus" else None
+    return Ingested(image, created=False, change=change)
 
 
 def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> Ingested:
@@ -76,7 +82,7 @@ def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> I
     info = probe(data, max_pixels)
     digest = sha256_hex(data)
     if (existing := _existing(runtime, digest, new.domain)) is not None:
-        return Ingested(existing, created=False)
+        return existing
     code = encode_upload(pair.encoder, data, max_pixels)
     with runtime.write_lock:
 
@@ -88,7 +94,7 @@ def ingest(runtime: Runtime, pair: ServingPair, data: bytes, new: NewImage) -> I
             change, image = commit_with_blobs(runtime.db, runtime.store, [data], runtime.settings.blob_grace_s, write)
         except IntegrityError:  # another process stored the same bytes in this domain meanwhile
             if (existing := _existing(runtime, digest, new.domain)) is not None:
-                return Ingested(existing, created=False)
+                return existing
             raise
         runtime.index_added([image.id], code[None], image.domain, model_version=pair.model_version, change=change)
     return Ingested(image, created=True, change=change)

@@ -49,16 +49,22 @@ def milvus(milvus_server: MilvusServer, milvus_server_client: Any) -> MilvusServ
 
 
 @contextmanager
-def metah_workers(count: int, data_dir: Path, database_url: str, uri: str) -> Iterator[list[tuple[Any, IO[str]]]]:
-    """``count`` real ``metah worker`` processes on the Milvus backend, each logging to a file of its own."""
+def metah_workers(
+    count: int, data_dir: Path, database_url: str, uri: str, **settings: str
+) -> Iterator[list[tuple[Any, IO[str]]]]:
+    """``count`` real ``metah worker`` processes on the Milvus backend, each logging to a file of its own;
+    ``settings``: more ``METAH_*`` variables (without the prefix), or other values for these."""
     env = metah_environment(
-        DATA_DIR=str(data_dir),
-        DATABASE_URL=database_url,
-        INDEX_BACKEND="milvus",
-        MILVUS_URI=uri,
-        CHANGES_POLL_S="0.2",
-        WORKER_POLL_S="0.2",
-        LOG_FORMAT="text",
+        **{
+            "DATA_DIR": str(data_dir),
+            "DATABASE_URL": database_url,
+            "INDEX_BACKEND": "milvus",
+            "MILVUS_URI": uri,
+            "CHANGES_POLL_S": "0.2",
+            "WORKER_POLL_S": "0.2",
+            "LOG_FORMAT": "text",
+            **settings,
+        }
     )
     started = []
     try:
@@ -225,3 +231,25 @@ def test_activation_on_a_milvus_server_moves_the_alias(
         assert states == {version: cursors.READY, old: cursors.RETIRED}
         assert milvus_client.has_collection(collection_name("metah", old))  # kept: replicas still on it finish
         db.close()
+
+
+def test_an_already_stored_answer_waits_for_the_indexer_like_a_created_one(
+    start_server: StartServer, tmp_path: Path, database_url: str | None, milvus: MilvusServer, digit_pngs: PNGs
+) -> None:
+    """Two replicas: A acknowledges an upload after 0.2 s, before the indexer (a round every 3 s) applied it; the
+    same bytes through B are a 200, which waits for the indexer as a 201 does, so B's next search finds them."""
+    url = database(tmp_path, database_url)
+    options = {"index_backend": "milvus", "milvus_uri": milvus.uri, "changes_poll_s": 0.2, "database_url": url}
+    quick = start_server(index_wait_s=0.2, **options)
+    patient = start_server(index_wait_s=30.0, **options)
+    with metah_workers(1, tmp_path / "data", url, milvus.uri, INDEXER_POLL_S="3"):
+        a, b = quick.client(), patient.client()
+        wait_ready(a, timeout_s=90)
+        wait_ready(b, timeout_s=90)
+        for data, _ in digit_pngs[:3]:
+            created = post_image(a, data)
+            assert created.status_code == 201, created.text
+            again = post_image(b, data)
+            assert again.status_code == 200 and again.json()["id"] == created.json()["id"], again.text
+            hits = search(b, data, k=100, max_distance=0).json()["hits"]
+            assert created.json()["id"] in {hit["id"] for hit in hits}
