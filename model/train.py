@@ -70,7 +70,8 @@ from model.plots import plot_history, plot_pr_curves
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, int], None]
+StepCallback = Callable[[int, int], None]  # (steps done, total), after every step
+CheckpointCallback = Callable[[int], None]  # the step, once checkpoint.pt holds it (main process only)
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,12 @@ class Trainer:
         self.step += 1
         return values
 
-    def run(self, on_step: StepCallback | None = None, show_progress: bool | None = None) -> None:
+    def run(
+        self,
+        on_step: StepCallback | None = None,
+        show_progress: bool | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
+    ) -> None:
         total = self.config.iterations
         visible = self.group.is_main and (sys.stderr.isatty() if show_progress is None else show_progress)
         if isinstance(self.data.inputs, StreamedImages):
@@ -398,6 +404,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
                     if self.group.is_main and self.step % self.config.checkpoint_every == 0 and self.step < total:
                         save_checkpoint(self.paths.checkpoint, self.state())
+                        if on_checkpoint is not None:
+                            on_checkpoint(self.step)
                     bar.update(1)
                     if on_step is not None:
                         on_step(self.step, total)
@@ -480,8 +488,13 @@ def train(
     eval_sets: EvalSets | None = None,
     on_step: StepCallback | None = None,
     show_progress: bool | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> TrainResult:
     """Train an encoder on a labelled source folder and an unlabelled target folder; write the run folder.
+
+    ``on_step`` is called after every step; ``on_checkpoint`` each time ``checkpoint.pt`` has been written
+    during the run (every ``checkpoint_every`` steps, by the main process; not for the one written at the end),
+    e.g. to copy it elsewhere.
 
     Raises:
         ConfigError, DataError, CheckpointError: user mistakes, before any training step.
@@ -516,7 +529,7 @@ def train(
             trainer.load_state(load_checkpoint(paths.checkpoint))
             log.info("resumed from %s at step %d", paths.checkpoint, trainer.step)
         paths.root.mkdir(parents=True, exist_ok=True)
-        trainer.run(on_step, show_progress)
+        trainer.run(on_step, show_progress, on_checkpoint)
         in_sync = parameters_in_sync(trainer.net, group)
         summary = RunSummary(skipped, choices, in_sync, time.perf_counter() - started)
         result = _finish(trainer, eval_sets or EvalSets(), summary)

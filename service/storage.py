@@ -1,14 +1,18 @@
-"""Write-once blobs: original image bytes, model files and uploaded archives, in a local folder (the default) or
-an S3 bucket.
+"""Write-once blobs: original image bytes, model files, uploaded archives and training checkpoints, in a local
+folder (the default) or an S3 bucket.
 
-Three key spaces. An image's key is derived from its SHA-256 alone (``images/ab/cd/abcd…``), never from a
+Four key spaces. An image's key is derived from its SHA-256 alone (``images/ab/cd/abcd…``), never from a
 user-supplied name, so no upload can choose where it is written; the database stores that key (``stored_path``).
 A model version's files (the encoder artefact and the figures of its training run) are ``models/<version>/
 <name>`` (:func:`model_key`: a safe version name, one of :data:`MODEL_FILES`); ``model_versions.artefact_path``
 stores the artefact's key. An uploaded archive waiting for its ingest job is ``archives/<sha256>``
 (:func:`archive_key`), stored from a file and read back as one (:meth:`BlobStore.fetched`), so the worker that
-runs the job needs no disk in common with the API that took the upload. Blobs are write-once: storing bytes where
-a blob already is changes nothing and says so. No code outside the stores reads them by file path.
+runs the job needs no disk in common with the API that took the upload. A training job's latest checkpoint is
+``checkpoints/job-<id>-step-<step>.pt`` (:func:`checkpoint_key`), stored from a file too, so that a retry of the
+job on any worker resumes from it (:mod:`service.jobs.training`). Blobs are write-once: storing bytes where a
+blob already is changes nothing and says so (an archive or a checkpoint stored again under its key is replaced by
+bytes as good: the same archive, a checkpoint of the same job at the same step). No code outside the stores reads
+them by file path.
 
 :class:`BlobStore` is what the service uses; :func:`open_blob_store` picks the implementation from the settings
 (CONTRACT §5): :class:`LocalBlobStore` under ``METAH_DATA_DIR`` (atomic and durable writes: temporary file, fsync,
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 IMAGES = "images"
 MODELS = "models"
 ARCHIVES = "archives"
+CHECKPOINTS = "checkpoints"
 ARTEFACT = "model.pt"
 # A model version's files: the encoder artefact and the training run's figures (model/train.py writes them beside
 # model.pt; GET /v1/models/{version}/plots/{name} serves them).
@@ -45,6 +50,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a model version a
 _KEY = re.compile(rf"{IMAGES}/([0-9a-f]{{2}})/([0-9a-f]{{2}})/([0-9a-f]{{64}})")
 _MODEL_KEY = re.compile(f"{MODELS}/({SAFE_NAME.pattern})/([^/]+)")
 _ARCHIVE_KEY = re.compile(rf"{ARCHIVES}/[0-9a-f]{{64}}")
+_CHECKPOINT_KEY = re.compile(rf"{CHECKPOINTS}/job-([1-9][0-9]{{0,17}})-step-([1-9][0-9]{{0,17}})\.pt")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -98,6 +104,28 @@ def check_archive_key(key: str) -> str:
     return key
 
 
+def checkpoint_key(job_id: int, step: int) -> str:
+    """The key of training job ``job_id``'s checkpoint at ``step`` (both positive):
+    ``checkpoints/job-<id>-step-<step>.pt``."""
+    if job_id < 1 or step < 1:
+        raise ValueError(f"no checkpoint key for job {job_id} at step {step}")
+    return f"{CHECKPOINTS}/job-{job_id}-step-{step}.pt"
+
+
+def checkpoint_of(key: str) -> tuple[int, int] | None:
+    """The ``(job id, step)`` a checkpoint's key names (:func:`checkpoint_key`); ``None`` for any other key."""
+    match = _CHECKPOINT_KEY.fullmatch(key)
+    return None if match is None else (int(match[1]), int(match[2]))
+
+
+def check_file_key(key: str) -> str:
+    """``key`` if it names a blob stored from a file (an archive's or a checkpoint's key); ``ValueError``
+    otherwise."""
+    if _ARCHIVE_KEY.fullmatch(key) is None and _CHECKPOINT_KEY.fullmatch(key) is None:
+        raise ValueError(f"not a blob path of an archive or a checkpoint: {key!r}")
+    return key
+
+
 def model_key(version: str, name: str = ARTEFACT) -> str:
     """The key of model ``version``'s file ``name`` (one of :data:`MODEL_FILES`): ``models/<version>/<name>``;
     ``ValueError`` for a version that is not a safe name, or another file name."""
@@ -113,22 +141,24 @@ def check_model_key(key: str) -> str:
 
 
 def check_key(key: str) -> str:
-    """``key`` if it is a blob key of this layout (an image's, a model file's or an archive's); anything else
-    (``..``, an absolute path, a prefix, another file of the data dir) is refused with ``ValueError``."""
+    """``key`` if it is a blob key of this layout (an image's, a model file's, an archive's or a checkpoint's);
+    anything else (``..``, an absolute path, a prefix, another file of the data dir) is refused with
+    ``ValueError``."""
     match = _KEY.fullmatch(key)
     if match is not None and match[3][:2] == match[1] and match[3][2:4] == match[2]:
         return key
     if (model := _MODEL_KEY.fullmatch(key)) is not None and model[2] in MODEL_FILES:
         return key
-    if _ARCHIVE_KEY.fullmatch(key) is not None:
+    if _ARCHIVE_KEY.fullmatch(key) is not None or _CHECKPOINT_KEY.fullmatch(key) is not None:
         return key
     raise ValueError(f"not a blob path: {key!r}")
 
 
 class BlobStore(Protocol):
     """Write-once blobs: images keyed by their SHA-256 (:func:`blob_key`), model files by version and name
-    (:func:`model_key`). Every method refuses a key that is not a blob key (``ValueError``); reading a key that
-    holds nothing raises :class:`BlobNotFoundError`; a store that cannot be used raises :class:`BlobStoreError`."""
+    (:func:`model_key`), archives (:func:`archive_key`) and checkpoints (:func:`checkpoint_key`). Every method
+    refuses a key that is not a blob key (``ValueError``); reading a key that holds nothing raises
+    :class:`BlobNotFoundError`; a store that cannot be used raises :class:`BlobStoreError`."""
 
     def put(self, data: bytes) -> tuple[str, bool]:
         """Store ``data`` unless it is already there; returns ``(key, whether this call stored it)``."""
@@ -144,8 +174,9 @@ class BlobStore(Protocol):
         ...
 
     def put_file(self, key: str, path: Path) -> None:
-        """Store the file ``path`` (an upload, possibly large: streamed, never read into memory) under an archive
-        key (:func:`archive_key`) and take it: once this returns, ``path`` is gone. On failure it stays."""
+        """Store the file ``path`` (an upload or a checkpoint, possibly large: streamed, never read into memory)
+        under an archive's or a checkpoint's key (:func:`check_file_key`) and take it: once this returns, ``path``
+        is gone. On failure it stays."""
         ...
 
     def fetched(self, key: str, scratch: Path) -> AbstractContextManager[Path]:
@@ -173,6 +204,11 @@ class BlobStore(Protocol):
 
     def image_keys(self) -> Iterator[str]:
         """The keys of every image blob stored, in no particular order (the blob sweep's look for strays)."""
+        ...
+
+    def checkpoint_keys(self, job_id: int | None = None) -> Iterator[str]:
+        """The keys of the checkpoints stored for training job ``job_id`` (default: for every job), in no
+        particular order."""
         ...
 
     def presigned_url(self, key: str, expires_s: int = 300) -> str | None:
@@ -271,8 +307,8 @@ class LocalBlobStore:
 
     def put_file(self, key: str, path: Path) -> None:
         """A rename into place (then an fsync of the folder): ``path`` must be on the store's file system (the
-        API writes uploads in ``data_dir/archives``)."""
-        target = self.root / check_archive_key(key)
+        API writes uploads in ``data_dir/archives``, training jobs their checkpoints in ``data_dir/training``)."""
+        target = self.root / check_file_key(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
         fsync_folder(target.parent)
@@ -366,6 +402,13 @@ class LocalBlobStore:
         for path in (self.root / IMAGES).glob("*/*/*"):
             key = path.relative_to(self.root).as_posix()
             if image_digest(key) is not None:  # not a temporary file
+                yield key
+
+    def checkpoint_keys(self, job_id: int | None = None) -> Iterator[str]:
+        pattern = "job-*-step-*.pt" if job_id is None else f"job-{job_id}-step-*.pt"
+        for path in (self.root / CHECKPOINTS).glob(pattern):
+            key = path.relative_to(self.root).as_posix()
+            if checkpoint_of(key) is not None:
                 yield key
 
     def create_if_missing(self) -> bool:

@@ -39,13 +39,15 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from service.storage import (
+    CHECKPOINTS,
     IMAGES,
     BlobNotFoundError,
     BlobStoreError,
     blob_key,
-    check_archive_key,
+    check_file_key,
     check_key,
     check_model_key,
+    checkpoint_of,
     image_digest,
     parse_blob_url,
     sha256_hex,
@@ -81,8 +83,8 @@ def _client_config() -> Config:
 
 
 class S3BlobStore:
-    """Blobs as objects ``<prefix>/images/ab/cd/<sha256>``, ``<prefix>/models/<version>/<name>`` and
-    ``<prefix>/archives/<sha256>`` in ``bucket``.
+    """Blobs as objects ``<prefix>/images/ab/cd/<sha256>``, ``<prefix>/models/<version>/<name>``,
+    ``<prefix>/archives/<sha256>`` and ``<prefix>/checkpoints/job-<id>-step-<step>.pt`` in ``bucket``.
 
     Args:
         bucket: the bucket (made by :meth:`create_if_missing`, which ``metah migrate`` is to call).
@@ -190,9 +192,9 @@ class S3BlobStore:
             return [key for key, _ in pool.map(self.put, blobs)]
 
     def put_file(self, key: str, path: Path) -> None:
-        """boto3's managed upload (multipart, in parallel, beyond 8 MiB); an archive's key names its bytes, so
-        storing it again is harmless and needs no condition."""
-        name = self._object(check_archive_key(key))
+        """boto3's managed upload (multipart, in parallel, beyond 8 MiB), with no condition: an archive's key
+        names its bytes, and a checkpoint's key a job's step, so storing it again is harmless."""
+        name = self._object(check_file_key(key))
         try:
             self.client.upload_file(str(path), self.bucket, name, ExtraArgs={"ContentType": "application/octet-stream"})
         except S3UploadFailedError as exc:  # boto3 wraps the failed request's ClientError in its message only
@@ -265,13 +267,22 @@ class S3BlobStore:
 
     def image_keys(self) -> Iterator[str]:
         """``ListObjectsV2`` pages of the images' prefix (1,000 keys a request)."""
-        start = f"{self.prefix}/{IMAGES}/" if self.prefix else f"{IMAGES}/"
+        return (key for key in self._listed(f"{IMAGES}/") if image_digest(key) is not None)
+
+    def checkpoint_keys(self, job_id: int | None = None) -> Iterator[str]:
+        """``ListObjectsV2`` of the job's checkpoints (one request: a job keeps one or two)."""
+        start = f"{CHECKPOINTS}/" if job_id is None else f"{CHECKPOINTS}/job-{job_id}-step-"
+        return (key for key in self._listed(start) if checkpoint_of(key) is not None)
+
+    def _listed(self, start: str) -> Iterator[str]:
+        """The keys (without the store's prefix) of the objects whose key starts with ``start``."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
         try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix + start
+            ):
                 for listed in page.get("Contents", []):
-                    key = str(listed["Key"]).removeprefix(f"{self.prefix}/" if self.prefix else "")
-                    if image_digest(key) is not None:
-                        yield key
+                    yield str(listed["Key"]).removeprefix(prefix)
         except (ClientError, BotoCoreError) as exc:
             raise self._unusable(exc) from exc
 

@@ -8,16 +8,21 @@ the job's progress (and is where a cancel is noticed). The artefact is registere
 ``activate`` an activation job is queued for it.
 
 Each job works in its own run folder, ``data_dir/training/job-<id>`` (:func:`run_folder`), and training writes
-a checkpoint there every tenth of the run (at most every 200 steps). A job that runs again after its worker
-died (kill -9, a lost machine) or stopped finds the folder and resumes from the last checkpoint. The folder is
-removed when the job succeeds, fails or is cancelled; folders of jobs that will not run again (left by a worker
-that died, then cancelled) are removed when the next training job starts.
+a checkpoint there every tenth of the run (at most every 200 steps). Each checkpoint is also copied to the blob
+store (:class:`StoredCheckpoint`: ``checkpoints/job-<id>-step-<step>.pt``, the previous one deleted once the new
+one is stored), so that a job that runs again after its worker died (kill -9, a lost machine) or stopped resumes
+from the last checkpoint on any worker: from its run folder where that worker has it (a shared data dir, the
+same worker), else from the blob store's copy, whichever holds the later step. A checkpoint that cannot be
+stored is logged and training goes on (a retry then resumes from an earlier one). The folder and the stored
+checkpoints are removed when the job succeeds, fails or is cancelled; those of jobs that will not run again
+(left by a worker that died, then cancelled) are removed when the next training job starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -35,6 +40,7 @@ from service.jobs.worker import JobContext, JobFailedError, Released
 from service.models import Image, Job
 from service.registry import register_artefact
 from service.settings import Settings
+from service.storage import BlobStoreError, checkpoint_key, checkpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,13 @@ def run_folder(settings: Settings, job_id: int) -> Path:
     return settings.data_dir / RUNS / f"job-{job_id}"
 
 
+def _pending(context: JobContext, job_ids: set[int]) -> set[int]:
+    """Those of ``job_ids`` that will run (again): queued or running."""
+    with context.db.session() as session:
+        pending = select(Job.id).where(Job.id.in_(list(job_ids)), Job.status.in_([queue.QUEUED, queue.RUNNING]))
+        return set(session.scalars(pending))
+
+
 def remove_stale_run_folders(context: JobContext) -> list[Path]:
     """Remove the run folders of jobs that will not run again (neither queued nor running) and the temporary
     folders (``metah-train-*``) of older versions; returns what was removed."""
@@ -91,15 +104,96 @@ def remove_stale_run_folders(context: JobContext) -> list[Path]:
     for path in runs.iterdir() if runs.is_dir() else []:
         if (match := _RUN_FOLDER.fullmatch(path.name)) is not None:
             found[int(match[1])] = path
-    with context.db.session() as session:
-        pending = select(Job.id).where(Job.id.in_(list(found)), Job.status.in_([queue.QUEUED, queue.RUNNING]))
-        alive = set(session.scalars(pending))
+    alive = _pending(context, set(found))
     stale = [path for job_id, path in found.items() if job_id not in alive]
     stale += [path for path in context.settings.data_dir.glob("metah-train-*") if path.is_dir()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
         log.info("removed the run folder %s of a job that will not run again", path)
     return stale
+
+
+def remove_stale_checkpoints(context: JobContext) -> list[str]:
+    """Delete the stored checkpoints of jobs that will not run again; returns their keys. A store that fails is
+    logged: the next training job tries again."""
+    try:
+        found = {key: checkpoint_of(key) for key in context.store.checkpoint_keys()}
+        alive = _pending(context, {job_step[0] for job_step in found.values() if job_step is not None})
+        stale = [key for key, job_step in found.items() if job_step is not None and job_step[0] not in alive]
+        for key in stale:
+            context.store.delete(key)
+            log.info("removed the stored checkpoint %s of a job that will not run again", key)
+    except BlobStoreError as exc:
+        log.warning("stored checkpoints of finished jobs not removed: %s", exc)
+        return []
+    return stale
+
+
+class StoredCheckpoint:
+    """A training job's latest checkpoint in the blob store (``checkpoints/job-<id>-step-<step>.pt``): the run
+    folder's ``checkpoint.pt`` is copied there each time training writes it, and fetched from there by an
+    attempt whose run folder holds an earlier step or none. Failures are logged, never raised: training goes on
+    without the copy, or from the run folder's own checkpoint or the start."""
+
+    def __init__(self, context: JobContext, paths: RunPaths) -> None:
+        self.store = context.store
+        self.job_id = context.job.id
+        self.paths = paths
+        self.stored: list[str] = []  # this job's keys in the store, known to this attempt
+
+    def _keys(self) -> list[str]:
+        """This job's stored checkpoints, the latest step last."""
+        return sorted(self.store.checkpoint_keys(self.job_id), key=lambda key: checkpoint_of(key) or (0, 0))
+
+    def fetch(self, local_step: int | None) -> bool:
+        """Download the latest stored checkpoint into the run folder when its step is later than
+        ``local_step`` (the run folder's; ``None``: it has none); ``True`` when it did."""
+        try:
+            self.stored = self._keys()
+            latest = checkpoint_of(self.stored[-1]) if self.stored else None
+            if latest is None or latest[1] <= (local_step or 0):
+                return False
+            partial = self.paths.checkpoint.with_name(f".{self.paths.checkpoint.name}.fetched")
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            with self.store.fetched(self.stored[-1], self.paths.root) as fetched:
+                shutil.copyfile(fetched, partial)
+            os.replace(partial, self.paths.checkpoint)
+        except (BlobStoreError, OSError) as exc:  # a BlobNotFoundError too: deleted meanwhile
+            log.warning("job %d: the stored checkpoint could not be fetched: %s", self.job_id, exc)
+            return False
+        log.info("job %d: fetched its checkpoint of step %d from the blob store", self.job_id, latest[1])
+        return True
+
+    def store_step(self, step: int) -> None:
+        """Copy the run folder's checkpoint (of ``step``) to the store, then delete the job's earlier ones."""
+        key = checkpoint_key(self.job_id, step)
+        upload = self.paths.checkpoint.with_name(f".{self.paths.checkpoint.name}.upload")
+        try:
+            # checkpoint.pt is replaced by a rename, never rewritten in place: the link keeps this step's bytes
+            os.link(self.paths.checkpoint, upload)
+            self.store.put_file(key, upload)
+        except (BlobStoreError, OSError) as exc:
+            upload.unlink(missing_ok=True)
+            log.warning(
+                "job %d: the checkpoint of step %d was not stored (a retry starts earlier): %s", self.job_id, step, exc
+            )
+            return
+        earlier, self.stored = [other for other in self.stored if other != key], [key]
+        self._delete(earlier)
+
+    def remove(self) -> None:
+        """Delete every stored checkpoint of the job (it succeeded, failed or was cancelled)."""
+        try:
+            self._delete(self._keys())
+        except BlobStoreError as exc:
+            log.warning("job %d: stored checkpoints not removed (the next training job will): %s", self.job_id, exc)
+
+    def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except BlobStoreError as exc:
+                log.warning("job %d: the stored checkpoint %s was not deleted: %s", self.job_id, key, exc)
 
 
 def _resume_step(paths: RunPaths) -> int | None:
@@ -114,11 +208,13 @@ def _resume_step(paths: RunPaths) -> int | None:
         return None
 
 
-def _train(context: JobContext, config: TrainConfig, root: Path) -> tuple[TrainResult, int]:
-    """Train in ``root`` (resuming from its checkpoint when there is one); returns the result and the step
-    training resumed from (0: from the start)."""
-    paths = RunPaths(root / "run")
+def _train(context: JobContext, config: TrainConfig, root: Path, stored: StoredCheckpoint) -> tuple[TrainResult, int]:
+    """Train in ``root`` (resuming from the latest checkpoint, the run folder's or the stored one, when there is
+    one); returns the result and the step training resumed from (0: from the start)."""
+    paths = stored.paths
     step = _resume_step(paths)
+    if stored.fetch(step):
+        step = _resume_step(paths)
 
     def on_step(done: int, total: int) -> None:
         if done % 5 == 0 or done == total:
@@ -134,6 +230,7 @@ def _train(context: JobContext, config: TrainConfig, root: Path) -> tuple[TrainR
                 resume=resume,
                 on_step=on_step,
                 show_progress=False,
+                on_checkpoint=stored.store_step,
             )
         except (ConfigError, DataError) as exc:
             raise JobFailedError(str(exc), code="invalid_training") from exc
@@ -162,7 +259,9 @@ def run_training(context: JobContext) -> dict[str, Any]:
         checkpoint_every=max(1, min(MAX_CHECKPOINT_EVERY, iterations // CHECKPOINTS_PER_RUN)),
     )
     remove_stale_run_folders(context)
+    remove_stale_checkpoints(context)
     root = run_folder(context.settings, context.job.id)
+    stored = StoredCheckpoint(context, RunPaths(root / "run"))
     try:
         for part in ("source", "target"):  # exported again: images may have been added or deleted since
             shutil.rmtree(root / part, ignore_errors=True)
@@ -174,14 +273,16 @@ def run_training(context: JobContext) -> dict[str, Any]:
                 code="no_training_data",
             )
         context.progress(0, config.iterations)
-        result, resumed_from = _train(context, config, root)
+        result, resumed_from = _train(context, config, root, stored)
         row = register_artefact(context.db, context.store, result.paths.model, activate=False)
     except Released:
-        raise  # the job runs again: the folder and its checkpoint stay for that attempt
+        raise  # the job runs again: the folder and the checkpoints stay for that attempt
     except Exception:
         shutil.rmtree(root, ignore_errors=True)  # failed or cancelled: the job will not run again
+        stored.remove()
         raise
     shutil.rmtree(root, ignore_errors=True)
+    stored.remove()
     out: dict[str, Any] = {
         "version": row.version,
         "metrics": row.metrics,

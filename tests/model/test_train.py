@@ -73,7 +73,9 @@ def test_training_beats_chance_on_the_target_domain(quick_run: Path) -> None:
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(digits: DigitFolders, tmp_path: Path) -> None:
     config = QUICK.override(iterations=30, checkpoint_every=10)
-    straight = train(config, digits.source, digits.target, tmp_path / "straight")
+    written: list[int] = []
+    straight = train(config, digits.source, digits.target, tmp_path / "straight", on_checkpoint=written.append)
+    assert written == [10, 20]  # told of each checkpoint during the run, not of the one written at the end
 
     def interrupt(step: int, total: int) -> None:
         if step == 15:
@@ -82,7 +84,10 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(digits: Digi
     with pytest.raises(KeyboardInterrupt):
         train(config, digits.source, digits.target, tmp_path / "resumed", on_step=interrupt)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 10
-    resumed = train(config, digits.source, digits.target, tmp_path / "resumed", resume=True)
+    resumed = train(
+        config, digits.source, digits.target, tmp_path / "resumed", resume=True, on_checkpoint=written.append
+    )
+    assert written == [10, 20, 20]
     assert [row["loss"] for row in resumed.history] == pytest.approx(
         [row["loss"] for row in straight.history], rel=1e-4
     )

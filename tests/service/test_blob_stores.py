@@ -29,6 +29,7 @@ from service.storage import (
     LocalBlobStore,
     archive_key,
     blob_key,
+    checkpoint_key,
     model_key,
     open_blob_store,
     sha256_hex,
@@ -171,6 +172,12 @@ HOSTILE_KEYS = [
     f"archives/{'a' * 63}",
     f"archives/{'a' * 64}/x",
     f"archives/aa/aa/{'a' * 64}",
+    "checkpoints/job-0-step-1.pt",  # checkpoint keys: positive job ids and steps, written without leading zeros
+    "checkpoints/job-01-step-1.pt",
+    "checkpoints/job-1-step-1",
+    "checkpoints/job-1/step-1.pt",
+    "checkpoints/job-1-step-1.pt/x",
+    "checkpoints/../job-1-step-1.pt",
 ]
 
 
@@ -295,6 +302,26 @@ def test_an_archive_is_stored_from_a_file_and_read_back_as_one(store: BlobStore,
     with pytest.raises(ValueError, match="not a blob path of an archive"):
         store.put_file(blob_key(sha256_hex(data)), upload)
     assert upload.exists()
+
+
+def test_checkpoints_are_stored_from_files_and_listed_by_job_never_as_images(store: BlobStore, tmp_path: Path) -> None:
+    keys = [checkpoint_key(1, 10), checkpoint_key(1, 20), checkpoint_key(12, 10)]
+    assert keys[0] == "checkpoints/job-1-step-10.pt"
+    for i, key in enumerate(keys):
+        upload = tmp_path / "checkpoint.pt"
+        upload.write_bytes(b"checkpoint %d" % i)
+        store.put_file(key, upload)
+        assert not upload.exists()  # taken by the store
+    assert sorted(store.checkpoint_keys(1)) == keys[:2]  # not job 12's
+    assert sorted(store.checkpoint_keys()) == keys
+    assert list(store.image_keys()) == []  # the blob sweep never sees them
+    with store.fetched(keys[1], tmp_path / "scratch") as path:
+        assert path.read_bytes() == b"checkpoint 1"
+    for key in keys:
+        store.delete(key)
+    assert list(store.checkpoint_keys()) == []
+    with pytest.raises(ValueError, match="no checkpoint key"):
+        checkpoint_key(0, 10)
 
 
 @pytest.mark.parametrize(("version", "name"), [("../x", "model.pt"), ("v1", "history.csv"), ("", "model.pt")])

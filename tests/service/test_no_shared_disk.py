@@ -2,7 +2,8 @@
 (``metah worker``), each on its OWN empty data dir, sharing only PostgreSQL, the S3 server (radosgw) and a Milvus
 standalone server. An archive ingested through one replica is found through the other; a model is trained and
 activated while the worker running the training and the indexer's leader are killed with SIGKILL (replacement
-workers start on new empty data dirs), uploads going on through both replicas meanwhile; images are deleted.
+workers start on new empty data dirs; the training resumes from the checkpoint the killed worker stored in the
+bucket), uploads going on through both replicas meanwhile; images are deleted.
 Then: every acknowledged image is found through both replicas, no deleted one is; each content hash is stored
 once; every row's blob is in the bucket; the database, the active model's Milvus collection and both replicas
 count the same images; and no data dir holds an image, a model or an archive.
@@ -315,6 +316,7 @@ def test_two_replicas_and_two_workers_without_a_shared_disk(
         uploads = Uploads([str(a.base_url), str(b.base_url)], digit_pngs[43:63]).start()
         training = wait_job(b, train_id, until=training_started, timeout_s=JOB_TIMEOUT_S)
         assert training["status"] == "running", training
+        wait_for(lambda: any(store.checkpoint_keys(train_id)), JOB_TIMEOUT_S, "no checkpoint in the bucket")
         runner, indexer = services.runner_of(train_id, "train"), services.leader()
         runner_dir = services.data_dir_of(runner)
         services.kill(runner)
@@ -325,6 +327,7 @@ def test_two_replicas_and_two_workers_without_a_shared_disk(
         assert trained["status"] == "succeeded", trained
         with db.session() as session:
             assert session.get(Job, train_id).attempts == 2  # type: ignore[union-attr]  # killed once, mid-job
+        assert trained["result"]["resumed_from_step"] > 0, trained  # from the checkpoint in the bucket
         version = trained["result"]["version"]
         activation_id = trained["result"]["activation_job_id"]
 
@@ -377,6 +380,7 @@ def test_two_replicas_and_two_workers_without_a_shared_disk(
     time.sleep(0.01)
     sweep(db, store, 0.001)
     assert bucket_image_keys(store) == sorted({blob_key(row[1]) for row in rows})
+    assert list(store.checkpoint_keys()) == []  # removed once the training job succeeded
     for _, _, _, stored_path, size in rows:
         head = store.client.head_object(Bucket=bucket, Key=f"{PREFIX}/{stored_path}")
         assert head["ContentLength"] == size

@@ -1,5 +1,6 @@
 """The training job's handler against a real SQLite database and blob store (no HTTP server): its class
-folders, and its run folder across a kill -9 of the worker process."""
+folders, its run folder across a kill -9 of the worker process, and its checkpoint in the blob store (the local
+folder and S3 on a real radosgw) for a retry on another worker with an empty data dir."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ from sqlalchemy import update
 from model.checkpoint import load_checkpoint
 from model.data import list_labelled_folder
 from service.jobs import queue, training
-from service.jobs.process import settings_env
+from service.jobs.process import handlers, settings_env
+from service.jobs.worker import Worker
 from service.models import Job, utc_now
+from service.storage import BlobStore, LocalBlobStore, checkpoint_key, checkpoint_of
+from service.storage_s3 import S3BlobStore
 from tests.conftest import DigitFolders
+from tests.s3server import fresh_bucket
 from tests.service.conftest import REPO
 from tests.service.library import Library, open_library
 
@@ -96,6 +101,75 @@ def test_a_training_job_killed_mid_run_resumes_from_its_checkpoint_and_leaves_no
     assert job.result["resumed_from_step"] == saved
     assert (job.progress_done, job.progress_total) == (iterations, iterations)
     assert not run.exists() and not list((settings.data_dir / training.RUNS).iterdir())
+
+
+@pytest.fixture(params=["local", "s3"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    """The one thing the workers share besides the database: a folder of its own, or a bucket on radosgw."""
+    if request.param == "local":
+        return LocalBlobStore(tmp_path / "shared")
+    request.getfixturevalue("s3_environ")
+    store = S3BlobStore.from_url(f"s3://{fresh_bucket()}/tests/training")
+    assert store.create_if_missing()
+    return store
+
+
+def test_a_training_job_retried_on_another_worker_resumes_from_its_stored_checkpoint(
+    library: Library, digits: DigitFolders, shared_store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = library.worker
+    first.store = shared_store
+    library.add_digits(digits)
+    stale = tmp_path / "stale.pt"
+    stale.write_bytes(b"the checkpoint of a job that will not run again")
+    shared_store.put_file(checkpoint_key(999, 4), stale)
+    iterations = 20  # a checkpoint every 2 steps, progress (where a stop is noticed) every 5
+    job_id = library.enqueue(training.KIND, **TRAINING, iterations=iterations)
+
+    # The first worker stops once a checkpoint is stored: the job is released at step 5, the one of step 4 stored.
+    put_file = shared_store.put_file
+
+    def put_then_stop(key: str, path: Path) -> None:
+        put_file(key, path)
+        if checkpoint_of(key) is not None:
+            first.stop()
+
+    monkeypatch.setattr(shared_store, "put_file", put_then_stop)
+    assert first.run_once()
+    monkeypatch.undo()
+    assert library.job(job_id).status == queue.QUEUED
+    assert list(shared_store.checkpoint_keys()) == [checkpoint_key(job_id, 4)]  # step 2's deleted, the stale one too
+
+    # Another worker, on an empty data dir of its own, runs the job again from that checkpoint.
+    settings = library.settings.model_copy(update={"data_dir": tmp_path / "other"})
+    settings.data_dir.mkdir()
+    second = Worker(settings, library.db, handlers())
+    second.store = shared_store
+    assert second.run_once()
+    job = library.job(job_id)
+    assert job.status == queue.SUCCEEDED and job.attempts == 1, job.errors
+    assert job.result["resumed_from_step"] == 4
+    assert list(shared_store.checkpoint_keys()) == []
+    assert not training.run_folder(settings, job_id).exists()
+
+
+def test_a_training_job_cancelled_mid_run_leaves_no_stored_checkpoint(
+    library: Library, digits: DigitFolders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library.add_digits(digits)
+    job_id = library.enqueue(training.KIND, **TRAINING, iterations=20)
+    store = library.worker.store
+    put_file = store.put_file
+
+    def put_then_cancel(key: str, path: Path) -> None:
+        put_file(key, path)
+        queue.request_cancel(library.db, job_id)
+
+    monkeypatch.setattr(store, "put_file", put_then_cancel)
+    assert library.worker.run_once()
+    assert library.job(job_id).status == queue.CANCELLED
+    assert list(store.checkpoint_keys()) == []
+    assert not training.run_folder(library.settings, job_id).exists()
 
 
 def test_a_failed_training_job_removes_its_run_folder(library: Library, digits: DigitFolders) -> None:
