@@ -22,7 +22,7 @@ from service.jobs import queue, training
 from service.jobs.process import handlers, settings_env
 from service.jobs.worker import Worker
 from service.models import Job, utc_now
-from service.storage import BlobStore, LocalBlobStore, checkpoint_key, checkpoint_of
+from service.storage import BlobStore, BlobStoreError, LocalBlobStore, checkpoint_key, checkpoint_of
 from service.storage_s3 import S3BlobStore
 from tests.conftest import DigitFolders
 from tests.s3server import fresh_bucket
@@ -170,6 +170,23 @@ def test_a_training_job_cancelled_mid_run_leaves_no_stored_checkpoint(
     assert library.job(job_id).status == queue.CANCELLED
     assert list(store.checkpoint_keys()) == []
     assert not training.run_folder(library.settings, job_id).exists()
+
+
+def test_a_checkpoint_the_store_refuses_does_not_stop_training(
+    library: Library, digits: DigitFolders, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    library.add_digits(digits)
+    job_id = library.enqueue(training.KIND, **TRAINING, iterations=10)
+
+    def unavailable(key: str, path: Path) -> None:
+        raise BlobStoreError("S3 cannot be reached", reason="it cannot be reached")
+
+    monkeypatch.setattr(library.worker.store, "put_file", unavailable)
+    assert library.worker.run_once()
+    job = library.job(job_id)
+    assert job.status == queue.SUCCEEDED, job.errors
+    assert "the checkpoint of step 1 was not stored" in caplog.text
+    assert list(library.worker.store.checkpoint_keys()) == []
 
 
 def test_a_failed_training_job_removes_its_run_folder(library: Library, digits: DigitFolders) -> None:
