@@ -28,7 +28,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -321,4 +320,4 @@ def milvus_options(settings: Settings, *, timeout_s: int = REQUEST_TIMEOUT_S) ->
     """The indexer's options (requests may take long: a build), or a reader's with a shorter ``timeout_s``. An
     int: pymilvus bounds its retries by the timeout only when it is one (a float bounds each attempt, then it
     retries up to 75 times)."""
-    return replace(MilvusOptions(lite=settings.milvus_lite), timeout_s=timeout_s)
+    return MilvusOptions(lite=settings.milvus_lite, prefix=settings.milvus_prefix, timeout_s=timeout_s)

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
             :mod:`service.indexer`).
         milvus_uri: the Milvus server (``http://host:19530``) or a Milvus Lite file (``*.db``; one process
             only: the ``metah serve`` process then runs the indexer too); needed with ``index_backend=milvus``.
+        milvus_prefix: collection names start with ``{milvus_prefix}_`` and the alias of the active one is
+            ``{milvus_prefix}_active``, so that several deployments (a staging and a production one, two shops)
+            can share one Milvus server; letters, digits and ``_``.
         index_wait_s: on the ``milvus`` backend, how long a write (an upload, a delete, a finished job) waits
             for the indexer to apply it before it is acknowledged anyway (read-your-writes while the indexer
             keeps up).
@@ -109,6 +112,7 @@ class Settings(BaseSettings):
     cpu_queue: int = Field(default=32, ge=0)
     index_backend: Literal["faiss", "milvus"] = "faiss"
     milvus_uri: str | None = None
+    milvus_prefix: str = Field(default="metah", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     index_wait_s: float = Field(default=10.0, ge=0)
     indexer_poll_s: float = Field(default=0.05, gt=0)
     log_format: Literal["json", "text"] = "json"

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from index import HashIndex
 from service import repository
 from service.db import Database
+from service.indexer import milvus_options
 from service.settings import Settings
 from tests.service.conftest import (
     LiveServer,
@@ -140,6 +141,10 @@ def test_bad_index_settings_are_refused_with_a_clear_message(tmp_path: Path) -> 
         Settings(data_dir=tmp_path, index_backend="elasticsearch")  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         Settings(data_dir=tmp_path, index_backend="milvus", milvus_uri="x.db", index_wait_s=-1)
+    for prefix in ("", "shop-a", "1shop", "a" * 65, "shop a"):  # Milvus's own rule for collection names
+        with pytest.raises(ValidationError, match="milvus_prefix"):
+            Settings(data_dir=tmp_path, index_backend="milvus", milvus_uri="x.db", milvus_prefix=prefix)
+    assert milvus_options(Settings(data_dir=tmp_path, milvus_prefix="shop_2")).prefix == "shop_2"
     assert Settings(data_dir=tmp_path).index_backend == "faiss"  # the default stays FAISS
 
 

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,7 +28,15 @@ from service.migrate import upgrade
 from service.registry import register_artefact
 from service.storage import open_blob_store
 from tests.milvus import MilvusServer
-from tests.service.conftest import REPO, StartServer, make_settings, metah_environment, post_image, search
+from tests.service.conftest import (
+    REPO,
+    StartServer,
+    fresh_postgres_database,
+    make_settings,
+    metah_environment,
+    post_image,
+    search,
+)
 from tests.service.test_api_jobs import wait_job
 from tests.service.test_indexer import add_rows, delete_rows
 from tests.service.test_milvus_backend import PNGs, hits_of, oracle, wait_ready
@@ -253,3 +261,40 @@ def test_an_already_stored_answer_waits_for_the_indexer_like_a_created_one(
             assert again.status_code == 200 and again.json()["id"] == created.json()["id"], again.text
             hits = search(b, data, k=100, max_distance=0).json()["hits"]
             assert created.json()["id"] in {hit["id"] for hit in hits}
+
+
+def test_two_deployments_share_a_server_under_their_own_prefixes(
+    start_server: StartServer, tmp_path: Path, database_url: str | None, milvus: MilvusServer, digit_pngs: PNGs
+) -> None:
+    """METAH_MILVUS_PREFIX: two deployments (own database, own data dir, same model, same image ids 1, 2, …) on
+    one Milvus server keep their codes apart; under one prefix the second's writes would replace the first's."""
+    with ExitStack() as stack:
+        clients = {}
+        for prefix, images in (("shop_a", digit_pngs[:4]), ("shop_b", digit_pngs[4:8])):
+            data_dir = tmp_path / prefix
+            data_dir.mkdir()
+            url = f"sqlite:///{data_dir / 'metah.db'}"
+            if database_url is not None:  # a second PostgreSQL database: the deployments share only Milvus
+                url = stack.enter_context(fresh_postgres_database())
+            live = start_server(
+                data_dir,
+                database_url=url,
+                index_backend="milvus",
+                milvus_uri=milvus.uri,
+                milvus_prefix=prefix,
+                changes_poll_s=0.2,
+            )
+            stack.enter_context(metah_workers(1, data_dir, url, milvus.uri, MILVUS_PREFIX=prefix))
+            client = clients[prefix] = live.client()
+            version = wait_ready(client, timeout_s=90)["model_version"]
+            assert [post_image(client, data).json()["id"] for data, _ in images] == [1, 2, 3, 4]
+        alias = milvus_client_of(milvus).describe_alias
+        for prefix, images in (("shop_a", digit_pngs[:4]), ("shop_b", digit_pngs[4:8])):
+            for image_id, (data, _) in enumerate(images, start=1):
+                hits = search(clients[prefix], data, k=10, max_distance=0).json()["hits"]
+                assert image_id in {hit["id"] for hit in hits}, (prefix, image_id, hits)
+            deadline = time.monotonic() + 60  # /readyz counts at Milvus's Bounded consistency: it may lag
+            while wait_ready(clients[prefix])["indexed"] != 4:
+                assert time.monotonic() < deadline, wait_ready(clients[prefix])
+                time.sleep(0.2)
+            assert alias(f"{prefix}_active")["collection_name"] == collection_name(prefix, version)
