@@ -8,29 +8,31 @@ from collections.abc import Callable
 
 
 def run_threads(
-    workers: list[Callable[[], None]], seconds: float, min_rounds: int = 1, deadline: float = 60.0
+    workers: list[Callable[[], None]],
+    seconds: float,
+    until: Callable[[], bool] = lambda: True,
+    deadline: float = 60.0,
 ) -> list[BaseException]:
-    """Run workers in loops for ``seconds`` and until each has done ``min_rounds``; return what they raised.
-
-    The round floor keeps the test meaningful on a loaded machine (CI shares two cores); ``deadline`` bounds it.
-    """
+    """Run workers in loops for ``seconds``, and on until ``until()`` holds (what the test needs to have
+    happened: on a loaded CI machine a second may not be enough) or ``deadline`` seconds have passed; return
+    what they raised."""
     stop = threading.Event()
     errors: list[BaseException] = []
-    give_up = time.monotonic() + deadline
 
     def loop(work: Callable[[], None]) -> None:
-        rounds = 0
         try:
-            while (not stop.is_set() or rounds < min_rounds) and time.monotonic() < give_up:
+            while not stop.is_set():
                 work()
-                rounds += 1
         except BaseException as error:  # reported to the test
             errors.append(error)
 
     threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
     for t in threads:
         t.start()
+    started = time.monotonic()
     time.sleep(seconds)
+    while not errors and not until() and time.monotonic() - started < deadline:
+        time.sleep(0.05)
     stop.set()
     for t in threads:
         t.join(timeout=deadline)

@@ -71,7 +71,10 @@ def test_swap_during_searches_writes_and_a_background_rebuild() -> None:
 
         replaced.append(active.swap(new, catch_up=catch_up))
 
-    errors = run_threads([search, search, write, rebuild_and_swap], seconds=1.0)
+    def swapped_and_seen() -> bool:  # both sides of the swap searched and written
+        return models == {"m1", "m2"} and bool(accepted) and bool(refused)
+
+    errors = run_threads([search, search, write, rebuild_and_swap], seconds=1.0, until=swapped_and_seen)
     assert not errors, errors[:3]
     assert active.current is new and len(new.index) == 3001  # nothing of m1 leaked into m2's index
     assert models == {"m1", "m2"}
