@@ -601,10 +601,14 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
                 seconds = statistics.fmean(m["train_seconds"] for m in members)
                 lines.append(f"| {bits} | {label} | {' | '.join(shown)} | {len(members)} | {seconds:.0f} |")
             lines.append("")
-        lines += ["Paired comparisons (test MAP@all, target vs source, same seeds and splits; 95 % t interval):", ""]
+        lines += [
+            "Paired comparisons (test MAP@all, target vs source, same seeds and splits; 95 % t interval; against an "
+            "ablation: what the part taken out adds, on the ablation's seeds):",
+            "",
+        ]
         lines += ["| bits | comparison | mean difference | 95 % CI | holds |", "|---:|---|---:|---|---|"]
         for bits in sorted({bits for bits, _ in cells}):
-            for first, rival in COMPARISONS:
+            for first, rival in (*COMPARISONS, *(("metah", label) for label in ABLATION_LABELS.values())):
                 mine = {m["seed"]: m["map_all"] for m in cells.get((bits, first), [])}
                 theirs = {m["seed"]: m["map_all"] for m in cells.get((bits, rival), [])}
                 seeds = sorted(set(mine) & set(theirs))
