@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from workbench.processes import free_port
+
 BINARIES = ("monmaptool", "ceph-mon", "ceph-osd", "ceph", "radosgw", "radosgw-admin")
 ACCESS_KEY = "METAHTESTACCESSKEY00"
 SECRET_KEY = "metah-test-secret-key-0000000000000000000"
@@ -60,12 +62,6 @@ class S3Server:
 
 def missing_binaries() -> list[str]:
     return [name for name in BINARIES if shutil.which(name) is None]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 SINGLE_NODE_CONF = Path(__file__).resolve().parents[1] / "docker" / "ceph-single-node.conf"
@@ -137,7 +133,7 @@ def radosgw_server(folder: Path) -> Iterator[S3Server]:
     started = time.perf_counter()
     for sub in ("run", "log", "mon/a", "osd/0", "rgw"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    fsid, mon_port, rgw_port = str(uuid.uuid4()), _free_port(), _free_port()
+    fsid, mon_port, rgw_port = str(uuid.uuid4()), free_port(), free_port()
     cluster = _Cluster(folder)
     cluster.conf.write_text(_config(folder, fsid, mon_port, rgw_port))
     try:
@@ -178,21 +174,32 @@ def radosgw_server(folder: Path) -> Iterator[S3Server]:
         cluster.stop()
 
 
+def answers_http(port: int) -> bool:
+    """Something on ``127.0.0.1:port`` answers an HTTP request (any status)."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return connection.recv(12).startswith(b"HTTP/1.1")
+    return False
+
+
 def _wait_for_http(cluster: _Cluster, port: int, deadline: float) -> None:
     while time.perf_counter() < deadline:
         cluster.check_alive()
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
-            connection.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            if connection.recv(12).startswith(b"HTTP/1.1"):
-                return
+        if answers_http(port):
+            return
         time.sleep(0.1)
     raise RuntimeError(f"radosgw did not answer on port {port}{cluster.logs()}")
 
 
-def radosgw_or_skip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """The body of a session fixture: the server, or a skip naming the missing programs."""
+def require_ceph() -> None:
+    """Skip (a failure under ``METAH_REQUIRE_ALL_BACKENDS``) naming the Ceph programs missing here, if any."""
     if missing := missing_binaries():
         pytest.skip(f"backend missing: {', '.join(missing)} (apt-get install ceph-mon ceph-osd radosgw)")
+
+
+def radosgw_or_skip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """The body of a session fixture: the server, or a skip naming the missing programs."""
+    require_ceph()
     with radosgw_server(tmp_path_factory.mktemp("ceph")) as server:
         yield server
 

@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -26,7 +25,8 @@ import boto3
 import pytest
 
 from service.settings import Settings
-from tests.s3server import _free_port, missing_binaries
+from tests.s3server import answers_http, require_ceph
+from workbench.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -531,7 +531,7 @@ def ceph_entrypoint(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen
         process = subprocess.Popen(["bash", str(CEPH_ENTRYPOINT)], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
-        while not _answers_http(env["CEPH_S3_PORT"]):
+        while not answers_http(int(env["CEPH_S3_PORT"])):
             assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "radosgw did not answer"
             time.sleep(0.5)
@@ -542,28 +542,18 @@ def ceph_entrypoint(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen
             process.wait(timeout=60)
 
 
-def _answers_http(port: str) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", int(port)), timeout=1) as connection:
-            connection.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            return connection.recv(12).startswith(b"HTTP/1.1")
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_ceph_entrypoint_keeps_the_objects_across_a_restart_and_stops_promptly(tmp_path: Path) -> None:
     """First start (new cluster, BlueStore file, S3 user), an object written, SIGTERM (the daemons stop in reverse
     order, in seconds, status 0), second start: the object is still there, and a key changed in the environment
     takes effect."""
-    if missing := missing_binaries():
-        pytest.skip(f"backend missing: {', '.join(missing)} (apt-get install ceph-mon ceph-osd radosgw)")
-    port = str(_free_port())
+    require_ceph()
+    port = str(free_port())
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CEPH_"))},
         "CEPH_S3_DIR": str(tmp_path / "s3"),
         "CEPH_S3_PORT": port,
-        "CEPH_MON_PORT": str(_free_port()),
+        "CEPH_MON_PORT": str(free_port()),
         "CEPH_S3_DISK_GB": "2",
         "CEPH_SINGLE_NODE_CONF": str(ROOT / "docker" / "ceph-single-node.conf"),
         "AWS_ACCESS_KEY_ID": "FIRSTACCESSKEY000000",
