@@ -29,7 +29,8 @@ WAIT_POLL_S = 0.01  # how often a waiting write looks at the cursor again
 @dataclass(frozen=True)
 class Cursor:
     """A collection's place in the ``changes`` log: every change up to ``change`` is in it, and a search that
-    waits for Milvus timestamp ``write_ts`` sees them (0: nothing to wait for, as on Milvus Lite)."""
+    waits for Milvus timestamp ``write_ts`` sees them (0: nothing to wait for, as on Milvus Lite). A
+    ``requested`` row's ``change`` is where its build started (0 until one starts)."""
 
     model_version: str
     state: str
@@ -99,6 +100,16 @@ def request_active(session: Session) -> bool:
 def touch(session: Session, version: str) -> None:
     """The indexer is still building ``version``'s collection (what an activation waiting for it watches)."""
     session.execute(update(IndexCursor).where(IndexCursor.model_version == version).values(updated_at=utc_now()))
+
+
+def building(session: Session, version: str, change: int) -> None:
+    """The indexer starts building ``version``'s collection from the codes as of ``change`` (kept in the
+    ``requested`` row's ``change``: what a leader taking over from this one heals from; the caller commits)."""
+    session.execute(
+        update(IndexCursor)
+        .where(IndexCursor.model_version == version, IndexCursor.state == REQUESTED)
+        .values(change=change, updated_at=utc_now())
+    )
 
 
 def retire_unless_active(session: Session, version: str) -> None:

@@ -17,6 +17,15 @@ A round, for each row of ``index_cursors`` (:mod:`service.cursors`):
 Idempotent: upserts and removes may be applied twice (a leader killed between its Milvus writes and its cursor
 update is followed by one that applies the same chunk again). Each chunk's cursor update is fenced: it is
 written only while the lock is still held, and only to a row still ``ready`` (not retired or asked again).
+
+A deposed leader (its lock connection cut while its process runs on) asks whether it still leads before each
+write (and every :data:`TOUCH_S` of a build), so it stops within one check and one request, but Milvus has no
+conditional write: an upsert it sent just before it lost the lock may land after the new leader removed that
+image, and bring it back. So a leader that takes over heals: once :data:`TAKEOVER_GRACE_S` (longer than any write
+the old leader could still have under way) has passed, it removes again every image deleted after the point
+each collection had reached when it took over (a ``ready`` row's ``change``; a ``requested`` row's build start).
+In between, such an image can be in Milvus without a row: searches never return it (the service drops hits that
+have no row), only the per-domain counts of ``/readyz`` can count it.
 The active model always has a row (asked for when missing). On a server the alias ``{prefix}_active`` names the
 active model's collection (Milvus Lite has no aliases). Of the ``retired`` collections only the newest (the
 previous model's) is kept; older ones are dropped and their rows forgotten.
@@ -28,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 from pymilvus import MilvusClient
@@ -55,6 +64,8 @@ ALIAS = "active"  # the stable name: ``{prefix}_active``
 TOUCH_S = 5.0  # how often a build touches its cursor row
 REQUEST_TIMEOUT_S = 60  # the indexer's Milvus requests, retries included
 STOP_WAIT_S = 10.0  # how long stopping waits for a round still in a Milvus request (the thread is a daemon)
+# A deposed leader's last write lands within one check interval and one request of its losing the lock.
+TAKEOVER_GRACE_S = TOUCH_S + REQUEST_TIMEOUT_S + 5.0
 CONNECT_TIMEOUT_S = 3.0  # a Milvus that does not answer in this long is tried again at the next round
 # What stops a round; the next one (after a pause, maybe in another process) starts again from the cursors.
 ROUND_ERRORS = (DBAPIError, MilvusException, HashIndexError, BlobStoreError, CheckpointError, OSError)
@@ -62,6 +73,14 @@ ROUND_ERRORS = (DBAPIError, MilvusException, HashIndexError, BlobStoreError, Che
 
 class LostLeadershipError(Exception):
     """Another process may lead now: this one stops writing."""
+
+
+@dataclass(frozen=True)
+class _Heal:
+    """After a take-over: at ``due`` (monotonic), remove again the images deleted after ``after[version]``."""
+
+    due: float
+    after: dict[str, int]
 
 
 class Indexer:
@@ -75,6 +94,7 @@ class Indexer:
         client: MilvusClient,
         milvus: MilvusOptions,
         chunk: int = outbox.CHUNK,
+        grace_s: float = TAKEOVER_GRACE_S,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -82,6 +102,9 @@ class Indexer:
         self.client = client
         self.milvus = milvus
         self.chunk = chunk
+        self.grace_s = grace_s
+        self._took_over = False
+        self._heal: _Heal | None = None
         self._indexes: dict[str, MilvusIndex] = {}
         self._encoders: dict[str, LoadedEncoder] = {}
         self._aliased: str | None = None
@@ -89,6 +112,10 @@ class Indexer:
     @property
     def alias(self) -> str:
         return f"{self.milvus.prefix}_{ALIAS}"
+
+    def took_over(self) -> None:
+        """This process has just become the leader: heal after the grace period (see the module docstring)."""
+        self._took_over = True
 
     def run_round(self, held: Callable[[], bool] = lambda: True) -> int:
         """Build what is asked for, apply the new changes; returns how many changes were applied."""
@@ -98,6 +125,9 @@ class Indexer:
             active = repository.active_model(session)
             rows = cursors.all_cursors(session)
             models = {model.version: model for model in repository.list_models(session)}
+        if self._took_over:
+            after = {version: cursor.change for version, cursor in rows.items() if cursor.state != RETIRED}
+            self._heal, self._took_over = _Heal(time.monotonic() + self.grace_s, after), False
         applied = 0
         for version, cursor in sorted(rows.items()):
             if version not in models:  # a model removed from the registry
@@ -109,7 +139,33 @@ class Indexer:
         if active is not None:
             self._point_alias(active.version)
         self._drop_retired(rows, held)
+        if self._heal is not None and time.monotonic() >= self._heal.due:
+            self._heal_deletes(self._heal, models, held)
+            self._heal = None
         return applied
+
+    def _heal_deletes(self, heal: _Heal, models: dict[str, ModelVersion], held: Callable[[], bool]) -> None:
+        """Remove again what was deleted after the take-over point of each collection still followed."""
+        with self.db.session() as session:
+            rows = cursors.all_cursors(session)
+        for version, after in sorted(heal.after.items()):
+            cursor = rows.get(version)
+            if cursor is None or cursor.state != READY or version not in models:
+                continue  # retired or asked again since: a build after the grace period needs no healing
+            if (index := self._index(models[version])) is None:
+                continue
+            removed = 0
+            for ids in outbox.deleted_ids(self.db, after, cursor.change, self.chunk):
+                if ids.size:
+                    _check(held)
+                    removed += index.remove(ids)
+            log.info(
+                "indexer: took over: changes %d..%d of model %s healed (%d removed again)",
+                after,
+                cursor.change,
+                version,
+                removed,
+            )
 
     def _drop_retired(self, rows: dict[str, Cursor], held: Callable[[], bool]) -> None:
         """Keep the newest retired collection (the previous model's: the rollback target, and what a replica not
@@ -119,8 +175,7 @@ class Indexer:
             (c for c in rows.values() if c.state == RETIRED), key=lambda c: (c.updated_at, c.model_version)
         )
         for cursor in retired[:-1]:
-            if not held():
-                raise LostLeadershipError("the indexer lock is no longer held")
+            _check(held)
             name = collection_name(self.milvus.prefix, cursor.model_version)
             self._indexes.pop(cursor.model_version, None)
             if self.client.has_collection(name):
@@ -137,27 +192,32 @@ class Indexer:
         self._unalias(version)
         with self.db.session() as session:
             last = repository.last_change(session)  # first: a change committed during the scan is applied again
+            cursors.building(session, version, last)
+            session.commit()
+            _check(held)
             index = MilvusIndex.build(
                 self.client,
-                self._touching(repository.iter_codes(session, version), version),
+                self._touching(repository.iter_codes(session, version), version, held),
                 bits=model.bits,
                 model_version=version,
                 milvus=self.milvus,
                 last_change=last,
             )
         for domain, (ids, codes) in outbox.missing_codes(self.db, version, self._encode(model)).by_domain.items():
+            _check(held)
             index.upsert(ids, codes, domain)
         self._fenced(version, REQUESTED, last, index, held)
         self._indexes[version] = index
         log.info("indexer: collection %s of model %s built (change %d)", index.name, version, last)
 
-    def _touching(self, rows: Iterable[Entry], version: str) -> Iterator[Entry]:
+    def _touching(self, rows: Iterable[Entry], version: str, held: Callable[[], bool]) -> Iterator[Entry]:
         """``rows``, touching ``version``'s cursor every :data:`TOUCH_S` while they are read (a long build is seen
-        to progress by the activation that waits for it)."""
+        to progress by the activation that waits for it) while this process still leads."""
         touched = time.monotonic()
         for row in rows:
             yield row
             if time.monotonic() - touched >= TOUCH_S:
+                _check(held)
                 with self.db.session() as session:
                     cursors.touch(session, version)
                     session.commit()
@@ -168,6 +228,7 @@ class Indexer:
             return 0
         after, applied, encode = cursor.change, 0, self._encode(model)
         while (batch := outbox.read_changes(self.db, model.version, after, encode, self.chunk)) is not None:
+            _check(held)
             for domain, (ids, codes) in batch.added.by_domain.items():
                 index.upsert(ids, codes, domain, change=batch.last)
             if batch.deleted.size:
@@ -179,8 +240,7 @@ class Indexer:
 
     def _fenced(self, version: str, expect: str, change: int, index: MilvusIndex, held: Callable[[], bool]) -> bool:
         """Store ``version``'s cursor while this process still leads; ``False``: the row changed meanwhile."""
-        if not held():
-            raise LostLeadershipError("the indexer lock is no longer held")
+        _check(held)
         with self.db.session() as session:
             updated = cursors.mark(session, version, expect=expect, change=change, write_ts=index.write_timestamp)
             session.commit()
@@ -239,8 +299,10 @@ class Indexer:
             self._aliased = None
 
 
-def _retired_order(cursor: Cursor) -> tuple[datetime, str]:
-    return cursor.updated_at or datetime.min.replace(tzinfo=UTC), cursor.model_version
+def _check(held: Callable[[], bool]) -> None:
+    """Before a write: stop unless this process still leads."""
+    if not held():
+        raise LostLeadershipError("the indexer lock is no longer held")
 
 
 class IndexerThread:
@@ -281,7 +343,10 @@ class IndexerThread:
                 if indexer is None:
                     client = self.connect()
                     indexer = self.make(client)
+                leading = self.leadership.leading
                 if self.leadership.try_acquire():
+                    if not leading:
+                        indexer.took_over()
                     busy = indexer.run_round(self.leadership.held) > 0
                     pause = 0.0 if busy else settings.indexer_poll_s
             except LostLeadershipError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +63,22 @@ def read_changes(db: Database, version: str, after: int, encode: Encode, limit: 
         ).all()
     deleted = np.array([int(image_id) for _, image_id, op in changes if op == "delete"], dtype=np.int64)
     return ChangeBatch(int(changes[-1][0]), len(changes), _codes(rows, encode), deleted)
+
+
+def deleted_ids(db: Database, after: int, upto: int, limit: int = CHUNK) -> Iterator[np.ndarray]:
+    """The ids of the images deleted by the changes ``(after, upto]``, ``limit`` changes a chunk (int64)."""
+    while after < upto:
+        with db.session() as session:
+            rows = session.execute(
+                select(Change.id, Change.image_id, Change.op)
+                .where(Change.id > after, Change.id <= upto)
+                .order_by(Change.id)
+                .limit(limit)
+            ).all()
+        if not rows:
+            return
+        after = int(rows[-1][0])
+        yield np.array([int(image_id) for _, image_id, op in rows if op == "delete"], dtype=np.int64)
 
 
 def missing_codes(db: Database, version: str, encode: Encode) -> CodeBatch:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from index.milvus import MilvusIndex, MilvusOptions, collection_name
-from service import cursors, repository
+from service import cursors, outbox, repository
 from service import indexer as indexer_module
 from service.catalog import NewImage, image_values
 from service.db import Database
@@ -107,6 +107,96 @@ def test_the_indexer_applies_the_log_idempotently(db: Database, tmp_path: Path, 
         assert cursors.cursor_of(session, VERSION).change == last  # type: ignore[union-attr]
     assert cursors.wait_indexed(db, last, 0) and not cursors.wait_indexed(db, last + 1, 0.2)
     index.drop()
+
+
+def test_a_deposed_leader_stops_before_its_next_write(db: Database, tmp_path: Path, milvus_client: Any) -> None:
+    """A leader whose lock is gone (``held`` answers no) writes nothing more: not the new changes, not a cursor."""
+    settings = make_settings(tmp_path / "data", database_url=str(db.engine.url.render_as_string(False)))
+    options = MilvusOptions(lite=True, prefix="deposed")
+    indexer = Indexer(settings, db, open_blob_store(settings), milvus_client, options)
+    ids, _ = add_rows(db, 5, seed=11)
+    indexer.run_round()
+    more, _ = add_rows(db, 5, seed=12)
+    with pytest.raises(indexer_module.LostLeadershipError):
+        indexer.run_round(held=lambda: False)
+    index = MilvusIndex(milvus_client, 16, VERSION, milvus=options)
+    assert sorted(contents(index, ids + more)) == ids
+    with db.session() as session:
+        assert cursors.cursor_of(session, VERSION).change < repository.last_change(session)  # type: ignore[union-attr]
+    index.drop()
+
+
+def test_a_leader_that_takes_over_removes_what_a_deposed_one_brought_back(
+    db: Database, tmp_path: Path, milvus_client: Any
+) -> None:
+    """Milvus has no conditional write: the old leader's upsert of a chunk it read before it lost the lock can land
+    after the new leader applied that image's deletion. Once the grace period has passed, the new leader removes
+    again what was deleted after the point it took over from, and nothing else."""
+    settings = make_settings(tmp_path / "data", database_url=str(db.engine.url.render_as_string(False)))
+    options, store = MilvusOptions(lite=True, prefix="heal"), open_blob_store(settings)
+    old = Indexer(settings, db, store, milvus_client, options)
+    kept, _ = add_rows(db, 6, seed=13)
+    old.run_round()
+    with db.session() as session:
+        taken_over_at = cursors.cursor_of(session, VERSION).change  # type: ignore[union-attr]
+    added, _ = add_rows(db, 8, seed=14)
+    stale = outbox.read_changes(db, VERSION, taken_over_at, lambda image_id, path: None)  # the old leader's read
+    assert stale is not None
+
+    new = Indexer(settings, db, store, milvus_client, options, grace_s=2.0)
+    new.took_over()
+    started = time.monotonic()
+    new.run_round()
+    delete_rows(db, added[:3] + kept[:1])
+    new.run_round()
+    index = MilvusIndex(milvus_client, 16, VERSION, milvus=options)
+    expected = sorted(kept[1:] + added[3:])
+    assert sorted(contents(index, kept + added)) == expected
+
+    for domain, (ids, codes) in stale.added.by_domain.items():  # the old leader's late write lands now
+        index.upsert(ids, codes, domain)
+    assert sorted(contents(index, kept + added)) == sorted(kept[1:] + added)  # the deleted images are back
+    new.run_round()
+    if time.monotonic() - started < 2.0:  # not healed before the grace period is over
+        assert sorted(contents(index, kept + added)) == sorted(kept[1:] + added)
+    time.sleep(max(0.0, started + 2.0 - time.monotonic()))
+    new.run_round()
+    assert sorted(contents(index, kept + added)) == expected and index.domains() == {"d": len(expected)}
+    index.drop()
+
+
+def test_the_indexer_thread_heals_each_time_it_takes_over(db: Database, tmp_path: Path) -> None:
+    """A candidate that becomes the leader tells its indexer so (once per take-over, not once per round)."""
+    settings = make_settings(tmp_path / "data", database_url=db.engine.url.render_as_string(False))
+    settings = settings.model_copy(update={"changes_poll_s": 0.02, "indexer_poll_s": 0.02})
+    events: list[str] = []
+
+    leadership = Leadership(db)
+
+    class Recorder:
+        def took_over(self) -> None:
+            events.append("took over")
+
+        def run_round(self, held: Any) -> int:
+            events.append("round")
+            if events.count("round") == 3:
+                leadership.release()  # as when the lock's connection is cut: the next try takes it again
+            return 0
+
+    thread = indexer_module.IndexerThread(
+        settings,
+        leadership,
+        lambda client: Recorder(),  # type: ignore[arg-type,return-value]
+        lambda: object(),
+        lambda client: None,
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while events.count("round") < 5:
+        assert time.monotonic() < deadline, events
+        time.sleep(0.01)
+    thread.stop()
+    assert events[0] == "took over" and events.count("took over") == 2 and events.count("round") > 3
 
 
 def test_one_process_leads_and_another_takes_over_when_it_goes(db: Database) -> None:
