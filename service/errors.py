@@ -77,6 +77,13 @@ class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 
 
+class ModelSwitchedError(NotReadyError):
+    """The model this request started with is no longer the active one (another process activated the next):
+    the search route swaps to the active model and answers with it."""
+
+    code = "model_switching"
+
+
 class TooBusyError(ServiceError):
     """More CPU work queued than the server accepts (``METAH_CPU_QUEUE``): answered with ``Retry-After``."""
 

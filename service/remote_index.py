@@ -12,6 +12,7 @@ never reach Milvus from here: the API waits for the indexer instead (:func:`serv
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from model.errors import CheckpointError
 from service import cursors, repository
 from service.cursors import INDEX_NOT_READY, INDEX_UNAVAILABLE, READY
 from service.db import Database
-from service.errors import NotReadyError
+from service.errors import ModelSwitchedError, NotReadyError
 from service.indexer import CONNECT_TIMEOUT_S, milvus_options, start_indexer
 from service.registry import active_or_registered, load_registered
 from service.serving import ActivePair, ServingPair
@@ -85,12 +86,17 @@ class RemoteIndex:
             return self.index.domains()
 
     def _guarantee(self) -> int | None:
-        """The Milvus timestamp of the indexer's last write (``None`` on Lite: one process, reads see writes)."""
-        if self.index.milvus.lite:
-            return None
+        """The Milvus timestamp of the indexer's last write (``None`` on Lite: one process, reads see writes).
+
+        Raises:
+            ModelSwitchedError: the collection no longer follows the changes (another model was activated: this
+                replica has not swapped yet, and would miss what was written since).
+        """
         with self.db.session() as session:
             cursor = cursors.cursor_of(session, self.model_version)
-        return None if cursor is None or cursor.write_ts == 0 else cursor.write_ts
+        if cursor is None or cursor.state != READY:
+            raise ModelSwitchedError(f"model {self.model_version} is no longer the active one: switching")
+        return None if self.index.milvus.lite or cursor.write_ts == 0 else cursor.write_ts
 
     def search(
         self,
@@ -176,6 +182,7 @@ class RemoteFollower:
         self.db = db
         self.store = store
         self.host = host
+        self._swapping = threading.Lock()  # the background loop and a search that found its model retired
 
     def catch_up(self) -> int:
         return 0
@@ -186,6 +193,10 @@ class RemoteFollower:
     def follow_activation(self) -> bool:
         """Serve the active model's collection when it is not the one served; ``True`` if it changed. Until a
         first model is served, the host's ``problem`` says why not (the 503 of model-dependent requests)."""
+        with self._swapping:
+            return self._follow_activation()
+
+    def _follow_activation(self) -> bool:
         host = self.host
         if host.milvus is None and not self._connect():
             return False

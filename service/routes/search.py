@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
 from service.deps import ImageId, PairDep, RuntimeDep, UploadDep
+from service.errors import ModelSwitchedError
 from service.retrieval import SearchQuery, search_similar, search_upload
+from service.runtime import Runtime
 from service.schemas import DOMAIN_FILTER_PATTERN, SearchResponse, errors
+from service.serving import ServingPair
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -29,10 +33,28 @@ SearchQueryDep = Annotated[SearchQuery, Depends(search_query)]
 @router.post("/search", responses=errors(413, 415, 422, 429, 503))
 async def search(runtime: RuntimeDep, pair: PairDep, image: UploadDep, query: SearchQueryDep) -> SearchResponse:
     """The stored images nearest to the uploaded one, ordered by (Hamming distance, id)."""
-    return await runtime.run_admitted(search_upload, runtime, pair, image, query)
+    return await _answered(runtime, pair, search_upload, image, query)
 
 
 @router.post("/images/{image_id}/similar", responses=errors(404, 409, 422, 429, 503))
 async def similar(runtime: RuntimeDep, pair: PairDep, image_id: ImageId, query: SearchQueryDep) -> SearchResponse:
     """The stored images nearest to a stored one (its stored code; the image itself is left out)."""
-    return await runtime.run_admitted(search_similar, runtime, pair, image_id, query)
+    return await _answered(runtime, pair, search_similar, image_id, query)
+
+
+async def _answered(
+    runtime: Runtime,
+    pair: ServingPair,
+    run: Callable[[Runtime, ServingPair, Any, SearchQuery], SearchResponse],
+    subject: Any,
+    query: SearchQuery,
+) -> SearchResponse:
+    """``run``'s answer; when the request's model was retired meanwhile (Milvus backend: another process activated
+    the next one), this replica swaps to the active model now, not at its next poll, and answers with it."""
+    try:
+        return await runtime.run_admitted(run, runtime, pair, subject, query)
+    except ModelSwitchedError:
+        await runtime.run_io(runtime.follow_activation)
+        if runtime.active is None or runtime.active.current is pair:
+            raise
+        return await runtime.run_admitted(run, runtime, runtime.active.current, subject, query)

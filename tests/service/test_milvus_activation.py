@@ -65,3 +65,30 @@ def test_activation_builds_the_new_collection_then_switches_without_a_failed_sea
     assert {status for status, _ in answers} == {200}, answers  # no 503 while the pair was swapped
     versions = [answer for _, answer in answers]
     assert versions[0] == old["model_version"] and versions[-1] == version
+
+
+def test_a_search_right_after_an_activation_answers_with_the_new_model(
+    start_server: StartServer, tmp_path: Path, digit_pngs: PNGs, second_artefact: Path
+) -> None:
+    """The replica's own poll (``changes_poll_s``, long here) has not swapped yet when the first search after an
+    activation comes: the search finds its model's collection retired, swaps now and answers from the new
+    collection, which holds an image acknowledged after the activation (the retired one does not)."""
+    live = start_server(**milvus_settings(tmp_path / "data", **{**JOB_SETTINGS, "changes_poll_s": 8.0}))
+    client = live.client()
+    old = wait_ready(client)["model_version"]
+    for data, label in digit_pngs[:6]:
+        post_image(client, data, label=label)
+    db = Database(live.settings.sqlalchemy_url)
+    version = register_artefact(db, open_blob_store(live.settings), second_artefact, activate=False).version
+    worker = WorkerThread(live).start()
+    try:
+        job = wait_job(client, client.post(f"/v1/models/{version}/activate").json()["job_id"])
+        assert job["status"] == "succeeded", job
+        created = post_image(client, digit_pngs[20][0], label="x").json()["id"]
+        response = search(client, digit_pngs[20][0], k=20, max_distance=0)
+        assert response.status_code == 200 and response.json()["model_version"] == version != old
+        assert created in {hit["id"] for hit in response.json()["hits"]}
+        assert wait_ready(client)["model_version"] == version
+    finally:
+        worker.stop()
+        db.close()
