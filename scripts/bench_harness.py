@@ -140,9 +140,11 @@ class Server:
 
 
 @contextmanager
-def metah_serve(data_dir: Path, model: Path, workers: int, log_path: Path) -> Iterator[Server]:
+def metah_serve(
+    data_dir: Path, model: Path, workers: int, log_path: Path, settings: dict[str, str] | None = None
+) -> Iterator[Server]:
     """A real ``metah serve`` on loopback with a fresh data dir, logging to ``log_path``; SIGTERM and wait on
-    exit."""
+    exit. ``settings``: more ``METAH_*`` environment variables (an index backend)."""
     port, api_key = free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAH_")}
     env.update(
@@ -153,6 +155,7 @@ def metah_serve(data_dir: Path, model: Path, workers: int, log_path: Path) -> It
         METAH_WORKERS=str(workers),
         METAH_API_KEY=api_key,
     )
+    env.update(settings or {})
     base_url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -20,6 +20,13 @@ Every HTTP number is set against the same work done in this process on the same 
     .venv/bin/python -m scripts.bench_service --quick --out var/bench-service-quick
     .venv/bin/python -m scripts.bench_service --profile --out benchmarks/service/profile
 
+``--index-backend milvus-lite`` / ``milvus-server`` runs parts 2–4 against a server on the Milvus backend (a
+Milvus Lite file in its data dir; or a Milvus 2.3.5 standalone server started here, the ``milvus`` wheel), its
+in-process baselines unchanged (FAISS); the encoding sweep and the resampled in-process indexes, which do not
+depend on the backend, are left out:
+
+    .venv/bin/python -m scripts.bench_service --index-backend milvus-server --out benchmarks/service/milvus-server
+
 ``--profile`` samples the job worker with py-spy during the bulk ingestion (``OUT/profile-bulk-ingest.md``,
 raw stacks in ``OUT/profile-bulk-ingest.raw``) and stops after that phase, since sampling skews what follows.
 
@@ -39,7 +46,8 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +85,7 @@ from service.pipeline import decode, encode_upload, probe
 from service.settings import Settings
 from workbench.loadtest import Upload, latency_summary, load_test, ratio, targets
 from workbench.machine import machine
+from workbench.milvus import standalone_server
 from workbench.processes import children_of
 from workbench.sizes import parse_size, size_label
 
@@ -139,7 +148,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{m['torch']}, faiss {m['faiss']}; niceness {m['niceness']}; load average {m['load_average_at_start']} "
         f"at start, {results['load_average_at_end']} at end.",
         f"Date: {results['date']}. Wall time: {results['wall_seconds']:.0f} s. Model: {results['model']}.",
-        f"Command: `{results['command']}`",
+        f"Command: `{results['command']}`. Commit: `{m.get('commit', 'not recorded')}`. Index backend of the "
+        f"server: {results.get('index_backend', 'faiss')} (the in-process baselines use FAISS).",
         "",
         "Client, server and job worker share the same CPUs (loopback): every HTTP figure includes the client's own "
         "CPU time. The in-process baselines run at one torch thread, as the service does (`METAH_TORCH_THREADS=1`).",
@@ -147,17 +157,20 @@ def markdown(results: dict[str, Any]) -> str:
         "## Targets",
         "",
         *[f"- {line}" for line in results["targets"]],
-        "",
-        "## 1. Encoding: exported artefact vs eager model, same batch",
-        "",
-        "| torch threads | batch | eager img/s | artefact img/s | artefact / eager | same bits |",
-        "|---:|---:|---:|---:|---:|---|",
-        *[
-            f"| {r['threads']} | {r['batch']} | {fmt(r['eager_images_per_s'], 0)} | "
-            f"{fmt(r['artefact_images_per_s'], 0)} | {r['ratio']:.2f} | {r['same_bits']} |"
-            for r in results["encoding"]
-        ],
     ]
+    if results.get("encoding"):
+        lines += [
+            "",
+            "## 1. Encoding: exported artefact vs eager model, same batch",
+            "",
+            "| torch threads | batch | eager img/s | artefact img/s | artefact / eager | same bits |",
+            "|---:|---:|---:|---:|---:|---|",
+            *[
+                f"| {r['threads']} | {r['batch']} | {fmt(r['eager_images_per_s'], 0)} | "
+                f"{fmt(r['artefact_images_per_s'], 0)} | {r['ratio']:.2f} | {r['same_bits']} |"
+                for r in results["encoding"]
+            ],
+        ]
     ing = results.get("ingestion")
     if ing:
         job, base, singles, single_base = ing["job"], ing["in_process"], ing["singles"], ing["singles_in_process"]
@@ -269,6 +282,21 @@ class Plan:
     scale_sizes: list[int]
 
 
+BACKENDS = ("faiss", "milvus-lite", "milvus-server")
+
+
+@contextmanager
+def backend_settings(backend: str, data_dir: Path) -> Iterator[dict[str, str]]:
+    """The server's ``METAH_*`` settings for ``backend`` (a Milvus server is started here, stopped on exit)."""
+    if backend == "faiss":
+        yield {}
+    elif backend == "milvus-lite":
+        yield {"METAH_INDEX_BACKEND": "milvus", "METAH_MILVUS_URI": str(data_dir / "milvus.db")}
+    else:
+        with standalone_server(data_dir / "milvus-server") as uri:
+            yield {"METAH_INDEX_BACKEND": "milvus", "METAH_MILVUS_URI": uri}
+
+
 def plan_of(args: argparse.Namespace) -> Plan:
     if args.quick:
         return Plan(200, 20, 20, 2, 1.5, 1.0, 2_000, [20_000])
@@ -299,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-requests", type=int, default=20_000, help="per concurrency level")
     parser.add_argument("--scale-sizes", default="100k,1M", help="in-process index sizes beyond the stored count")
     parser.add_argument("--profile", action="store_true", help="py-spy the worker during bulk ingestion, then stop")
+    parser.add_argument("--index-backend", choices=BACKENDS, default="faiss", help="the server's index backend")
     args = parser.parse_args(argv)
     plan = plan_of(args)
     wall = time.perf_counter()
@@ -307,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "-m", "scripts.bench_service", *(sys.argv[1:] if argv is None else argv)]),
         "plan": plan.__dict__,
+        "index_backend": args.index_backend,
     }
     model_path = ensure_demo_model(args.model_dir, "digits")
     encoder = load_encoder(model_path)
@@ -317,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     bulk, singles, queries = image_sets(plan.bulk, plan.singles, plan.queries)
     print(f"{len(bulk)} bulk, {len(singles)} single, {len(queries)} query images", flush=True)
 
-    if not args.profile:
+    if not args.profile and args.index_backend == "faiss":
         print("1. encoding: artefact vs eager", flush=True)
         sweep_pixels = np.stack([decode(encoder, u.data, max_pixels) for u in bulk[: max(BATCH_SIZES)]])
         threads = sorted({1, available_cpus()})
@@ -327,52 +357,55 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(settings.torch_threads)  # the service's single-image setting, for every baseline below
     args.work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="data-", dir=args.work) as data_dir:
-        with metah_serve(Path(data_dir), model_path, workers=1, log_path=args.work / "serve.log") as server:
-            wait_for_worker(server)
-            rss_before = server.memory()
-            print("2. ingestion", flush=True)
-            base = ingest_in_process(encoder, bulk, batch_size, max_pixels)
-            if args.profile:
-                profile_ingestion(server, bulk, args.out, base, results["command"])
-                return
-            job = ingest_job_over_http(server, bulk)
-            rss_after = server.memory()
-            print(f"  in-process {base['images_per_s']:.0f} img/s, job {job['images_per_s']:.0f} img/s", flush=True)
-            single_base = singles_in_process(encoder, singles, max_pixels)
-            single_http = single_uploads_over_http(server, singles)
-            print(f"  singles {single_http['images_per_s']:.0f} img/s", flush=True)
-            codes = np.concatenate([*base.pop("codes"), np.stack(single_base.pop("codes"))])
-            domains = [u.domain for u in bulk] + [u.domain for u in singles]
-            results["ingestion"] = {
-                "batch_size": batch_size,
-                "in_process": base,
-                "job": job,
-                "job_ratio": ratio(job["images_per_s"], base["images_per_s"]),
-                "job_processing_ratio": ratio(job["images_per_s_job_processing"] or 0.0, base["images_per_s"]),
-                "singles_in_process": single_base,
-                "singles": single_http,
-                "singles_ratio": ratio(single_http["images_per_s"], base["images_per_s"]),
-                "singles_vs_single_in_process": ratio(single_http["images_per_s"], single_base["images_per_s"]),
-            }
-            stored = indexed(server)
-            results["stored"] = stored
-            if stored != len(codes):
-                print(f"  WARNING: the server indexes {stored} images, this process encoded {len(codes)}", flush=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="data-", dir=args.work) as data_dir,
+        backend_settings(args.index_backend, Path(data_dir)) as server_settings,
+        metah_serve(Path(data_dir), model_path, 1, args.work / "serve.log", server_settings) as server,
+    ):
+        wait_for_worker(server)
+        rss_before = server.memory()
+        print("2. ingestion", flush=True)
+        base = ingest_in_process(encoder, bulk, batch_size, max_pixels)
+        if args.profile:
+            profile_ingestion(server, bulk, args.out, base, results["command"])
+            return
+        job = ingest_job_over_http(server, bulk)
+        rss_after = server.memory()
+        print(f"  in-process {base['images_per_s']:.0f} img/s, job {job['images_per_s']:.0f} img/s", flush=True)
+        single_base = singles_in_process(encoder, singles, max_pixels)
+        single_http = single_uploads_over_http(server, singles)
+        print(f"  singles {single_http['images_per_s']:.0f} img/s", flush=True)
+        codes = np.concatenate([*base.pop("codes"), np.stack(single_base.pop("codes"))])
+        domains = [u.domain for u in bulk] + [u.domain for u in singles]
+        results["ingestion"] = {
+            "batch_size": batch_size,
+            "in_process": base,
+            "job": job,
+            "job_ratio": ratio(job["images_per_s"], base["images_per_s"]),
+            "job_processing_ratio": ratio(job["images_per_s_job_processing"] or 0.0, base["images_per_s"]),
+            "singles_in_process": single_base,
+            "singles": single_http,
+            "singles_ratio": ratio(single_http["images_per_s"], base["images_per_s"]),
+            "singles_vs_single_in_process": ratio(single_http["images_per_s"], single_base["images_per_s"]),
+        }
+        stored = indexed(server)
+        results["stored"] = stored
+        if stored != len(codes):
+            print(f"  WARNING: the server indexes {stored} images, this process encoded {len(codes)}", flush=True)
 
-            print("3. single search", flush=True)
-            version = str(encoder.metadata["model_version"])
-            index = build_index(version, encoder.bits, np.arange(len(codes), dtype=np.int64), codes, domains)
-            results["search"] = single_searches(server, encoder, index, queries, max_pixels)
-            print(f"  {json.dumps(results['search'])}", flush=True)
+        print("3. single search", flush=True)
+        version = str(encoder.metadata["model_version"])
+        index = build_index(version, encoder.bits, np.arange(len(codes), dtype=np.int64), codes, domains)
+        results["search"] = single_searches(server, encoder, index, queries, max_pixels)
+        print(f"  {json.dumps(results['search'])}", flush=True)
 
-            print("4. concurrency", flush=True)
-            results["concurrency"] = []
-            for clients in CLIENTS:
-                row = load_test(http_caller(server, queries), clients, plan.http_seconds, plan.max_requests)
-                results["concurrency"].append({"path": "http", "stored": stored, **row})
-                print(f"  http {clients}: {row}", flush=True)
-            rss_end = server.memory()
+        print("4. concurrency", flush=True)
+        results["concurrency"] = []
+        for clients in CLIENTS:
+            row = load_test(http_caller(server, queries), clients, plan.http_seconds, plan.max_requests)
+            results["concurrency"].append({"path": "http", "stored": stored, **row})
+            print(f"  http {clients}: {row}", flush=True)
+        rss_end = server.memory()
         created = job["result"]["created"]
         results["memory"] = {
             "ingested": created,
@@ -383,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
         }
 
     results["scaled_indexes"] = []
-    for n, current in [(len(codes), index), *((n, None) for n in plan.scale_sizes)]:
+    scale_sizes = plan.scale_sizes if args.index_backend == "faiss" else []
+    for n, current in [(len(codes), index), *((n, None) for n in scale_sizes)]:
         if current is None:
             current, info = scaled_index(version, encoder.bits, codes, domains, n, seed=0)
             results["scaled_indexes"].append({"n": n, **info})

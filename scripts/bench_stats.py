@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -15,19 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench.machine import cpu_name
+from workbench.machine import cpu_name, git_commit
 
 # two-sided 95 % quantiles of Student's t by degrees of freedom (scipy is not a dependency)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def describe_run() -> dict[str, Any]:

@@ -8,13 +8,14 @@ is a client of it. Tests that use the server are marked ``slow``.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from workbench.milvus import standalone_server
 
 
 @dataclass(frozen=True)
@@ -33,33 +34,12 @@ def milvus_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     client.close()
 
 
-def _listening_port(start: int) -> int:
-    """The first port from ``start`` that no server listens on (below the ephemeral range, so no client socket
-    takes it before the server binds it)."""
-    for port in range(start, start + 1000):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {start}..{start + 999}")
-
-
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
     """A Milvus 2.3.5 standalone server on 127.0.0.1 (ports chosen free by the wheel), data in a temp folder."""
-    milvus = pytest.importorskip("milvus", reason="the milvus==2.3.5 wheel (requirements-dev.txt) runs the server")
-    # The wheel's root coordinator port (53100) lies in Linux's ephemeral range (32768-60999), where any client
-    # socket may take it between the wheel's probe and the server's bind: it was taken once ("bind: address
-    # already in use", the server panicked, the fixture waited 180 s). The wheel's other ports lie below it.
-    server = milvus.MilvusServer(wait_for_started=True, root_coord_port=_listening_port(23100))
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
-    server.start()
-    try:
-        yield MilvusServer(f"http://127.0.0.1:{server.listen_port}")
-    finally:
-        server.stop()
+    pytest.importorskip("milvus", reason="the milvus==2.3.5 wheel (requirements-dev.txt) runs the server")
+    with standalone_server(tmp_path_factory.mktemp("milvus-server")) as uri:
+        yield MilvusServer(uri)
 
 
 @pytest.fixture(scope="session")

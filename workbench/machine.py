@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +23,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_commit() -> str:
+    """The checked-out commit (12 hex digits), ``-dirty`` when tracked files differ from it; ``unknown`` outside
+    a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def machine(**extra: Any) -> dict[str, Any]:
-    """CPU, cores, memory, load, niceness and the versions of the libraries the benchmark imported (torch, faiss,
-    numpy, Pillow, httpx), plus the GPU when torch sees one; ``extra`` adds benchmark-specific entries."""
+    """The commit, CPU, cores, memory, load, niceness and the versions of the libraries the benchmark imported
+    (torch, faiss, numpy, Pillow, httpx), plus the GPU when torch sees one; ``extra`` adds benchmark-specific
+    entries."""
     info: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "commit": git_commit(),
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "cpus_available": available_cpus(),
