@@ -4,16 +4,17 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-# The haproxy user with a fixed uid/gid (10003) before the package makes one, so that USER is numeric.
-# bookworm's haproxy 2.6 (security updates come through the bookworm-security source): not pinned to an exact
-# version, so that a rebuild picks up the fixes.
+# The haproxy user gets a fixed uid/gid (10003), so that USER is numeric: moved there after the package has made
+# it (the package's `adduser --system` refuses a user made beforehand with a uid beyond the system range: "already
+# exists, but is not a system user"). bookworm's haproxy 2.6 (security updates come through the bookworm-security
+# source): not pinned to an exact version, so that a rebuild picks up the fixes.
 # hadolint ignore=DL3008
-RUN groupadd --system --gid 10003 haproxy \
-    && useradd --system --uid 10003 --gid haproxy --home-dir /var/lib/haproxy --no-create-home \
-        --shell /usr/sbin/nologin haproxy \
-    && apt-get update \
+RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* \
+    && groupmod --gid 10003 haproxy \
+    && usermod --uid 10003 --gid 10003 haproxy \
+    && getent passwd haproxy
 
 COPY haproxy.cfg /etc/haproxy/haproxy.cfg
 RUN haproxy -c -q -f /etc/haproxy/haproxy.cfg
