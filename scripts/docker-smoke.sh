@@ -80,6 +80,7 @@ work=$(mktemp -d /tmp/metah-smoke.XXXXXX)
 env_file=$work/smoke.env
 compose_full=("${compose_cmd[@]}" -p "$PROJECT" -f docker-compose.yml --env-file "$env_file" "${profile_args[@]}")
 compose() { "${compose_full[@]}" "$@"; }
+shown="${compose_cmd[*]} -p $PROJECT${profile_args[*]:+ ${profile_args[*]}}"  # for the messages
 
 http_pid=
 up=
@@ -91,9 +92,9 @@ cleanup() {
       compose logs --no-color --tail=25 || true
     fi
     if [[ ${SMOKE_KEEP:-0} == 1 ]]; then
-      say "SMOKE_KEEP=1: the stack keeps running on $URL (stop it: ${compose_cmd[*]} -p $PROJECT ${profile_args[*]} down -v)"
+      say "SMOKE_KEEP=1: the stack keeps running on $URL (stop it: $shown down -v)"
     else
-      say "tearing down: ${compose_cmd[*]} -p $PROJECT ${profile_args[*]} down -v"
+      say "tearing down: $shown down -v"
       compose down -v --remove-orphans >/dev/null 2>&1 || true
     fi
   fi
@@ -114,10 +115,11 @@ else
 fi
 
 # --- 2. wheelhouse -------------------------------------------------------------------------------------------
-say "wheelhouse $WHEELS: pip download of requirements.txt, setuptools ${extra_wheels[*]} (from this machine's pip sources)"
+wheel_specs=('setuptools>=68' "${extra_wheels[@]}")
+say "wheelhouse $WHEELS: pip download of requirements.txt and ${wheel_specs[*]} (from this machine's pip sources)"
 mkdir -p "$WHEELS"
-"$PYTHON" -m pip download --quiet --dest "$WHEELS" -r requirements.txt 'setuptools>=68' "${extra_wheels[@]}" \
-  >"$work/pip.log" 2>&1 || { cat "$work/pip.log"; fail "pip download"; }
+"$PYTHON" -m pip download --quiet --dest "$WHEELS" -r requirements.txt "${wheel_specs[@]}" >"$work/pip.log" 2>&1 \
+  || { cat "$work/pip.log"; fail "pip download"; }
 say "wheelhouse: $(find "$WHEELS" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1); torch: $(cd "$WHEELS" && ls torch-*.whl)"
 gateway=$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
 [[ -n $gateway ]] || gateway=$(ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1)
@@ -149,7 +151,7 @@ say "images built in $((SECONDS - build_started)) s:"
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^metah(-[a-z]+)?:' | sed 's/^/  /' || true
 
 # --- 4. run the demo ---------------------------------------------------------------------------------------
-say "${compose_cmd[*]} -p $PROJECT ${profile_args[*]} up -d ${up_services[*]} (api published on $URL)"
+say "$shown up -d${up_services[*]:+ ${up_services[*]}} (api published on $URL)"
 up=1
 up_started=$SECONDS
 deadline=$((SECONDS + TIMEOUT_S))
