@@ -94,8 +94,9 @@ BATCH_SIZES = (1, 8, 32, 128, 512)
 
 
 def profile_ingestion(server: Server, uploads: Sequence[Upload], out: Path, base: dict[str, Any], command: str) -> None:
-    """Run the bulk ingestion job while py-spy samples the worker; write the summary beside the raw stacks."""
-    (worker,) = children_of(server.pid)
+    """Run the bulk ingestion job while py-spy samples the worker; write the summary beside the raw stacks. The
+    server runs one job worker (``METAH_INGEST_WORKERS=0``: no ingest lane), so the job runs where py-spy looks."""
+    (worker,) = [pid for pid in children_of(server.pid) if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     out.mkdir(parents=True, exist_ok=True)
     raw, rate = out / "profile-bulk-ingest.raw", 200
     with pyspy.recording(worker, raw, rate=rate):
@@ -356,11 +357,12 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     torch.set_num_threads(settings.torch_threads)  # the service's single-image setting, for every baseline below
+    lanes = {"METAH_INGEST_WORKERS": "0"} if args.profile else {}  # --profile samples the one job worker
     args.work.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="data-", dir=args.work) as data_dir,
         backend_settings(args.index_backend, Path(data_dir)) as server_settings,
-        metah_serve(Path(data_dir), model_path, 1, args.work / "serve.log", server_settings) as server,
+        metah_serve(Path(data_dir), model_path, 1, args.work / "serve.log", server_settings | lanes) as server,
     ):
         wait_for_worker(server)
         rss_before = server.memory()
