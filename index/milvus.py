@@ -370,23 +370,28 @@ class MilvusIndex:
         return self._kind
 
     def __len__(self) -> int:
-        return self._count("")
+        return self.count()
+
+    def count(self, *, guarantee_timestamp: int | None = None) -> int:
+        """How many codes the collection holds; ``guarantee_timestamp`` as in :meth:`search`."""
+        return self._count("", guarantee_timestamp)
 
     def __contains__(self, id_: object) -> bool:
         if isinstance(id_, bool) or not isinstance(id_, int | np.integer) or id_ < 0:
             return False
         return bool(self._present(np.asarray([id_], np.int64)).size)
 
-    def domains(self) -> dict[str, int]:
-        """``{domain: number of codes}`` for every non-empty domain (``2 × domains + 1`` queries)."""
+    def domains(self, *, guarantee_timestamp: int | None = None) -> dict[str, int]:
+        """``{domain: number of codes}`` for every non-empty domain (``2 × domains + 1`` queries);
+        ``guarantee_timestamp`` as in :meth:`search`."""
         names: list[str] = []
         while True:
             expr = f"domain not in [{', '.join(map(_literal, names))}]" if names else ""
-            rows = self._query(expr, ["domain"], limit=1)
+            rows = self._query(expr, ["domain"], limit=1, guarantee=guarantee_timestamp)
             if not rows:
                 break
             names.append(str(rows[0]["domain"]))
-        return {name: self._count(f"domain == {_literal(name)}") for name in sorted(names)}
+        return {name: self._count(f"domain == {_literal(name)}", guarantee_timestamp) for name in sorted(names)}
 
     def lookup(self, id_: int) -> tuple[str, Codes] | None:
         """``(domain, code uint8 [B])`` of one id, or ``None``."""
@@ -552,16 +557,25 @@ class MilvusIndex:
             rows.append((ids, np.rint(np.asarray(found, np.float64)).astype(np.int32)))
         return rows
 
-    def _count(self, expr: str) -> int:
-        rows = self._query(expr, ["count(*)"])
+    def _count(self, expr: str, guarantee: int | None = None) -> int:
+        rows = self._query(expr, ["count(*)"], guarantee=guarantee)
         return int(rows[0]["count(*)"]) if rows else 0
 
     def _query(
-        self, expr: str, fields: list[str], *, limit: int | None = None, consistency: str | None = None
+        self,
+        expr: str,
+        fields: list[str],
+        *,
+        limit: int | None = None,
+        consistency: str | None = None,
+        guarantee: int | None = None,
     ) -> list[dict[str, Any]]:
+        """``guarantee``: a Milvus timestamp the read must see (Customized consistency; 0 or ``None``: none)."""
         extra: dict[str, Any] = {} if limit is None else {"limit": limit}
         if self._strong_reads or consistency is not None:
             extra["consistency_level"] = "Strong" if self._strong_reads else consistency
+        elif guarantee:
+            extra.update(consistency_level="Customized", guarantee_timestamp=int(guarantee))
         return list(
             self.client.query(self.name, filter=expr, output_fields=fields, timeout=self.milvus.timeout_s, **extra)
         )

@@ -78,25 +78,34 @@ class RemoteIndex:
         return 0 if cursor is None else cursor.change
 
     def __len__(self) -> int:
+        timestamp = self._timestamp(self._cursor())
         with milvus_errors():
-            return len(self.index)
+            return self.index.count(guarantee_timestamp=timestamp)
 
     def domains(self) -> dict[str, int]:
+        timestamp = self._timestamp(self._cursor())
         with milvus_errors():
-            return self.index.domains()
+            return self.index.domains(guarantee_timestamp=timestamp)
+
+    def _cursor(self) -> cursors.Cursor | None:
+        with self.db.session() as session:
+            return cursors.cursor_of(session, self.model_version)
+
+    def _timestamp(self, cursor: cursors.Cursor | None) -> int | None:
+        """The Milvus timestamp of the indexer's last write (``None`` on Lite: one process, reads see writes)."""
+        return None if self.index.milvus.lite or cursor is None or cursor.write_ts == 0 else cursor.write_ts
 
     def _guarantee(self) -> int | None:
-        """The Milvus timestamp of the indexer's last write (``None`` on Lite: one process, reads see writes).
+        """What a search waits for: :meth:`_timestamp` of a collection that still follows the changes.
 
         Raises:
             ModelSwitchedError: the collection no longer follows the changes (another model was activated: this
                 replica has not swapped yet, and would miss what was written since).
         """
-        with self.db.session() as session:
-            cursor = cursors.cursor_of(session, self.model_version)
+        cursor = self._cursor()
         if cursor is None or cursor.state != READY:
             raise ModelSwitchedError(f"model {self.model_version} is no longer the active one: switching")
-        return None if self.index.milvus.lite or cursor.write_ts == 0 else cursor.write_ts
+        return self._timestamp(cursor)
 
     def search(
         self,

@@ -122,6 +122,7 @@ def test_the_service_on_a_milvus_server(
             created = post_image(client, data, label=label)
             assert created.status_code == 201, created.text
             ids.append(created.json()["id"])
+            assert client.get("/readyz").json()["indexed"] == len(ids)  # counted at the indexer's last write
             found = search(client, data, k=20, max_distance=0).json()["hits"]  # another process indexed it
             assert created.json()["id"] in {hit["id"] for hit in found}
         for data, _ in digit_pngs[16:20]:
