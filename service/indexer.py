@@ -103,7 +103,6 @@ class Indexer:
         self.milvus = milvus
         self.chunk = chunk
         self.grace_s = grace_s
-        self._took_over = False
         self._heal: _Heal | None = None
         self._indexes: dict[str, MilvusIndex] = {}
         self._encoders: dict[str, LoadedEncoder] = {}
@@ -114,8 +113,12 @@ class Indexer:
         return f"{self.milvus.prefix}_{ALIAS}"
 
     def took_over(self) -> None:
-        """This process has just become the leader: heal after the grace period (see the module docstring)."""
-        self._took_over = True
+        """This process has just become the leader: heal after the grace period, from where each collection is
+        now (see the module docstring)."""
+        with self.db.session() as session:
+            rows = cursors.all_cursors(session)
+        after = {version: cursor.change for version, cursor in rows.items() if cursor.state != RETIRED}
+        self._heal = _Heal(time.monotonic() + self.grace_s, after)
 
     def run_round(self, held: Callable[[], bool] = lambda: True) -> int:
         """Build what is asked for, apply the new changes; returns how many changes were applied."""
@@ -125,9 +128,6 @@ class Indexer:
             active = repository.active_model(session)
             rows = cursors.all_cursors(session)
             models = {model.version: model for model in repository.list_models(session)}
-        if self._took_over:
-            after = {version: cursor.change for version, cursor in rows.items() if cursor.state != RETIRED}
-            self._heal, self._took_over = _Heal(time.monotonic() + self.grace_s, after), False
         applied = 0
         for version, cursor in sorted(rows.items()):
             if version not in models:  # a model removed from the registry

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from model.export import LoadedEncoder
 from service.db import Database
@@ -51,8 +52,7 @@ class ChangeBatch:
 def read_changes(db: Database, version: str, after: int, encode: Encode, limit: int = CHUNK) -> ChangeBatch | None:
     """Up to ``limit`` changes after ``after`` with the added images' codes of ``version``; ``None``: none."""
     with db.session() as session:
-        query = select(Change.id, Change.image_id, Change.op).where(Change.id > after)
-        changes = session.execute(query.order_by(Change.id).limit(limit)).all()
+        changes = _change_rows(session, after, limit)
         if not changes:
             return None
         added = [int(image_id) for _, image_id, op in changes if op == "add"]
@@ -69,16 +69,19 @@ def deleted_ids(db: Database, after: int, upto: int, limit: int = CHUNK) -> Iter
     """The ids of the images deleted by the changes ``(after, upto]``, ``limit`` changes a chunk (int64)."""
     while after < upto:
         with db.session() as session:
-            rows = session.execute(
-                select(Change.id, Change.image_id, Change.op)
-                .where(Change.id > after, Change.id <= upto)
-                .order_by(Change.id)
-                .limit(limit)
-            ).all()
+            rows = _change_rows(session, after, limit, upto)
         if not rows:
             return
         after = int(rows[-1][0])
         yield np.array([int(image_id) for _, image_id, op in rows if op == "delete"], dtype=np.int64)
+
+
+def _change_rows(session: Session, after: int, limit: int, upto: int | None = None) -> Sequence[Row[int, int, str]]:
+    """``(id, image_id, op)`` of up to ``limit`` changes after ``after`` (and up to ``upto``), in order."""
+    query = select(Change.id, Change.image_id, Change.op).where(Change.id > after)
+    if upto is not None:
+        query = query.where(Change.id <= upto)
+    return session.execute(query.order_by(Change.id).limit(limit)).all()
 
 
 def missing_codes(db: Database, version: str, encode: Encode) -> CodeBatch:
