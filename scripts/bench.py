@@ -583,8 +583,9 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
             label = run["method"] if choice.get((mode, run["method"])) == run["variant"] else None
             if run["method"] == "tah" and run["variant"] == TAH_REFERENCE:
                 label = "tah (reference weights)" if label is None else label
-            if run["stage"] == "ablation":
-                label = ABLATION_LABELS[run["variant"].split("/")[-1]]
+            if run["stage"] == "ablation":  # only the ablations of the MeTAH weights chosen now
+                base, _, part = run["variant"].rpartition("/")
+                label = ABLATION_LABELS[part] if choice.get((mode, "metah")) == base else None
             if label is not None:
                 cells.setdefault((run["bits"], label), []).append(run)
         if not cells:
