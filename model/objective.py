@@ -67,7 +67,7 @@ FROZEN_METHODS: dict[str, LossWeights] = {
     "source_only": LossWeights(pairwise=1.0, quantization=0.1),
     "tah": LossWeights(pairwise=1.0, quantization=0.1, adversarial=1.0),
     "metah": LossWeights(
-        pairwise=10.0, quantization=0.8, adversarial=1.0, classification=1.0, entropy=0.1, diversity=0.1
+        pairwise=10.0, quantization=0.8, adversarial=1.0, classification=1.0, entropy=0.3, diversity=0.3
     ),
 }
 

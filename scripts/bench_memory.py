@@ -25,7 +25,7 @@ exactly like real ones (512 float16 numbers per image and view). The finetune ru
 small steps only, but encodes every source image for the end-of-run evaluation like any run (the longest part:
 about an hour here).
 
-    nice -n 5 .venv/bin/python scripts/bench_memory.py --out benchmarks/memory/results
+    nice -n 5 .venv/bin/python -m scripts.bench_memory --out benchmarks/memory/results
 
 Results: ``OUT.json`` (every run's figures and a 1-second memory trace, machine, date, git commit, command)
 and ``OUT.md`` (the table).
