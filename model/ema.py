@@ -4,8 +4,9 @@ One idea, one family of names: :class:`WeightEMA` keeps the average, ``TrainConf
 run asks for (the key config files, checkpoints and artefacts carry) and ``TrainConfig.applied_ema_decay`` the
 one it applies (lowered for short runs).
 
-Adversarial training keeps the codes moving until the last step; the average of the recent weights is a
-steadier encoder than the last iterate (README benchmark: the ablation with ``ema_decay = 0``).
+Adversarial training keeps the codes moving until the last step; the average of the recent weights is meant
+as a steadier encoder than the last iterate (``ema_decay = 0`` exports the last iterate; no committed benchmark
+compares the two).
 """
 
 from __future__ import annotations

@@ -287,7 +287,7 @@ class Trainer:
             self.net.backbone.requires_grad_(False).eval()
             self.trainable: nn.Module = self.net.heads
         else:
-            # channels-last convolutions ran about 1.5x faster on this project's 2-core CPU (README benchmark)
+            # channels-last: the layout the exported artefact uses too (CPU convolutions favour it; not timed here)
             self.net = self.net.to(memory_format=torch.channels_last)
             self.trainable = self.net
         self.model: nn.Module = (

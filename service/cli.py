@@ -313,7 +313,8 @@ COMMANDS = {
 
 
 # Commands that serve requests next to other work: spinning OpenMP waits stall FAISS and torch there when the
-# other core is busy (docs/index.md). Training keeps the default, about 20 % faster on an idle machine.
+# other core is busy (docs/index.md). Training keeps the default: spinning waits suit a process that has the
+# machine to itself.
 PASSIVE_OPENMP_COMMANDS = frozenset({"serve", "worker"})
 
 
