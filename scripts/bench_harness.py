@@ -10,6 +10,8 @@ import os
 # libgomp reads this once when it loads (metah serve sets the same; see docs/index.md, "Threads").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import http.client
+import json
 import secrets
 import signal
 import subprocess
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -141,10 +144,15 @@ class Server:
 
 @contextmanager
 def metah_serve(
-    data_dir: Path, model: Path, workers: int, log_path: Path, settings: dict[str, str] | None = None
+    data_dir: Path,
+    model: Path,
+    workers: int,
+    log_path: Path,
+    settings: dict[str, str] | None = None,
+    tree: Path = REPO,
 ) -> Iterator[Server]:
     """A real ``metah serve`` on loopback with a fresh data dir, logging to ``log_path``; SIGTERM and wait on
-    exit. ``settings``: more ``METAH_*`` environment variables (an index backend)."""
+    exit. ``settings``: more environment variables (an index backend); ``tree``: the source tree it runs."""
     port, api_key = free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAH_")}
     env.update(
@@ -159,7 +167,7 @@ def metah_serve(
     base_url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"], env=env, cwd=REPO, stdout=log, stderr=log
+            [sys.executable, "-m", "service.cli", "serve"], env=env, cwd=tree, stdout=log, stderr=log
         )
     try:
         with httpx.Client(base_url=base_url, headers={"X-API-Key": api_key}, timeout=120) as client:
@@ -347,6 +355,37 @@ def search_over_http(client: httpx.Client, query: Upload) -> httpx.Response:
     return client.post("/v1/search", files={"image": image}, params={"k": K})
 
 
+class PlainHttp:
+    """A minimal keep-alive HTTP/1.1 client (the standard library's ``http.client``, the multipart body written
+    out): the service's latency without most of the client's own CPU time, which httpx spends on these same
+    two cores (about 1 ms a request here, measured as ``cpu_ms["client"]``)."""
+
+    BOUNDARY = "metah-bench-boundary"
+
+    def __init__(self, base_url: str) -> None:
+        url = urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
+
+    def search(self, query: Upload) -> tuple[int, bytes]:
+        head = (
+            f'--{self.BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="query{query.suffix}"'
+            f"\r\nContent-Type: {query.media_type}\r\n\r\n"
+        )
+        body = head.encode() + query.data + f"\r\n--{self.BOUNDARY}--\r\n".encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={self.BOUNDARY}"}
+        return self.request("POST", f"/v1/search?k={K}", body, headers)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        self.connection.request(method, path, body, headers or {})
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 # ---------------------------------------------------------------------------------- 4. concurrency
 
 
@@ -425,12 +464,15 @@ def single_searches(
     Also the CPU time of each side (``cpu_ms``): the client's thread and the server process during the HTTP
     search, this thread during the in-process one. Wall time beyond the CPU time is waiting: for the other
     process, for a core."""
+    plain = PlainHttp(server.base_url)
     for query in queries[:5]:  # warm-up
         search_over_http(server.client, query)
+        plain.search(query)
         search_in_process(encoder, index, query.data, max_pixels)
     scrape_before = stage_totals(server.client.get("/metrics").text)
     http, local, mismatches, errors, took, noop = [], [], 0, 0, [], []
-    cpu: dict[str, list[float]] = {"client": [], "server": [], "in_process": []}
+    plain_http, plain_noop = [], []
+    cpu: dict[str, list[float]] = {"client": [], "server": [], "in_process": [], "plain_client": []}
     for query in queries:
         t0, c0, s0 = time.perf_counter(), time.thread_time(), cpu_seconds(server.pid)
         response = search_over_http(server.client, query)
@@ -444,12 +486,21 @@ def single_searches(
         t0 = time.perf_counter()
         server.client.get("/healthz")  # the floor: a route that does nothing, same connection
         noop.append(time.perf_counter() - t0)
-        if response.status_code != 200:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        status, plain_body = plain.search(query)
+        plain_http.append(time.perf_counter() - t0)
+        cpu["plain_client"].append(time.thread_time() - c0)
+        t0 = time.perf_counter()
+        plain.request("GET", "/healthz")
+        plain_noop.append(time.perf_counter() - t0)
+        if response.status_code != 200 or status != 200:
             errors += 1
             continue
         body = response.json()
         took.append(body["took_ms"] / 1e3)
         mismatches += [hit["distance"] for hit in body["hits"]] != expected
+        mismatches += [hit["distance"] for hit in json.loads(plain_body)["hits"]] != expected
+    plain.close()
     scrape_after = stage_totals(server.client.get("/metrics").text)
     out: dict[str, Any] = {
         "queries": len(queries),
@@ -457,6 +508,8 @@ def single_searches(
         "in_process": latency_summary(local),
         "server_took_ms": latency_summary(took),
         "healthz": latency_summary(noop),
+        "http_plain": latency_summary(plain_http),
+        "healthz_plain": latency_summary(plain_noop),
         "server_stage_mean_ms": stage_means_ms(scrape_before, scrape_after),
         "cpu_ms": {side: latency_summary(seconds) for side, seconds in cpu.items()},
         "errors": errors,
@@ -464,6 +517,7 @@ def single_searches(
     }
     out["median_overhead_ms"] = out["http"]["median_ms"] - out["in_process"]["median_ms"]
     out["p99_overhead_ms"] = out["http"]["p99_ms"] - out["in_process"]["p99_ms"]
+    out["median_overhead_plain_ms"] = out["http_plain"]["median_ms"] - out["in_process"]["median_ms"]
     return out
 
 
@@ -475,6 +529,8 @@ def single_search_table(search: dict[str, Any], title: str, in_process: str, dec
         ("`POST /v1/search` (client wall time)", search["http"]),
         ("… the server's own `took_ms` (the route's function)", search["server_took_ms"]),
         ("`GET /healthz` (a route doing nothing: HTTP + framework floor)", search["healthz"]),
+        ("`POST /v1/search`, plain `http.client` client (client wall time)", search["http_plain"]),
+        ("`GET /healthz`, plain `http.client` client", search["healthz_plain"]),
     )
     cells = ("median_ms", "p99_ms", "mean_ms")
     return [

@@ -113,9 +113,16 @@ def test_load_test_counts_every_request_and_error() -> None:
 def test_targets_say_met_or_missed() -> None:
     results = {
         "ingestion": {"job_ratio": 0.5},
-        "search": {"median_overhead_ms": 1.2, "distance_mismatches": 0, "errors": 0},
+        "search": {
+            "median_overhead_ms": 2.4,
+            "median_overhead_plain_ms": 1.2,
+            "cpu_ms": {"client": {"median_ms": 1.1}},
+            "distance_mismatches": 0,
+            "errors": 0,
+        },
         "concurrency": [{"errors": 0}, {"errors": 2}],
     }
     lines = targets(results)
-    assert lines[0].endswith("MISSED") and lines[1].endswith(": met") and lines[2].endswith(": met")
-    assert lines[3].endswith("MISSED")
+    assert lines[0].endswith("MISSED") and lines[1].endswith(": met") and lines[2].endswith("MISSED")
+    assert "http.client" in lines[1] and "httpx 2.40 ms, the client's own CPU 1.10 ms" in lines[2]
+    assert lines[3].endswith(": met") and lines[4].endswith("MISSED")

@@ -85,6 +85,23 @@ def test_a_stored_image_finds_itself_first(client: httpx.Client, stored: dict[in
     assert hits[0]["content_url"] == f"/v1/images/{first_id}/content"
 
 
+def test_a_hit_carries_its_rows_fields(client: httpx.Client, digit_pngs: list[tuple[bytes, str]]) -> None:
+    """The hit of an image shows the label, domain and metadata it was stored with, byte for byte (non-ASCII,
+    nested, numbers), on both databases (SQLite keeps JSON as text, PostgreSQL as JSON)."""
+    data = digit_pngs[-1][0]
+    metadata = {"sku": "é-42 ✓", "sizes": [36, 38.5], "nested": {"ok": True, "none": None}}
+    created = post_image(client, data, label="größe", domain="shop-2", metadata=json.dumps(metadata)).json()
+    hit = search(client, data, k=1, domain="shop-2").json()["hits"][0]
+    assert hit == {
+        "id": created["id"],
+        "distance": 0,
+        "domain": "shop-2",
+        "label": "größe",
+        "metadata": metadata,
+        "content_url": f"/v1/images/{created['id']}/content",
+    }
+
+
 def test_domain_and_radius_filters(client: httpx.Client, stored: dict[int, bytes]) -> None:
     query = stored[min(stored)]
     everything = search(client, query, k=1000).json()["hits"]

@@ -1,0 +1,232 @@
+"""The search path of two source trees, served side by side and measured in the same minutes (issue 13).
+
+    python -m scripts.bench_search_ab --before f7a1e93 --out benchmarks/service/search-path/ab-3
+
+The ``before`` commit is exported with ``git archive``; ``after`` is this checkout. Each tree runs its own
+``metah serve`` (no job worker, its own SQLite data dir) on loopback, with the dependencies its own
+``requirements.txt`` names: when that file does not list uvicorn's ``httptools`` / ``uvloop``, the tree's server
+is started with both hidden, so uvicorn falls back to h11 and asyncio as it did there. The same digits are
+uploaded to both, then every query goes, in alternating order, to before and after with a plain ``http.client``
+client and with httpx, and through the in-process decode → encode → index search; ``/healthz`` on both gives
+the HTTP floor. Then a few rounds of searches at 1 and 8 httpx clients, alternating the servers.
+Alternating within one run is what makes the two comparable on a machine whose load moves between runs.
+Writes ``OUT.json`` (every figure) and ``OUT.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.export import load_encoder
+from scripts.bench_harness import (
+    REPO,
+    PlainHttp,
+    Server,
+    build_index,
+    describe,
+    http_caller,
+    image_sets,
+    ingest_in_process,
+    metah_serve,
+    search_in_process,
+    search_over_http,
+)
+from scripts.demo_model import ensure_demo_model
+from service.settings import Settings
+from workbench.loadtest import Upload, latency_summary, load_test
+from workbench.machine import machine
+
+SIDES = ("before", "after")
+FAST_HTTP = ("httptools", "uvloop")
+
+
+@contextmanager
+def exported_tree(revision: str) -> Iterator[Path]:
+    """``revision``'s files in a temporary folder (``git archive``)."""
+    with tempfile.TemporaryDirectory(prefix="metah-ab-") as folder:
+        archive = subprocess.run(["git", "archive", revision], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        yield Path(folder)
+
+
+def hidden_modules(tree: Path, folder: Path) -> dict[str, str]:
+    """The environment that hides uvicorn's optional ``httptools`` / ``uvloop`` from ``tree``'s server when its
+    ``requirements.txt`` does not name them (stub modules that raise ``ImportError``, first on the path)."""
+    requirements = (tree / "requirements.txt").read_text()
+    if all(f"{name}==" in requirements for name in FAST_HTTP):
+        return {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in FAST_HTTP:
+        (folder / f"{name}.py").write_text(f"raise ImportError('{name} is not a dependency of this tree')\n")
+    return {"PYTHONPATH": str(folder)}
+
+
+def upload_all(server: Server, uploads: Sequence[Upload]) -> None:
+    for upload in uploads:
+        files = {"image": (f"image{upload.suffix}", upload.data, upload.media_type)}
+        response = server.client.post("/v1/images", files=files, data={"domain": upload.domain})
+        response.raise_for_status()
+
+
+def single_searches(
+    servers: dict[str, Server], local: Callable[[Upload], list[int]], queries: Sequence[Upload]
+) -> tuple[dict[str, Any], int, int]:
+    """Per query, in alternating server order: plain client and httpx searches, ``/healthz``, in-process."""
+    plain = {side: PlainHttp(server.base_url) for side, server in servers.items()}
+    samples: dict[str, list[float]] = {"in_process": []}
+    for side in SIDES:
+        for what in ("plain", "httpx", "healthz_plain", "took"):
+            samples[f"{side}_{what}"] = []
+    mismatches = errors = 0
+    for i, query in enumerate(queries):
+        expected = local(query)
+        t0 = time.perf_counter()
+        local(query)
+        samples["in_process"].append(time.perf_counter() - t0)
+        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
+            t0 = time.perf_counter()
+            status, body = plain[side].search(query)
+            samples[f"{side}_plain"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            response = search_over_http(servers[side].client, query)
+            samples[f"{side}_httpx"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            plain[side].request("GET", "/healthz")
+            samples[f"{side}_healthz_plain"].append(time.perf_counter() - t0)
+            if status != 200 or response.status_code != 200:
+                errors += 1
+                continue
+            answers = (json.loads(body), response.json())
+            samples[f"{side}_took"].append(answers[0]["took_ms"] / 1e3)
+            mismatches += sum([hit["distance"] for hit in answer["hits"]] != expected for answer in answers)
+    for client in plain.values():
+        client.close()
+    return {name: latency_summary(values) for name, values in samples.items()}, mismatches, errors
+
+
+def throughput(servers: dict[str, Server], queries: Sequence[Upload], rounds: int, seconds: float) -> dict[str, Any]:
+    """Searches/s at 1 and 8 httpx clients, ``rounds`` rounds alternating which server goes first."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for round_ in range(rounds):
+        for clients in (1, 8):
+            for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
+                row = load_test(http_caller(servers[side], queries), clients, seconds, 100_000)
+                runs.setdefault(f"{side}_{clients}", []).append(row)
+    return {key: {"qps_median": statistics.median(r["qps"] for r in rows), "runs": rows} for key, rows in runs.items()}
+
+
+def report(results: dict[str, Any]) -> str:
+    s, qps = results["search"], results["throughput"]
+    lines = [
+        "# The search path, before and after, interleaved in one run",
+        "",
+        f"{describe(results['machine'])} Before: `{results['before']}`"
+        f"{' (httptools and uvloop hidden: not in its requirements)' if results['before_hidden'] else ''}; "
+        f"after: `{results['machine']['commit']}`. {results['images']} digits stored on each server, "
+        f"{results['queries']} queries (k=10). Wall time {results['wall_seconds']:.0f} s.",
+        f"Command: `{results['command']}`",
+        "",
+        "| median ms (p99) | before | after |",
+        "|---|---:|---:|",
+    ]
+    rows = (
+        ("`POST /v1/search`, plain `http.client` client", "plain"),
+        ("`POST /v1/search`, httpx client", "httpx"),
+        ("… the server's `took_ms`", "took"),
+        ("`GET /healthz`, plain client (HTTP floor)", "healthz_plain"),
+    )
+    for name, key in rows:
+        cells = [f"{s[f'{side}_{key}']['median_ms']:.2f} ({s[f'{side}_{key}']['p99_ms']:.2f})" for side in SIDES]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    local = s["in_process"]["median_ms"]
+    lines.append(f"| in-process decode → encode → index search | {local:.2f} | {local:.2f} |")
+    for name, key in (("plain client", "plain"), ("httpx", "httpx")):
+        cells = [f"**{s[f'{side}_{key}']['median_ms'] - local:.2f}**" for side in SIDES]
+        lines.append(f"| HTTP − in-process, {name} (target ≤ 1.5) | {' | '.join(cells)} |")
+    for clients in (1, 8):
+        before, after = (qps[f"{side}_{clients}"]["qps_median"] for side in SIDES)
+        lines.append(
+            f"| searches/s, {clients} httpx client{'s' if clients > 1 else ''} (median of "
+            f"{len(qps[f'before_{clients}']['runs'])} rounds) | {before:.1f} | {after:.1f} (×{after / before:.2f}) |"
+        )
+    lines += ["", f"Distance mismatches against in-process: {results['mismatches']}; errors: {results['errors']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", required=True, help="the git revision to compare with (this checkout: after)")
+    parser.add_argument("--out", type=Path, required=True, help="write OUT.json and OUT.md")
+    parser.add_argument("--model-dir", type=Path, default=Path("var/demo-model"), help="demo model (trained if absent)")
+    parser.add_argument("--work", type=Path, default=Path("var/bench-search-ab"), help="servers' data dirs and logs")
+    parser.add_argument("--images", type=int, default=1000, help="digits stored on each server")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per throughput run")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    model_path = ensure_demo_model(args.model_dir, "digits")
+    encoder, max_pixels = load_encoder(model_path), Settings().max_pixels
+    stored, _, queries = image_sets(args.images, 0, args.queries)
+    codes = np.concatenate(ingest_in_process(encoder, stored, 64, max_pixels)["codes"])
+    index = build_index(
+        str(encoder.metadata["model_version"]),
+        encoder.bits,
+        np.arange(len(codes), dtype=np.int64),
+        codes,
+        [u.domain for u in stored],
+    )
+
+    def local(query: Upload) -> list[int]:
+        return search_in_process(encoder, index, query.data, max_pixels)
+
+    with ExitStack() as stack:
+        trees = {"before": stack.enter_context(exported_tree(args.before)), "after": REPO}
+        hidden = hidden_modules(trees["before"], args.work / "hidden")
+        servers = {}
+        for side, tree in trees.items():
+            folder = args.work / side
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
+            folder.mkdir(parents=True)
+            settings = hidden if side == "before" else {}
+            servers[side] = stack.enter_context(
+                metah_serve(folder, model_path, 0, folder / "serve.log", settings, tree)
+            )
+            upload_all(servers[side], stored)
+        print("single searches", flush=True)
+        search, mismatches, errors = single_searches(servers, local, queries)
+        print("throughput", flush=True)
+        qps = throughput(servers, queries, args.rounds, args.seconds)
+    results = {
+        "machine": machine(),
+        "before": args.before,
+        "before_hidden": bool(hidden),
+        "command": "python -m scripts.bench_search_ab "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "images": len(stored),
+        "queries": len(queries),
+        "search": search,
+        "throughput": qps,
+        "mismatches": mismatches,
+        "errors": errors,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(report(results))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
