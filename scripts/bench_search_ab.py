@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from model.export import load_encoder
 from scripts.bench_harness import (
@@ -177,7 +178,9 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     model_path = ensure_demo_model(args.model_dir, "digits")
-    encoder, max_pixels = load_encoder(model_path), Settings().max_pixels
+    settings = Settings()
+    torch.set_num_threads(settings.torch_threads)  # the service's single-image setting, for the in-process baseline
+    encoder, max_pixels = load_encoder(model_path), settings.max_pixels
     stored, _, queries = image_sets(args.images, 0, args.queries)
     codes = np.concatenate(ingest_in_process(encoder, stored, 64, max_pixels)["codes"])
     index = build_index(
