@@ -202,10 +202,9 @@ def main() -> None:
             folder = args.work / side
             subprocess.run(["rm", "-rf", str(folder)], check=True)
             folder.mkdir(parents=True)
-            settings = hidden if side == "before" else {}
-            servers[side] = stack.enter_context(
-                metah_serve(folder, model_path, 0, folder / "serve.log", settings, tree)
-            )
+            environment = hidden if side == "before" else {}
+            server = metah_serve(folder, model_path, 0, folder / "serve.log", environment, tree)
+            servers[side] = stack.enter_context(server)
             upload_all(servers[side], stored)
         print("single searches", flush=True)
         search, mismatches, errors = single_searches(servers, local, queries)
