@@ -48,6 +48,7 @@ from index.codes import Codes, check_codes
 from index.synthetic import clustered_codes
 from index.threads import available_cpus, omp_threads
 from workbench.machine import machine
+from workbench.output import write_results
 from workbench.sizes import parse_size, size_label
 
 SYNTHETIC = "synthetic class-clustered codes: 10 prototypes, per-(class, bit) flip rate uniform in 5-15 %"
@@ -521,10 +522,7 @@ def main(argv: list[str] | None = None) -> None:
             results["approx_compare"] = bench_approx_compare(approx_codes, n, args.queries, args.seed)
     results.setdefault("codes", SYNTHETIC)
     results["load_average_at_end"] = list(os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(args.out, results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from scripts.demo_model import ensure_demo_model
 from service.settings import Settings
 from workbench.loadtest import Upload, latency_summary, load_test
 from workbench.machine import machine
+from workbench.output import write_results
 
 SIDES = ("before", "after")
 FAST_HTTP = ("httptools", "uvloop")
@@ -224,10 +225,7 @@ def main() -> None:
         "errors": errors,
         "wall_seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(report(results))
-    print(report(results))
+    write_results(args.out, results, report(results))
 
 
 if __name__ == "__main__":
