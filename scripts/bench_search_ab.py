@@ -133,7 +133,7 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         "# The search path, before and after, interleaved in one run",
         "",
-        f"{describe(results['machine'])} Before: `{results['before']}`"
+        f"{describe(results['machine'])}. Before: `{results['before']}`"
         f"{' (httptools and uvloop hidden: not in its requirements)' if results['before_hidden'] else ''}; "
         f"after: `{results['machine']['commit']}`. {results['images']} digits stored on each server, "
         f"{results['queries']} queries (k=10). Wall time {results['wall_seconds']:.0f} s.",
