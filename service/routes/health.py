@@ -20,4 +20,5 @@ async def healthz() -> Health:
 async def readyz(runtime: RuntimeDep, pair: PairDep) -> Ready:
     """200 when the model, its index and the database are usable; 503 otherwise."""
     await runtime.run_io(runtime.db.ping)
-    return Ready(model_version=pair.model_version, bits=pair.bits, indexed=len(pair.index))
+    indexed = await runtime.run_io(len, pair.index)  # a Milvus round trip on that backend: off the event loop
+    return Ready(model_version=pair.model_version, bits=pair.bits, indexed=indexed)

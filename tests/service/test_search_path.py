@@ -1,4 +1,5 @@
-"""The search path's costs: no follower lock when nothing changed, one parse of the upload, a bounded CPU queue.
+"""The search path's costs: no follower lock when nothing changed, one parse of the upload, a bounded CPU queue,
+no blocking call on the event loop.
 
 Each test counts what the route does on a real server (its threads run in this process, so the counters see
 them): ``ChangeFollower.catch_up`` calls (the lock and its database round trip), ``PIL.Image.open`` calls, and
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from index.hash_index import HashIndex
 from service import retrieval
 from service.errors import TooBusyError
 from service.follow import ChangeFollower
@@ -131,3 +133,32 @@ def test_cpu_slots_admit_slots_plus_queue() -> None:
         assert refused.value.retry_after_s == 3
     with slots.admitted():  # released on exit
         assert slots.admitted_now == 1
+
+
+def test_readyz_counts_the_index_off_the_event_loop(
+    start_server: StartServer, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/readyz`` reports the index's size; on the Milvus backend that count is a network round trip (seconds
+    while Milvus is unreachable). Made slow here, it must not hold up other requests meanwhile."""
+    server = start_server(**QUIET)
+    client = server.client()
+    post_image(client, digit_pngs[0][0])
+    length, counting = HashIndex.__len__, threading.Event()
+
+    def slow_len(index: HashIndex) -> int:
+        counting.set()
+        time.sleep(1.5)
+        return length(index)
+
+    monkeypatch.setattr(HashIndex, "__len__", slow_len)
+    ready: list[httpx.Response] = []
+    probe = threading.Thread(target=lambda: ready.append(server.client().get("/readyz")))
+    probe.start()
+    try:
+        assert counting.wait(timeout=10), "/readyz did not count the index"
+        started = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        assert time.perf_counter() - started < 0.5, "a request waited for /readyz's count"
+    finally:
+        probe.join(timeout=30)
+    assert ready[0].status_code == 200 and ready[0].json()["indexed"] == 1
