@@ -78,18 +78,22 @@ class RemoteIndex:
         return 0 if cursor is None else cursor.change
 
     def __len__(self) -> int:
-        timestamp = self._timestamp(self._cursor())
+        timestamp = self._last_write()
         with milvus_errors():
             return self.index.count(guarantee_timestamp=timestamp)
 
     def domains(self) -> dict[str, int]:
-        timestamp = self._timestamp(self._cursor())
+        timestamp = self._last_write()
         with milvus_errors():
             return self.index.domains(guarantee_timestamp=timestamp)
 
     def _cursor(self) -> cursors.Cursor | None:
         with self.db.session() as session:
             return cursors.cursor_of(session, self.model_version)
+
+    def _last_write(self) -> int | None:
+        """:meth:`_timestamp` of the stored cursor, read only where there is a write to wait for (not on Lite)."""
+        return None if self.index.milvus.lite else self._timestamp(self._cursor())
 
     def _timestamp(self, cursor: cursors.Cursor | None) -> int | None:
         """The Milvus timestamp of the indexer's last write (``None`` on Lite: one process, reads see writes)."""

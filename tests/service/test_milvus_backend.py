@@ -22,6 +22,7 @@ from index import HashIndex
 from service import repository
 from service.db import Database
 from service.indexer import milvus_options
+from service.remote_index import RemoteIndex
 from service.settings import Settings
 from tests.service.conftest import (
     LiveServer,
@@ -196,3 +197,26 @@ def test_milvus_going_away_answers_503_and_keeps_every_write(
     created = post_image(client, digit_pngs[1][0], label="1")
     assert created.status_code == 201, created.text
     assert client.get(f"/v1/images/{created.json()['id']}").json()["label"] == "1"
+
+
+def test_counts_on_milvus_lite_read_no_cursor(
+    milvus_live: LiveServer, digit_pngs: PNGs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lite is one process whose reads see its writes: ``/readyz`` counts without first reading the indexer's
+    cursor row (a Milvus server needs its write timestamp; Lite has none to wait for)."""
+    client = milvus_live.client()
+    wait_ready(client)
+    assert post_image(client, digit_pngs[0][0], domain="usps").status_code == 201
+    reads = [0]
+    cursor = RemoteIndex._cursor
+
+    def counted(index: RemoteIndex) -> Any:
+        reads[0] += 1
+        return cursor(index)
+
+    monkeypatch.setattr(RemoteIndex, "_cursor", counted)
+    for _ in range(3):
+        assert wait_ready(client)["indexed"] == 1
+    assert reads[0] == 0
+    assert search(client, digit_pngs[0][0], k=1).json()["hits"][0]["distance"] == 0
+    assert reads[0] >= 1, "a search still checks that its model is the active one"
