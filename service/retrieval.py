@@ -112,7 +112,7 @@ class HitRow(NamedTuple):
 def _hydrate_sql(paramstyle: str, count: int) -> str:
     """One statement for :func:`hydrate` with ``count`` ids, in the driver's own parameter style. A one-row
     subquery left-joined to the hits keeps the log's last change when no hit has a row any more."""
-    mark = "?" if paramstyle == "qmark" else "%s"
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[paramstyle]  # sqlite3; psycopg
     hits = f"images.id IN ({', '.join([mark] * count)})" if count else "1 = 0"
     return (
         "SELECT log.last, images.id, images.domain, images.label, images.metadata "
@@ -123,8 +123,8 @@ def _hydrate_sql(paramstyle: str, count: int) -> str:
 def hydrate(runtime: Runtime, ids: list[int], *, check: bool) -> tuple[int | None, dict[int, HitRow]]:
     """The rows of the ``ids`` still stored and, with ``check``, the log's last change (else ``None``).
 
-    One round trip, sent as the driver's own SQL: the search path's only database call, where SQLAlchemy's
-    statement machinery (an expanding ``IN``, two statements) cost more than the query itself."""
+    One round trip, the search path's only database call, sent as the driver's own SQL rather than through
+    SQLAlchemy's statement machinery (it was an expanding ``IN`` over two statements)."""
     with runtime.db.engine.connect() as connection:
         sql = _hydrate_sql(connection.dialect.paramstyle, len(ids))
         result: list[Any] = list(connection.exec_driver_sql(sql, tuple(ids)))
