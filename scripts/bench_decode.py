@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import os
 import shlex
 import statistics
@@ -37,6 +36,7 @@ from PIL import Image, features
 
 from model.preprocess import decode_image, draft_scale
 from workbench.machine import machine
+from workbench.output import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_SIZE = (4032, 3024)  # (width, height): a 12-megapixel 4:3 phone photo
@@ -189,11 +189,7 @@ def main() -> None:
         "warmup": args.warmup,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(args.out, report, markdown(report), indent=2)
 
 
 if __name__ == "__main__":

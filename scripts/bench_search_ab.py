@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -42,6 +43,7 @@ from scripts.bench_harness import (
     metah_serve,
     search_in_process,
     search_over_http,
+    single_uploads_over_http,
 )
 from scripts.demo_model import ensure_demo_model
 from service.settings import Settings
@@ -72,13 +74,6 @@ def hidden_modules(tree: Path, folder: Path) -> dict[str, str]:
     for name in FAST_HTTP:
         (folder / f"{name}.py").write_text(f"raise ImportError('{name} is not a dependency of this tree')\n")
     return {"PYTHONPATH": str(folder)}
-
-
-def upload_all(server: Server, uploads: Sequence[Upload]) -> None:
-    for upload in uploads:
-        files = {"image": (f"image{upload.suffix}", upload.data, upload.media_type)}
-        response = server.client.post("/v1/images", files=files, data={"domain": upload.domain})
-        response.raise_for_status()
 
 
 def single_searches(
@@ -201,12 +196,13 @@ def main() -> None:
         servers = {}
         for side, tree in trees.items():
             folder = args.work / side
-            subprocess.run(["rm", "-rf", str(folder)], check=True)
+            shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             environment = hidden if side == "before" else {}
             server = metah_serve(folder, model_path, 0, folder / "serve.log", environment, tree)
             servers[side] = stack.enter_context(server)
-            upload_all(servers[side], stored)
+            if (created := single_uploads_over_http(servers[side], stored)["created"]) != len(stored):
+                raise RuntimeError(f"{side}: {created} of {len(stored)} uploads created: see {folder / 'serve.log'}")
         print("single searches", flush=True)
         search, mismatches, errors = single_searches(servers, local, queries)
         print("throughput", flush=True)
