@@ -1,5 +1,6 @@
 """One benchmark runner for every task: the digit pairs (LeNet, trained end to end) and the PACS photo pairs
-(frozen EfficientNet-Lite0 features), every method, tuned on validation queries, reported on test queries.
+(frozen EfficientNet-Lite0 features, or Lite2 with ``--photo-backbone``), every method, tuned on validation
+queries, reported on test queries.
 
 Protocol. The source domain is labelled: the training set and the database. Each seed splits the target domain
 into 10 % **validation** queries, 10 % **test** queries and 80 % unlabelled training images. Every run is scored on
@@ -66,7 +67,8 @@ METHODS = ("source_only", "tah", "metah")
 METRICS = ("map_all", "map_radius2", "precision_radius2")
 PROTOCOLS = ("target_vs_source", "target_vs_target")
 SPLITS = ("validation", "test")
-PHOTO_BACKBONE = "efficientnet_lite0"
+PHOTO_BACKBONE = "efficientnet_lite0"  # the product's choice for photos (model.choice); --photo-backbone changes it
+PHOTO_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,14 @@ class Settings:
     device: str
     threads: int
     artefact_check: int
+    photo_backbone: str = PHOTO_BACKBONE
+
+    def backbone(self, task: str) -> str:
+        return "lenet" if TASKS[task].family == "digits" else self.photo_backbone
+
+    def run_dir(self, key: str) -> Path:
+        """A run's folder, per backbone: a run with another backbone never resumes from this one's checkpoint."""
+        return self.work / "runs" / self.backbone(key.split("/")[0]) / key.replace("/", os.sep)
 
 
 @cache
@@ -243,11 +253,13 @@ def _files(name: str, work: Path, pacs: Path) -> TaskFiles:
 
 
 @cache
-def _photo_features(name: str, work: Path, pacs: Path, cache_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _photo_features(
+    name: str, work: Path, pacs: Path, cache_root: Path, backbone_name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen backbone's features of the plain source and target images (view 0), from the cache."""
     files = _files(name, work, pacs)
-    backbone = build_backbone(PHOTO_BACKBONE)
-    feature_cache = FeatureCache(cache_root, PHOTO_BACKBONE, backbone)
+    backbone = build_backbone(backbone_name)
+    feature_cache = FeatureCache(cache_root, backbone_name, backbone)
     tables = []
     for file_set in (files.source, files.target):
         keys, skipped = extract_features(file_set, backbone, feature_cache, 1, device=torch.device("cpu"), workers=0)
@@ -274,7 +286,9 @@ def _codes(spec: RunSpec, run_dir: Path, settings: Settings) -> tuple[np.ndarray
         loaded = load_encoder(run_dir / "model.pt")  # the artefact itself
         source_images, target_images = _digit_images(spec.task, settings.work, settings.pacs)
         return encode_images(loaded.module, source_images), encode_images(loaded.module, target_images), {}
-    source_features, target_features = _photo_features(spec.task, settings.work, settings.pacs, settings.cache)
+    source_features, target_features = _photo_features(
+        spec.task, settings.work, settings.pacs, settings.cache, settings.photo_backbone
+    )
     projection = restore_network(run_dir / "checkpoint.pt").net.heads.hash.projection().eval()
     with torch.no_grad():
         source_codes, target_codes = _signs(projection(source_features)), _signs(projection(target_features))
@@ -308,7 +322,7 @@ def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
         method=spec.method,
         bits=spec.bits,
         seed=spec.seed,
-        backbone="lenet" if task.family == "digits" else PHOTO_BACKBONE,
+        backbone=settings.backbone(spec.task),
         mode=task.mode,
         feature_cache=str(settings.cache),
         loss_weights=spec.weights,
@@ -317,7 +331,7 @@ def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
         device=settings.device,
         **overrides,
     )
-    run_dir = settings.work / "runs" / spec.key.replace("/", os.sep)
+    run_dir = settings.run_dir(spec.key)
     started = time.perf_counter()
     result = train(config, files.source_dir, split.train_dir, run_dir, show_progress=False)
     seconds = time.perf_counter() - started
@@ -367,7 +381,9 @@ def cosine_reference(name: str, seed: int, settings: Settings, run_dir: Path | N
     files = _files(name, settings.work, settings.pacs)
     split = split_target(name, files.target, seed, settings.work)
     if TASKS[name].family == "photos":
-        source_features, target_features = _photo_features(name, settings.work, settings.pacs, settings.cache)
+        source_features, target_features = _photo_features(
+            name, settings.work, settings.pacs, settings.cache, settings.photo_backbone
+        )
     else:
         assert run_dir is not None
         net = restore_network(run_dir / "checkpoint.pt").net.eval()
@@ -521,7 +537,7 @@ def _provenance(runs: Sequence[dict[str, Any]]) -> list[str]:
         f"{', '.join(f'`{c}`' for c in sorted({r['commit'] for r in runs}))}; machines: "
         f"{'; '.join(sorted({r['machine'] for r in runs}))}; device(s) "
         f"{', '.join(sorted({r['device'] for r in runs}))}, {', '.join(sorted({str(r['threads']) for r in runs}))} "
-        "torch thread(s) per run.",
+        f"torch thread(s) per run; backbone(s) {', '.join(sorted({r['backbone'] for r in runs}))}.",
     ]
 
 
@@ -669,6 +685,30 @@ def time_training(args: argparse.Namespace, settings: Settings, which: Sequence[
         print(json.dumps(line), flush=True)
 
 
+def _warm_domain(folder: Path, settings: Settings, views: int) -> tuple[str, int, float]:
+    torch.set_num_threads(settings.threads)
+    started = time.perf_counter()
+    backbone = build_backbone(settings.photo_backbone)
+    files = list_labelled_folder(folder, what=folder.name)
+    feature_cache = FeatureCache(settings.cache, settings.photo_backbone, backbone)
+    extract_features(files, backbone, feature_cache, views, device=torch.device("cpu"), workers=0)
+    return folder.name, len(files), time.perf_counter() - started
+
+
+def warm_feature_cache(tasks: Sequence[str], settings: Settings, processes: int) -> None:
+    """Every view a photo run reads (the product's ``feature_views``), one domain per process, so that the runs
+    started next in parallel find them cached instead of computing the same features twice."""
+    names = {name for t in tasks for name in (TASKS[t].source, TASKS[t].target)}  # largest first: balanced
+    folders = sorted((settings.pacs / n for n in names), key=lambda f: -sum(1 for _ in f.rglob("*")))
+    if not folders:
+        return
+    views = TrainConfig().feature_views
+    with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
+        n = len(folders)
+        for domain, images, seconds in pool.map(_warm_domain, folders, [settings] * n, [views] * n):
+            print(f"features: {domain} ({images} images × {views} views, {settings.photo_backbone}) {seconds:.0f} s")
+
+
 def plot_map_by_bits(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> None:
     """``map_by_bits.png``: test MAP@all (target vs source) per task, bits and method, sample-std error bars."""
     runs = [r for r in read_lines(out / "runs.jsonl") if r["split"] == "test"]
@@ -724,6 +764,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("var/feature-cache"))
     parser.add_argument("--timings", nargs="+", choices=TIMINGS, default=list(TIMINGS), help="--stage time")
     parser.add_argument("--artefact-check", type=int, default=32, help="photo test images encoded by model.pt")
+    parser.add_argument(
+        "--photo-backbone", choices=PHOTO_BACKBONES, default=PHOTO_BACKBONE, help="frozen photo runs; own --out"
+    )
     args = parser.parse_args()
     if args.tasks is None:
         args.tasks = [t for t, spec in TASKS.items() if args.family in ("all", spec.family)]
@@ -737,13 +780,16 @@ def main() -> None:
         args.device,
         args.threads,
         args.artefact_check,
+        args.photo_backbone,
     )
     processes = args.processes or max(1, (os.cpu_count() or 1) // args.threads)
-    for task in args.tasks if args.stage in ("tune", "table", "ablation", "all") else ():
-        if TASKS[task].family == "photos":  # features and folders once, before the runs read them in parallel
-            _photo_features(task, settings.work, settings.pacs, settings.cache)
-        else:
-            _files(task, settings.work, settings.pacs)
+    if args.stage in ("tune", "table", "ablation", "all"):  # features and folders once, before the runs read them
+        warm_feature_cache([t for t in args.tasks if TASKS[t].family == "photos"], settings, processes)
+        for task in args.tasks:
+            if TASKS[task].family == "photos":
+                _photo_features(task, settings.work, settings.pacs, settings.cache, settings.photo_backbone)
+            else:
+                _files(task, settings.work, settings.pacs)
     stages = ["tune", "table", "ablation", "cosine", "report"] if args.stage == "all" else [args.stage]
     for stage in stages:
         started = time.perf_counter()
@@ -773,7 +819,7 @@ def write_cosine(args: argparse.Namespace, settings: Settings) -> None:
             run_dir = None
             if TASKS[task].family == "digits":
                 variant = choice[TASKS[task].mode, "metah"]
-                run_dir = settings.work / "runs" / task / "metah" / "64" / str(seed) / variant
+                run_dir = settings.run_dir(f"{task}/metah/64/{seed}/{variant}")
             with path.open("a") as fh:
                 fh.write(json.dumps(cosine_reference(task, seed, settings, run_dir)) + "\n")
 
