@@ -58,6 +58,33 @@ class Database:
                 session.rollback()
                 raise
 
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A DB-API cursor on a pooled connection (pinged, and rolled back when returned, as the pool does for
+        every checkout), for a hot read that SQLAlchemy's ``Connection`` and result objects would slow down:
+        the search path's hydrate query. Driver errors are raised as SQLAlchemy's (``OperationalError`` …), as
+        through a ``Connection``, and a connection found dead is dropped from the pool."""
+        dialect = self.engine.dialect
+        driver_error = dialect.loaded_dbapi.Error
+        connection = None
+        try:
+            connection = self.engine.raw_connection()
+            cursor = connection.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+        except driver_error as exc:
+            lost = connection is not None and dialect.is_disconnect(exc, connection.dbapi_connection, None)
+            if lost and connection is not None:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(
+                None, None, exc, driver_error, connection_invalidated=lost, dialect=dialect
+            ) from exc
+        finally:
+            if connection is not None:
+                connection.close()
+
     def ping(self) -> None:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))

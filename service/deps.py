@@ -22,6 +22,10 @@ MAX_ID = 2**63 - 1
 
 
 async def get_runtime(request: Request) -> Runtime:
+    return runtime_of(request)
+
+
+def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.state.runtime
     return runtime
 
@@ -30,6 +34,10 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def get_pair(runtime: RuntimeDep) -> ServingPair:
+    return serving_pair(runtime)
+
+
+def serving_pair(runtime: Runtime) -> ServingPair:
     """The serving (model, index) pair, taken once per request; 503 while there is none."""
     if runtime.active is None:
         raise runtime.problem or NotReadyError("no model is loaded", code="no_model")
@@ -65,7 +73,10 @@ def existing_image(image_id: ImageId, runtime: RuntimeDep) -> Image:
 ImageDep = Annotated[Image, Depends(existing_image)]
 
 
-async def upload_bytes(runtime: RuntimeDep, image: Annotated[UploadFile, File(description="the image file")]) -> bytes:
+ImageFile = Annotated[UploadFile, File(description="the image file")]
+
+
+async def upload_bytes(runtime: RuntimeDep, image: ImageFile) -> bytes:
     """The uploaded file's bytes (the body size was already bounded while streaming)."""
     limit = runtime.settings.max_upload_bytes
     data = await image.read(limit + 1)

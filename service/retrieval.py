@@ -123,11 +123,12 @@ def _hydrate_sql(paramstyle: str, count: int) -> str:
 def hydrate(runtime: Runtime, ids: list[int], *, check: bool) -> tuple[int | None, dict[int, HitRow]]:
     """The rows of the ``ids`` still stored and, with ``check``, the log's last change (else ``None``).
 
-    One round trip, the search path's only database call, sent as the driver's own SQL rather than through
-    SQLAlchemy's statement machinery (it was an expanding ``IN`` over two statements)."""
-    with runtime.db.engine.connect() as connection:
-        sql = _hydrate_sql(connection.dialect.paramstyle, len(ids))
-        result: list[Any] = list(connection.exec_driver_sql(sql, tuple(ids)))
+    One round trip, the search path's only database call: the driver's own SQL on a DB-API cursor
+    (:meth:`service.db.Database.cursor`), without SQLAlchemy's ``Connection`` and result objects, which cost
+    more than the query itself here."""
+    with runtime.db.cursor() as cursor:
+        cursor.execute(_hydrate_sql(runtime.db.engine.dialect.paramstyle, len(ids)), tuple(ids))
+        result: list[Any] = cursor.fetchall()
     last = int(result[0][0] or 0) if check else None
     rows = {int(id_): HitRow(domain, label, _json(meta)) for _, id_, domain, label, meta in result if id_ is not None}
     return last, rows
