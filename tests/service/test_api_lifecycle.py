@@ -27,6 +27,25 @@ def test_openapi_describes_the_api(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_both_searches_document_the_same_query_parameters(client: httpx.Client) -> None:
+    """``POST /v1/search`` takes its parameters directly, ``/similar`` through a dependency: the same names,
+    bounds and pattern either way, and the upload is a required multipart ``image``."""
+    schema = client.get("/openapi.json").json()
+
+    def query(path: str) -> dict[str, dict[str, object]]:
+        parameters = schema["paths"][path]["post"]["parameters"]
+        return {p["name"]: p["schema"] for p in parameters if p["in"] == "query"}
+
+    search, similar = query("/v1/search"), query("/v1/images/{image_id}/similar")
+    assert search == similar
+    assert set(search) == {"k", "max_distance", "domain"}
+    assert (search["k"]["minimum"], search["k"]["maximum"], search["k"]["default"]) == (1, 1000, 10)
+    body = schema["paths"]["/v1/search"]["post"]["requestBody"]
+    assert body["required"] is True and "multipart/form-data" in body["content"]
+    reference = body["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert schema["components"]["schemas"][reference]["required"] == ["image"]
+
+
 def test_the_first_start_registers_the_configured_model(
     client: httpx.Client, api_artefact: Path, tmp_path: Path
 ) -> None:
