@@ -41,8 +41,7 @@ async def search(
     runtime = runtime_of(request)
     pair = serving_pair(runtime)
     data = await upload_bytes(runtime, image)
-    query = SearchQuery(k=k, max_distance=max_distance, domain=domain or None)
-    return await _answered(runtime, pair, search_upload, data, query)
+    return await _answered(runtime, pair, search_upload, data, await search_query(k, max_distance, domain))
 
 
 @router.post("/images/{image_id}/similar", responses=errors(404, 409, 422, 429, 503))
