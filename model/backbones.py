@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +31,18 @@ RGB = tuple[float, float, float]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Images per forward pass that run fastest on one CPU thread, from the one-thread sweeps of the exported encoders
+# (benchmarks/service: results.md for LeNet, efficientnet_lite0.md, resnet50.md): LeNet 32–128, ResNet-50 16,
+# EfficientNet-Lite0's depthwise convolutions 1 (63.8 images/s against 36.8 in passes of 64). Lite2 is taken to
+# behave like Lite0 (not measured); a backbone not listed runs whole batches.
+CPU_PASS: dict[str, int] = {"lenet": 128, "resnet50": 16, "efficientnet_lite0": 1, "efficientnet_lite2": 1}
+
+
+def cpu_passes(name: str, count: int) -> list[slice]:
+    """The passes in which inference on one CPU thread runs ``count`` images through backbone ``name``."""
+    size = CPU_PASS.get(name, count) or 1
+    return [slice(start, start + size) for start in range(0, count, size)]
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,7 @@ class Backbone:
     mean: RGB
     std: RGB
     pretrained: bool = False
+    name: str = ""  # the registry name (:func:`build_backbone` sets it)
 
 
 # --------------------------------------------------------------------------------------------- weights files
@@ -331,4 +344,4 @@ def build_backbone(name: str, weights: Path | None = None) -> Backbone:
     builder = _BUILDERS.get(name)
     if builder is None:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}")
-    return builder(weights)
+    return replace(builder(weights), name=name)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from model.augment import photo_augment
-from model.backbones import Backbone
+from model.backbones import Backbone, cpu_passes
 from model.data import FileSet, SkippedFile
 from model.errors import DataError
 from model.export import weights_digest
@@ -180,8 +180,9 @@ def extract_features(
                     keys[item.position] = item.key
             if todo:
                 stacked = torch.cat([item.views for item in todo if item.views is not None])
-                batch = normalize(stacked.to(device).float().div_(255.0))
-                features = module(batch.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+                batch = normalize(stacked.to(device).float().div_(255.0)).contiguous(memory_format=torch.channels_last)
+                passes = cpu_passes(backbone.name, len(batch)) if device.type == "cpu" else [slice(None)]
+                features = torch.cat([module(batch[part]) for part in passes]).float().cpu().numpy()
                 row = 0
                 for item in todo:
                     assert item.views is not None

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from index import pack_codes
 from index.codes import Codes
+from model.backbones import cpu_passes
 from model.errors import DataError
 from model.export import LoadedEncoder
 from model.preprocess import decode_image, decode_opened, to_model_input
@@ -86,24 +87,18 @@ def decode_upload(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> np.nd
         return decode_opened(image, encoder.input_size)
 
 
-# Images per forward pass, by backbone, from the one-thread encoding sweeps of the exported artefact
-# (benchmarks/service: results.md for LeNet, efficientnet_lite0.md, resnet50.md): LeNet is fastest per image at
-# 32–128, ResNet-50 at 16, EfficientNet-Lite0's depthwise convolutions at 1 (73 images/s against 38 at 64).
-# Lite2 is taken to behave like Lite0 (not measured); any other backbone keeps whole batches.
-ENCODE_CHUNK = {"lenet": 128, "efficientnet_lite0": 1, "efficientnet_lite2": 1, "resnet50": 16}
-
-
 def encode(encoder: LoadedEncoder, pixels: np.ndarray) -> Codes:
-    """Encode decoded images and pack them, in forward passes of the backbone's fastest size
-    (:data:`ENCODE_CHUNK`): a job's batch of 64 photos is 64 passes of one image for EfficientNet-Lite0.
+    """Encode decoded images and pack them, in forward passes of the backbone's fastest size on a CPU thread
+    (:data:`model.backbones.CPU_PASS`): a job's batch of 64 photos is 64 passes of one image for
+    EfficientNet-Lite0.
 
     Shape:
         pixels: uint8 ``[N, H, W, 3]`` at the encoder's ``input_size``.
         returns: packed ``uint8 [N, bits // 8]``.
     """
-    chunk = ENCODE_CHUNK.get(str(encoder.metadata["backbone"]), len(pixels)) or 1
+    passes = cpu_passes(str(encoder.metadata["backbone"]), len(pixels))
     with torch.inference_mode():
-        outputs = [encoder.module(to_model_input(pixels[i : i + chunk])) for i in range(0, len(pixels), chunk)]
+        outputs = [encoder.module(to_model_input(pixels[part])) for part in passes]
     values = torch.cat(outputs).numpy() if outputs else np.empty((0, encoder.bits), np.float32)
     return pack_codes(values, encoder.bits)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import backbones
 from model.backbones import build_backbone
 from model.batches import InMemoryImages, StreamedImages
 from model.choice import choose_backbone, choose_mode
@@ -115,6 +116,29 @@ def test_the_artefact_computes_the_codes_the_run_scored(frozen_run: tuple[Path, 
         from_features = torch.where(restored.net.heads.hash.projection()(features) > 0, 1.0, -1.0).numpy()
     loaded = load_encoder(out / "model.pt")
     assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
+
+
+def test_features_are_computed_in_the_backbones_cpu_passes(
+    photos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU, Lite0 runs ``CPU_PASS`` images per forward pass (its fastest per image), not the loader's whole
+    batch, and the cached features are those of one pass over the batch."""
+    files = list_labelled_folder(photos["queries"])
+    backbone = build_backbone("efficientnet_lite0")
+    assert backbone.name == "efficientnet_lite0"
+    sizes: list[int] = []
+    backbone.module.register_forward_hook(lambda _m, args, _out: sizes.append(len(args[0])))
+    monkeypatch.setitem(backbones.CPU_PASS, "efficientnet_lite0", 2)
+    cache = FeatureCache(tmp_path / "passes", "efficientnet_lite0", backbone)
+    keys, _ = extract_features(files, backbone, cache, 2, device=torch.device("cpu"), workers=0, batch_size=3)
+    assert sizes and max(sizes) == 2  # 3 images × 2 views per loader batch, in passes of 2
+    computed = np.stack([cache.load(key, view) for key in keys for view in (0, 1)]).astype(np.float32)
+    monkeypatch.setitem(backbones.CPU_PASS, "efficientnet_lite0", 1024)
+    whole = FeatureCache(tmp_path / "whole", "efficientnet_lite0", backbone)
+    keys, _ = extract_features(files, backbone, whole, 2, device=torch.device("cpu"), workers=0, batch_size=64)
+    assert max(sizes[-1:]) == 2 * len(files)
+    expected = np.stack([whole.load(key, view) for key in keys for view in (0, 1)]).astype(np.float32)
+    np.testing.assert_allclose(computed, expected, rtol=0, atol=2e-2)
 
 
 def test_the_feature_cache_is_reused_by_content(

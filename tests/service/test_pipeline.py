@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from index import pack_codes
+from model import backbones
 from model.export import load_encoder
 from model.preprocess import to_model_input
-from service import pipeline
 from service.pipeline import decode, encode, encode_stored, encode_upload
 from service.storage import LocalBlobStore, blob_key, sha256_hex
 from tests.service.conftest import MAX_PIXELS
@@ -49,7 +49,7 @@ def test_encode_runs_the_backbones_pass_size_and_keeps_the_codes(
     chunk: int,
     passes: list[int],
 ) -> None:
-    """A batch is encoded in passes of ``ENCODE_CHUNK[backbone]`` images (EfficientNet-Lite0: one at a time);
+    """A batch is encoded in passes of ``CPU_PASS[backbone]`` images (EfficientNet-Lite0: one at a time);
     the codes are those of one pass over the whole batch."""
     encoder = load_encoder(api_artefact)
     pixels = np.stack([decode(encoder, png, MAX_PIXELS) for png, _ in digit_pngs[:10]])
@@ -59,7 +59,7 @@ def test_encode_runs_the_backbones_pass_size_and_keeps_the_codes(
         sizes.append(len(batch))
         return encoder.module(batch)
 
-    monkeypatch.setitem(pipeline.ENCODE_CHUNK, str(encoder.metadata["backbone"]), chunk)
+    monkeypatch.setitem(backbones.CPU_PASS, str(encoder.metadata["backbone"]), chunk)
     codes = encode(replace(encoder, module=counted), pixels)  # type: ignore[arg-type]
     assert sizes == passes
     with torch.inference_mode():
