@@ -37,7 +37,7 @@ async def search(
 ) -> SearchResponse:
     """The stored images nearest to the uploaded one, ordered by (Hamming distance, id)."""
     # The hot path takes its parameters directly: solving the sub-dependencies the other routes use (runtime,
-    # pair, upload, query) was a third of this route's time on the event loop (search-path notes, §4).
+    # pair, upload, query) was the largest part of this route's work on the event loop (search-path notes, §4).
     runtime = runtime_of(request)
     pair = serving_pair(runtime)
     data = await upload_bytes(runtime, image)
