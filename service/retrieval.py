@@ -124,8 +124,8 @@ def hydrate(runtime: Runtime, ids: list[int], *, check: bool) -> tuple[int | Non
     """The rows of the ``ids`` still stored and, with ``check``, the log's last change (else ``None``).
 
     One round trip, the search path's only database call: the driver's own SQL on a DB-API cursor
-    (:meth:`service.db.Database.cursor`), without SQLAlchemy's ``Connection`` and result objects, which cost
-    more than the query itself here."""
+    (:meth:`service.db.Database.cursor`), without SQLAlchemy's ``Connection`` and result objects around it
+    (search-path notes, §4)."""
     with runtime.db.cursor() as cursor:
         cursor.execute(_hydrate_sql(runtime.db.engine.dialect.paramstyle, len(ids)), tuple(ids))
         result: list[Any] = cursor.fetchall()
