@@ -222,6 +222,7 @@ class RunSpec:
     variant: str
     weights: LossWeights
     stage: str  # "tune", "table" or "ablation": why the run exists (the choice reads validation rows only)
+    config: tuple[tuple[str, Any], ...] = ()  # TrainConfig settings other than the defaults (scripts.bench_knobs)
 
     @property
     def key(self) -> str:
@@ -318,6 +319,7 @@ def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
     files = _files(spec.task, settings.work, settings.pacs)
     split = split_target(spec.task, files.target, spec.seed, settings.work)
     overrides: dict[str, Any] = {"iterations": settings.iterations} if settings.iterations else {}
+    overrides.update(spec.config)
     config = TrainConfig(
         method=spec.method,
         bits=spec.bits,
@@ -347,6 +349,7 @@ def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
         "seed": spec.seed,
         "variant": spec.variant,
         "loss_weights": spec.weights.to_dict(),
+        "config": dict(spec.config),
         "backbone": result.metrics["backbone"],
         "mode": result.metrics["mode"],
         "iterations": config.iterations,
@@ -525,7 +528,7 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
-def _provenance(runs: Sequence[dict[str, Any]]) -> list[str]:
+def provenance(runs: Sequence[dict[str, Any]]) -> list[str]:
     """Which commits, machines, commands and dates the raw lines come from, and this report's own."""
     here = describe_run()
     if not runs:
@@ -563,7 +566,7 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
         "10 % test queries and 80 % unlabelled training images. Every choice was made on validation MAP@all; every "
         "number below is on the **test** queries. Mean ± sample std (n − 1) over seeds.",
         "",
-        *_provenance(runs),
+        *provenance(runs),
         "",
         "## Chosen weights (validation MAP@all, 64 bits, mean over the mode's tasks and seeds "
         f"{', '.join(map(str, tune_seeds))})",
