@@ -36,7 +36,7 @@ from scripts.bench import (
 DEFAULT = "default"
 # name -> (TrainConfig settings, loss-weight changes): one step away from the default in each direction that a
 # reader would ask about (a wider head, shorter and longer runs, batch, learning rate, each MeTAH weight).
-KNOBS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
+KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     DEFAULT: ({}, {}),
     "hash_hidden=512": ({"hash_hidden": 512}, {}),
     "iterations=600": ({"iterations": 600}, {}),

@@ -1,0 +1,62 @@
+"""The frozen default's sensitivity check (``scripts/bench_knobs.py``): what it plans and how it reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model.config import TrainConfig
+from model.objective import method_weights
+from scripts.bench_knobs import DEFAULT, KNOBS, report, specs
+
+TASKS = ["photo-cartoon", "photo-sketch"]
+
+
+def test_every_change_is_one_run_per_task_and_seed_next_to_the_default() -> None:
+    planned = specs(TASKS, [0, 1], done=set())
+    assert len(planned) == len(KNOBS) * len(TASKS) * 2
+    assert len({spec.key for spec in planned}) == len(planned)
+    default = method_weights("metah", "frozen")
+    by_variant = {spec.variant: spec for spec in planned}
+    base = next(spec for spec in planned if "+" not in spec.variant)
+    assert base.weights == default and base.config == ()
+    hidden = by_variant[f"{base.variant}+hash_hidden=512"]
+    assert hidden.weights == default
+    assert TrainConfig(**dict(hidden.config)).hash_hidden == 512  # one_run applies it to the run's TrainConfig
+    entropy = by_variant[f"{base.variant}+entropy=0.1"]
+    assert entropy.config == () and entropy.weights.entropy == 0.1 and entropy.weights.diversity == default.diversity
+
+
+def test_runs_already_in_the_raw_file_are_not_planned_again() -> None:
+    first = specs(TASKS, [0], done=set())
+    assert specs(TASKS, [0], done={spec.key for spec in first}) == []
+    assert len(specs(TASKS, [0], done={first[0].key})) == len(first) - 1
+
+
+def _line(variant: str, task: str, seed: int, value: float, split: str = "validation") -> dict[str, Any]:
+    return {
+        "variant": variant,
+        "task": task,
+        "seed": seed,
+        "split": split,
+        "map_all": value,
+        "commit": "abc",
+        "command": "python -m scripts.bench_knobs",
+        "machine": "test",
+        "date": "2026-12-02 00:00 UTC",
+        "device": "cpu",
+        "threads": 1,
+        "backbone": "efficientnet_lite0",
+    }
+
+
+def test_the_report_reads_validation_only_and_gives_each_change_against_the_default() -> None:
+    base = next(spec.variant for spec in specs(TASKS, [0], done=set()) if "+" not in spec.variant)
+    lines = [_line(base, task, seed, 0.6) for task in TASKS for seed in (0, 1)]
+    lines += [_line(f"{base}+lr=0.003", task, seed, 0.5) for task in TASKS for seed in (0, 1)]
+    lines += [_line(f"{base}+lr=0.003", task, 0, 0.99, split="test") for task in TASKS]  # never read
+    lines += [_line(f"{base}+iterations=600", "photo-cartoon", 0, 0.9)]  # one task only: no row
+    text = report(lines, TASKS)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows[DEFAULT].endswith("| 0.6000 | 0.6000 | 0.6000 |  | 4 |")
+    assert rows["lr=0.003"].endswith("| 0.5000 | 0.5000 | 0.5000 | -0.1000 | 4 |")
+    assert "iterations=600" not in rows
