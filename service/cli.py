@@ -255,7 +255,7 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = _service_settings()  # before the heavy imports: a bad setting fails at once
-    configure_logs(settings.log_format, logging.getLogger().level, background=True)
+    configure_logs(settings.log_format, logging.getLogger().level)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # before alembic is imported
 
     import uvicorn

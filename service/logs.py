@@ -9,11 +9,8 @@ so it follows the request into ``anyio.to_thread`` work and never leaks between 
 
 from __future__ import annotations
 
-import atexit
-import copy
 import json
 import logging
-import queue
 import re
 import secrets
 import sys
@@ -21,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
 from typing import Any, Literal
 
 from starlette.types import Scope
@@ -78,8 +74,6 @@ class JsonFormatter(logging.Formatter):
         entry.update({key: value for key, value in vars(record).items() if key not in _RECORD_FIELDS})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        elif record.exc_text:  # formatted before the record was handed to the writer thread (BackgroundWriter)
-            entry["exc"] = record.exc_text
         return json.dumps(entry, default=str)
 
 
@@ -91,8 +85,6 @@ class TextFormatter(logging.Formatter):
         line = f"{record.levelname} {record.name}: {record.getMessage()}" + (f" [{extra}]" if extra else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        elif record.exc_text:
-            line += "\n" + record.exc_text
         return line
 
 
@@ -109,58 +101,16 @@ class StderrHandler(logging.StreamHandler[Any]):
         pass
 
 
-class BackgroundWriter(QueueHandler):
-    """Hands records to a writer thread that formats them and writes them to stderr, so that a request's access
-    line costs the event loop a queue put instead of a JSON dump and a ``write`` (in a profile of the API under
-    search load, the synchronous line was the largest single part of the event loop's own work).
-
-    Each record is handed over as the writer will format it: the bound fields copied on (``ContextFilter`` runs
-    here, in the calling task or thread), the message merged with its arguments, a traceback as text. The writer
-    drains what is queued when it is stopped (:meth:`close`, at exit).
-    """
-
-    def __init__(self, target: logging.Handler) -> None:
-        channel: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        super().__init__(channel)
-        self.addFilter(ContextFilter())
-        self.listener = QueueListener(channel, target)
-        self.listener.start()
-        self.running = True
-        atexit.register(self.close)
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record = copy.copy(record)
-        record.msg, record.args = record.getMessage(), None
-        if record.exc_info:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info = None
-        return record
-
-    def close(self) -> None:
-        if self.running:  # close() comes from configure(), atexit and logging's own shutdown: stop only once
-            self.running = False
-            self.listener.stop()
-        super().close()
-
-
-def configure(fmt: LogFormat, level: int = logging.INFO, *, background: bool = False) -> None:
-    """Route the root logger (and uvicorn's, which keep their own handlers) to stderr in ``fmt``; with
-    ``background``, through a :class:`BackgroundWriter` (the API server's request path).
+def configure(fmt: LogFormat, level: int = logging.INFO) -> None:
+    """Route the root logger (and uvicorn's, which keep their own handlers) to stderr in ``fmt``.
 
     Calling it again replaces the handler it installed before; handlers installed by others stay.
     """
-    handler: logging.Handler = StderrHandler()
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    if background:
-        handler = BackgroundWriter(handler)
-    else:
-        handler.addFilter(ContextFilter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
-    for old in root.handlers:
-        if isinstance(old, BackgroundWriter):
-            old.close()
-    ours = (StderrHandler, BackgroundWriter)
-    root.handlers[:] = [h for h in root.handlers if not isinstance(h, ours)] + [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, StderrHandler)] + [handler]
     root.setLevel(level)
     logging.captureWarnings(True)  # library warnings become records in the same format
     for name in ("uvicorn", "uvicorn.error"):
@@ -176,4 +126,4 @@ def request_id_of(scope: Scope) -> str:
             if REQUEST_ID_PATTERN.match(text):
                 return text
             break
-    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex gave, without building a UUID
+    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex gave, without building a UUID object

@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,15 +14,7 @@ import pytest
 from service.db import Database
 from service.jobs import queue
 from service.jobs.worker import JobContext, Worker
-from service.logs import (
-    REQUEST_ID_PATTERN,
-    BackgroundWriter,
-    ContextFilter,
-    JsonFormatter,
-    TextFormatter,
-    bind,
-    configure,
-)
+from service.logs import REQUEST_ID_PATTERN, ContextFilter, JsonFormatter, TextFormatter, bind
 from service.migrate import upgrade
 from tests.service.conftest import LiveServer, make_settings, post_image
 
@@ -99,39 +90,6 @@ def test_json_lines_hold_the_bound_fields_extras_and_the_exception() -> None:
     assert entry["request_id"] == "r1" and entry["job_id"] == 7 and entry["k"] == "v"
     assert "ValueError: inner" in entry["exc"] and entry["ts"].endswith("+00:00")
     assert TextFormatter().format(record).startswith("ERROR tests.logs: boom 3 [")
-
-
-def test_the_background_writer_writes_every_line_as_the_direct_handler_would(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """``metah serve`` logs through a writer thread: the lines keep their bound fields, extras and traceback, come
-    out in order and are all written by the time the writer is closed (as at exit)."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    logger = logging.getLogger("tests.background")
-    before = set(threading.enumerate())
-    try:
-        configure("json", background=True)
-        [writer] = [h for h in root.handlers if isinstance(h, BackgroundWriter)]
-        started = set(threading.enumerate()) - before
-        with bind(request_id="bg-1"):
-            for i in range(200):
-                logger.info("line %d", i, extra={"i": i})
-        try:
-            raise ValueError("inner")
-        except ValueError:
-            logger.exception("boom")
-        writer.close()
-        writer.close()  # again, as logging's own shutdown and atexit do: harmless
-    finally:
-        root.handlers[:], root.level = saved_handlers, saved_level
-    entries = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    lines = [e for e in entries if e["logger"] == "tests.background"]
-    assert [e["message"] for e in lines[:-1]] == [f"line {i}" for i in range(200)]
-    assert all(e["request_id"] == "bg-1" and e["i"] == i for i, e in enumerate(lines[:-1]))
-    assert lines[-1]["message"] == "boom" and "ValueError: inner" in lines[-1]["exc"]
-    assert "request_id" not in lines[-1]
-    assert started and not any(thread.is_alive() for thread in started)  # the writer thread is gone
 
 
 def test_bindings_nest_and_unwind() -> None:
