@@ -60,6 +60,11 @@ def _default_variant(weights: LossWeights) -> str:
     return names[0]
 
 
+def _variant(prefix: str, name: str) -> str:
+    """A change's variant name in the raw lines: the default's grid name, then ``+change`` (none for the default)."""
+    return prefix if name == DEFAULT else f"{prefix}+{name}"
+
+
 def specs(tasks: Sequence[str], seeds: Sequence[int], done: set[str]) -> list[RunSpec]:
     base = method_weights("metah", "frozen")
     prefix = _default_variant(base)
@@ -69,7 +74,7 @@ def specs(tasks: Sequence[str], seeds: Sequence[int], done: set[str]) -> list[Ru
             "metah",
             64,
             seed,
-            prefix if name == DEFAULT else f"{prefix}+{name}",
+            _variant(prefix, name),
             replace(base, **weight_changes),
             "knobs",
             tuple(sorted(config.items())),
@@ -100,7 +105,7 @@ def report(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
     ]
     means: dict[str, float] = {}
     for name in KNOBS:
-        variant = prefix if name == DEFAULT else f"{prefix}+{name}"
+        variant = _variant(prefix, name)
         per_task = [[r["map_all"] for r in validation if r["variant"] == variant and r["task"] == t] for t in tasks]
         if not all(per_task):
             continue
