@@ -312,6 +312,7 @@ def _metrics(query: np.ndarray, query_labels: np.ndarray, db: np.ndarray, db_lab
 
 def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
     """Train one configuration and return one record per query split (validation, test)."""
+    begun = time.perf_counter()
     torch.set_num_threads(settings.threads)
     # TorchScript stays the artefact (CONTRACT); its deprecation notice would repeat once per run
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.* is deprecated")
@@ -354,6 +355,7 @@ def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
         "mode": result.metrics["mode"],
         "iterations": config.iterations,
         "train_seconds": round(seconds, 2),
+        "run_seconds": round(time.perf_counter() - begun, 2),  # data, training and scoring: what a plan costs
         "device": result.metrics["device"],
         "threads": settings.threads,
         "artefact_check": check,
@@ -411,13 +413,14 @@ def cosine_reference(name: str, seed: int, settings: Settings, run_dir: Path | N
 # Plans: which runs each stage needs, given what the raw file already holds.
 
 
+Choice = dict[tuple[str, str], str]  # (training mode, method) -> the grid variant chosen
+
+
 def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def chosen(
-    runs: Sequence[dict[str, Any]], tasks: Sequence[str], tune_seeds: Sequence[int]
-) -> dict[tuple[str, str], str]:
+def chosen(runs: Sequence[dict[str, Any]], tasks: Sequence[str], tune_seeds: Sequence[int]) -> Choice:
     """Per training mode and method, the grid variant with the best mean **validation** MAP@all at 64 bits over
     that mode's tasks and the tuning seeds; only variants run on every (task, seed) compete."""
     best: dict[tuple[str, str], str] = {}
@@ -442,8 +445,8 @@ def chosen(
     return best
 
 
-def plan(stage: str, args: argparse.Namespace, runs: Sequence[dict[str, Any]]) -> list[RunSpec]:
-    done = {run["key"] for run in runs}
+def plan(stage: str, args: argparse.Namespace, done: set[str], choice: Choice) -> list[RunSpec]:
+    """The runs ``stage`` needs for ``args.tasks`` that are not in ``done`` (keys), given the weights chosen."""
     specs: list[RunSpec] = []
     if stage == "tune":
         for task in (t for t in args.tasks if not TASKS[t].held_out):
@@ -452,7 +455,6 @@ def plan(stage: str, args: argparse.Namespace, runs: Sequence[dict[str, Any]]) -
                 for variant, weights in GRID[mode][method].items():
                     specs += [RunSpec(task, method, 64, s, variant, weights, stage) for s in args.tune_seeds]
     else:
-        choice = chosen(runs, args.tasks, args.tune_seeds)
         for task in args.tasks:
             mode = TASKS[task].mode
             missing = [m for m in args.methods if (mode, m) not in choice]
@@ -477,6 +479,15 @@ def plan(stage: str, args: argparse.Namespace, runs: Sequence[dict[str, Any]]) -
     return list(unique.values())
 
 
+def whole_plan(args: argparse.Namespace, choice: Choice) -> list[RunSpec]:
+    """Every run of the tune, table and ablation stages from scratch, had tuning chosen ``choice`` (the tuning
+    runs of the chosen weights count as the table's first seeds, as in a real benchmark)."""
+    specs: list[RunSpec] = []
+    for stage in ("tune", "table", "ablation"):
+        specs += plan(stage, args, {spec.key for spec in specs}, choice)
+    return specs
+
+
 def execute(specs: Sequence[RunSpec], settings: Settings, processes: int, out: Path) -> None:
     """Run the specs in ``processes`` worker processes; append each run's lines as it finishes."""
     if not specs:
@@ -496,7 +507,7 @@ def execute(specs: Sequence[RunSpec], settings: Settings, processes: int, out: P
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 spec = pending.pop(future)
-                records = future.result()
+                records = [{**record, "processes": processes} for record in future.result()]
                 with (out / "runs.jsonl").open("a") as fh:
                     fh.writelines(json.dumps(record) + "\n" for record in records)
                 finished += 1
@@ -542,6 +553,17 @@ def provenance(runs: Sequence[dict[str, Any]]) -> list[str]:
         f"{', '.join(sorted({r['device'] for r in runs}))}, {', '.join(sorted({str(r['threads']) for r in runs}))} "
         f"torch thread(s) per run; backbone(s) {', '.join(sorted({r['backbone'] for r in runs}))}.",
     ]
+
+
+def product_choice(mode: str) -> Choice:
+    """The grid points that are the product's presets (:func:`model.objective.method_weights`) in ``mode``."""
+    choice = {}
+    for method in METHODS:
+        names = [name for name, weights in GRID[mode][method].items() if weights == method_weights(method, mode)]
+        if not names:
+            raise SystemExit(f"the {mode} {method} default is not a point of the benchmark grid")
+        choice[mode, method] = names[0]
+    return choice
 
 
 def _defaults_check(choice: dict[tuple[str, str], str]) -> list[str]:
@@ -644,7 +666,33 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
         refs = [c["test"] for c in cosine if c["task"] == task]
         if refs:
             lines += ["", f"No hashing (cosine similarity of the backbone's features): {_fmt(refs)} MAP@all."]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *_stage_times(read_lines(out / "timing.jsonl"))]) + "\n"
+
+
+def _stage_times(timings: Sequence[dict[str, Any]]) -> list[str]:
+    """The wall time of every benchmark stage this folder's raw lines were written by, as recorded."""
+    stages = [t for t in timings if t.get("timing") == "stage"]
+    if not stages:
+        return []
+    lines = [
+        "",
+        "## Time",
+        "",
+        "Wall time of each stage as it ran (`timing.jsonl`; `all` is one whole `--stage all` command, the no-hashing "
+        "reference and the report included; a resumed stage counts only the runs it still had to do).",
+        "",
+        "| date | commit | family | stage | runs | steps per run | processes × threads | wall | load average |",
+        "|---|---|---|---|---:|---:|---|---:|---|",
+    ]
+    for t in stages:
+        steps = t["iterations"] or "default"
+        runs = "" if t["runs"] is None else t["runs"]
+        load = ", ".join(f"{value:.2f}" for value in t.get("load_average", []))
+        lines.append(
+            f"| {t['date']} | `{t['commit']}` | {t['family']} | {t['stage']} | {runs} | {steps} | "
+            f"{t['processes']} × {t['threads']} | {t['wall_seconds'] / 60:.1f} min | {load} |"
+        )
+    return lines
 
 
 TIMINGS = ("frozen-cold", "frozen-warm", "finetune-epoch")
@@ -750,7 +798,7 @@ def plot_map_by_bits(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int])
     figure.savefig(out / "map_by_bits.png", dpi=100)
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     stages = ["tune", "table", "ablation", "cosine", "report", "all", "time"]
     parser.add_argument("--stage", choices=stages, required=True)
@@ -773,9 +821,14 @@ def main() -> None:
     parser.add_argument(
         "--photo-backbone", choices=PHOTO_BACKBONES, default=PHOTO_BACKBONE, help="frozen photo runs; own --out"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.tasks is None:
         args.tasks = [t for t, spec in TASKS.items() if args.family in ("all", spec.family)]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work = args.work.resolve()
     settings = Settings(
@@ -794,12 +847,16 @@ def main() -> None:
         for task in args.tasks:
             _files(task, settings.work, settings.pacs)
     stages = ["tune", "table", "ablation", "cosine", "report"] if args.stage == "all" else [args.stage]
+    begun = time.perf_counter()
     for stage in stages:
         started = time.perf_counter()
         if stage in ("tune", "table", "ablation"):
-            specs = plan(stage, args, read_lines(args.out / "runs.jsonl"))
+            runs = read_lines(args.out / "runs.jsonl")
+            choice = chosen(runs, args.tasks, args.tune_seeds)
+            specs = plan(stage, args, {run["key"] for run in runs}, choice)
             print(f"{stage}: {len(specs)} run(s) on {processes} process(es) × {args.threads} thread(s)", flush=True)
             execute(specs, settings, processes, args.out)
+            record_stage(args, stage, len(specs), time.perf_counter() - started, processes)
         elif stage == "time":
             time_training(args, settings, args.timings)
         elif stage == "cosine":
@@ -808,6 +865,27 @@ def main() -> None:
             (args.out / "results.md").write_text(report(args.out, args.tasks, args.tune_seeds))
             plot_map_by_bits(args.out, args.tasks, args.tune_seeds)
         print(f"{stage}: {time.perf_counter() - started:.0f} s", flush=True)
+    if args.stage == "all":
+        record_stage(args, "all", None, time.perf_counter() - begun, processes)
+        (args.out / "results.md").write_text(report(args.out, args.tasks, args.tune_seeds))  # with its own time
+
+
+def record_stage(args: argparse.Namespace, stage: str, runs: int | None, seconds: float, processes: int) -> None:
+    """One ``timing.jsonl`` line per stage executed (``all``: the whole command, cosine and report included)."""
+    line = {
+        "timing": "stage",
+        "stage": stage,
+        "family": args.family,
+        "tasks": list(args.tasks),
+        "runs": runs,
+        "iterations": args.iterations,
+        "processes": processes,
+        "threads": args.threads,
+        "wall_seconds": round(seconds, 1),
+        **describe_run(),
+    }
+    with (args.out / "timing.jsonl").open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
 
 
 def write_cosine(args: argparse.Namespace, settings: Settings) -> None:

@@ -21,13 +21,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from model.objective import LossWeights, method_weights
+from model.objective import method_weights
 from scripts.bench import (
-    GRID,
     TASKS,
     RunSpec,
     Settings,
     execute,
+    product_choice,
     provenance,
     read_lines,
     warm_feature_cache,
@@ -52,14 +52,6 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def _default_variant(weights: LossWeights) -> str:
-    """The benchmark grid's name of the product's frozen MeTAH weights (the runs' variant prefix)."""
-    names = [name for name, grid_weights in GRID["frozen"]["metah"].items() if grid_weights == weights]
-    if not names:
-        raise SystemExit("the frozen MeTAH default is not a point of scripts/bench.py's grid")
-    return names[0]
-
-
 def _variant(prefix: str, name: str) -> str:
     """A change's variant name in the raw lines: the default's grid name, then ``+change`` (none for the default)."""
     return prefix if name == DEFAULT else f"{prefix}+{name}"
@@ -67,7 +59,7 @@ def _variant(prefix: str, name: str) -> str:
 
 def specs(tasks: Sequence[str], seeds: Sequence[int], done: set[str]) -> list[RunSpec]:
     base = method_weights("metah", "frozen")
-    prefix = _default_variant(base)
+    prefix = product_choice("frozen")["frozen", "metah"]
     planned = [
         RunSpec(
             task,
@@ -88,7 +80,7 @@ def specs(tasks: Sequence[str], seeds: Sequence[int], done: set[str]) -> list[Ru
 
 def report(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
     validation = [r for r in runs if r["split"] == "validation"]
-    prefix = _default_variant(method_weights("metah", "frozen"))
+    prefix = product_choice("frozen")["frozen", "metah"]
     lines = [
         "# Sensitivity of the frozen photo default",
         "",
