@@ -159,6 +159,8 @@ def report(runs: Sequence[dict[str, Any]], tasks: Sequence[str], budget: float) 
         )
     if fitting:
         lines += ["", f"Chosen by the rule: **{max(fitting)} steps** per digit run."]
+    else:
+        lines += ["", f"No measured length fits {budget:.0f} min: the plan needs cheaper runs than these."]
     if borrowed:
         commits = ", ".join(f"`{commit}`" for commit in sorted({r["commit"] for r in borrowed}))
         lines += [
