@@ -62,7 +62,7 @@ def _rows(text: str) -> dict[str, str]:
     return {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
 
 
-def test_the_rule_takes_the_longest_length_whose_projected_plan_fits() -> None:
+def test_a_length_fits_when_the_projected_plan_is_within_the_budget() -> None:
     counts = plan_runs()
     lines = []
     for length, seconds in ((400, 60.0), (500, 75.0), (600, 90.0)):
@@ -72,9 +72,9 @@ def test_the_rule_takes_the_longest_length_whose_projected_plan_fits() -> None:
     rows = _rows(text)
     assert rows["500"].endswith("| 75 | 75 | 75 | 100 min | yes |")
     assert rows["600"].endswith("| no |")
-    assert "Chosen by the rule: **500 steps**" in text
-    nothing = report(lines, TASKS, budget=1.0)
-    assert "Chosen by the rule" not in nothing and "No measured length fits 1 min" in nothing
+    assert rows["400"].endswith("| yes |")
+    assert "| yes |" not in report(lines, TASKS, budget=1.0)
+    assert len(specs(TASKS, [0], done=set(), lengths=[1200])) == len(METHODS) * len(TASKS)
 
 
 def test_reference_rows_are_the_product_defaults_at_the_default_length_only(tmp_path: Path) -> None:
