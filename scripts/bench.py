@@ -566,7 +566,7 @@ def product_choice(mode: str) -> Choice:
     return choice
 
 
-def _defaults_check(choice: dict[tuple[str, str], str]) -> list[str]:
+def _defaults_check(choice: Choice) -> list[str]:
     """Whether the product's presets (model.objective) are the weights chosen here, one line per mode/method."""
     lines = []
     for (mode, method), variant in sorted(choice.items()):

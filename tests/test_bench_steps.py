@@ -9,6 +9,7 @@ from typing import Any
 from model.config import TrainConfig
 from model.objective import method_weights
 from scripts.bench import parse_args, plan, product_choice, whole_plan
+from scripts.bench import report as bench_report
 from scripts.bench_steps import LENGTHS, METHODS, plan_runs, reference_rows, report, specs
 
 TASKS = ["mnist-usps", "usps-mnist"]
@@ -95,3 +96,37 @@ def test_reference_rows_are_the_product_defaults_at_the_default_length_only(tmp_
     text = report([*lines, *({**r, "commit": "old"} for r in rows)], TASKS, budget=1000.0)
     assert _rows(text)["400"].startswith("| 400 | 0.7000 | -0.1000 |")
     assert "1200-step row is borrowed (3 validation lines" in text and "`old`" in text
+
+
+def test_the_benchmark_report_lists_each_recorded_stage_time_and_skips_other_timings(tmp_path: Path) -> None:
+    common = {"commit": "abc", "date": "2026-12-02 23:00 UTC", "load_average": [1.5, 1.0, 0.5], "threads": 1}
+    lines = [
+        {"timing": "frozen-cold", "wall_seconds": 272.4, **common},  # a photo training timing: not a stage
+        {
+            "timing": "stage",
+            "stage": "tune",
+            "family": "digits",
+            "runs": 44,
+            "iterations": None,
+            "processes": 2,
+            "wall_seconds": 1800.0,
+            **common,
+        },
+        {
+            "timing": "stage",
+            "stage": "all",
+            "family": "digits",
+            "runs": None,
+            "iterations": 400,
+            "processes": 2,
+            "wall_seconds": 90.0,
+            **common,
+        },
+    ]
+    (tmp_path / "timing.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = bench_report(tmp_path, TASKS, [0, 1])
+    rows = [line for line in text.splitlines() if line.startswith("| 2026")]
+    assert rows == [
+        "| 2026-12-02 23:00 UTC | `abc` | digits | tune | 44 | default | 2 × 1 | 30.0 min | 1.50, 1.00, 0.50 |",
+        "| 2026-12-02 23:00 UTC | `abc` | digits | all |  | 400 | 2 × 1 | 1.5 min | 1.50, 1.00, 0.50 |",
+    ]
