@@ -11,11 +11,12 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from workbench.datasets import DIGITS_DIR, load_digits
 from workbench.images import png_bytes
-from workbench.machine import machine
+from workbench.machine import git_commit, machine
 from workbench.processes import children_of, free_port
 from workbench.sizes import parse_size, size_label
 
@@ -46,6 +47,28 @@ def test_free_port_can_be_bound_and_children_are_found() -> None:
 def test_machine_names_the_cpu_and_takes_extras() -> None:
     info = machine(note="x")
     assert info["cpu"] and info["cores"] >= 1 and info["note"] == "x" and "numpy" in info
+
+
+def test_a_benchmark_writing_its_raw_lines_does_not_make_its_commit_dirty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "benchmarks" / "runs.jsonl").write_text("{}\n")
+    (tmp_path / "model" / "net.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    monkeypatch.chdir(tmp_path / "model")  # from a subfolder too: the check covers the whole tree
+    clean = git_commit()
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "benchmarks" / "runs.jsonl").write_text("{}\n{}\n")
+    assert git_commit() == clean
+    (tmp_path / "model" / "net.py").write_text("x = 2\n")
+    assert git_commit() == f"{clean}-dirty"
 
 
 def test_datasets_live_outside_the_installed_package() -> None:

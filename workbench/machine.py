@@ -24,13 +24,17 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str:
-    """The checked-out commit (12 hex digits), ``-dirty`` when tracked files differ from it; ``unknown`` outside
-    a git checkout."""
+    """The checked-out commit (12 hex digits), ``-dirty`` when tracked files outside ``benchmarks/`` differ from
+    it (a benchmark writes its raw lines there while it runs); ``unknown`` outside a git checkout."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)benchmarks"],
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 

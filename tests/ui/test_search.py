@@ -32,8 +32,14 @@ def test_upload_shows_the_code_and_the_hits_then_more_like_this(
 
     hits = page.locator("#hits .hit")
     expect(hits).to_have_count(12)
-    expect(hits.first.locator(".distance")).to_have_text("d = 0")  # the stored copy of the query comes first
-    expect(hits.first.locator(".label")).to_have_text(f"label {digit_pngs[3][1]}")
+    expect(hits.first.locator(".distance")).to_have_text("d = 0")
+    # the stored copy of the query is among the hits at distance 0 (ties are ordered by id: it need not be first)
+    client = library_server.client(api_key=None)
+    tied = [hit for hit in hits.all() if hit.locator(".distance").inner_text() == "d = 0"]
+    sources = [str(hit.locator("img").get_attribute("src")) for hit in tied]
+    copies = [hit for hit, src in zip(tied, sources, strict=True) if client.get(src).content == digit_pngs[3][0]]
+    assert len(copies) == 1, f"{len(tied)} hit(s) at d = 0, {len(copies)} of them the query's bytes"
+    expect(copies[0].locator(".label")).to_have_text(f"label {digit_pngs[3][1]}")
     expect(page.locator("#hits .hit .domain")).to_have_text(["usps"] * 12)
     expect(page.locator("#query-bits")).to_have_text(_bits_pattern(16))
     expect(page.locator("#query-hex")).to_have_text(_hex_pattern(16))
