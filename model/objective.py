@@ -52,8 +52,8 @@ class LossWeights:
 # Training the whole network (LeNet on digits): each method's best point of its grid, by validation MAP@all on
 # MNIST -> USPS and USPS -> MNIST, seeds 0 and 1 (scripts/bench.py GRID["finetune"], benchmarks/retrieval).
 METHODS: dict[str, LossWeights] = {
-    "source_only": LossWeights(pairwise=1.0, quantization=0.1),
-    "tah": LossWeights(pairwise=10.0, quantization=0.8, adversarial=0.3),
+    "source_only": LossWeights(pairwise=10.0, quantization=0.8),
+    "tah": LossWeights(pairwise=10.0, quantization=0.8, adversarial=1.0),  # TAH's reference weighting
     "metah": LossWeights(
         pairwise=1.0, quantization=0.1, adversarial=1.0, classification=1.0, entropy=0.3, diversity=0.1
     ),

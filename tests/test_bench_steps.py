@@ -8,7 +8,7 @@ from typing import Any
 
 from model.config import TrainConfig
 from model.objective import method_weights
-from scripts.bench import parse_args, plan, product_choice, whole_plan
+from scripts.bench import TAH_REFERENCE, parse_args, plan, product_choice, whole_plan
 from scripts.bench import report as bench_report
 from scripts.bench_steps import LENGTHS, METHODS, plan_runs, reference_rows, report, specs
 
@@ -34,8 +34,10 @@ def test_the_whole_digit_plan_reuses_the_chosen_tuning_runs_as_the_tables_first_
     everything = whole_plan(args, choice)
     assert len(tune) == 2 * 11 * 2  # tuned tasks × grid points × tuning seeds
     reused = {spec.key for spec in tune} & {spec.key for spec in table}
-    # the three chosen points and TAH's reference weighting at 64 bits, seeds 0 and 1, on both tuned tasks
-    assert len(reused) == 2 * 4 * 2
+    # the three chosen points and TAH's reference weighting (one of them when TAH's grid chose it) at 64 bits,
+    # seeds 0 and 1, on both tuned tasks
+    points = {(method, variant) for (_, method), variant in choice.items()} | {("tah", TAH_REFERENCE)}
+    assert len(reused) == 2 * len(points) * 2
     assert len(everything) == len(tune) + len(table) - len(reused) + 3 * 4 * 3  # + ablations: tasks × parts × seeds
     assert sum(plan_runs().values()) == len(everything)
 
@@ -69,9 +71,10 @@ def test_a_length_fits_when_the_projected_plan_is_within_the_budget() -> None:
     for length, seconds in ((400, 60.0), (500, 75.0), (600, 90.0)):
         lines += [_line(method, length, 0.9, seconds) for method in METHODS]
     lines += [_line("metah", 600, 0.01, 1.0, split="test")]  # neither a score nor a time of the check
-    text = report(lines, TASKS, budget=sum(counts.values()) * 75.0 / 2 / 60)
+    minutes = sum(counts.values()) * 75.0 / 2 / 60  # every planned run at 75 s, two at a time
+    text = report(lines, TASKS, budget=minutes)
     rows = _rows(text)
-    assert rows["500"].endswith("| 75 | 75 | 75 | 100 min | yes |")
+    assert rows["500"].endswith(f"| 75 | 75 | 75 | {minutes:.0f} min | yes |")
     assert rows["600"].endswith("| no |")
     assert rows["400"].endswith("| yes |")
     assert "| yes |" not in report(lines, TASKS, budget=1.0)

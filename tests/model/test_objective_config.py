@@ -14,8 +14,8 @@ from model.objective import METHODS, LossWeights, compute_objective
 
 
 def test_methods_are_configurations_of_one_objective() -> None:
-    assert METHODS["source_only"] == LossWeights(pairwise=1.0, quantization=0.1)
-    assert METHODS["tah"] == LossWeights(pairwise=10.0, quantization=0.8, adversarial=0.3)
+    assert METHODS["source_only"] == LossWeights(pairwise=10.0, quantization=0.8)
+    assert METHODS["tah"] == LossWeights(pairwise=10.0, quantization=0.8, adversarial=1.0)
     assert METHODS["metah"] == LossWeights(adversarial=1.0, classification=1.0, entropy=0.3, diversity=0.1)
     assert not METHODS["source_only"].uses_target
     assert METHODS["tah"].needs_discriminator and not METHODS["tah"].needs_classifier
