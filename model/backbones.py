@@ -141,8 +141,9 @@ class GridPool(nn.Module):
 
 
 def _lenet(weights: Path | None) -> Backbone:
-    # 16/32/64 channels: half the width the digit benchmark first ran with (32/64/128), 2.4× faster per training
-    # step on one CPU thread at a validation cost within the seeds' spread (benchmarks/retrieval-steps-lenet16)
+    # 16/32/64 channels: half the width the digit benchmark first ran with (32/64/128), a 1,200-step MeTAH run in
+    # 93 s instead of 217 s on one CPU thread at a validation cost within the seeds' spread (benchmarks/retrieval,
+    # benchmarks/retrieval-digits-1200, benchmarks/retrieval-steps-lenet16)
     module = nn.Sequential(
         *_conv_block(3, 16, bias=False),
         *_conv_block(16, 32),
