@@ -8,8 +8,10 @@ The ``before`` commit is exported with ``git archive``; ``after`` is this checko
 is started with both hidden, so uvicorn falls back to h11 and asyncio as it did there. The same digits are
 uploaded to both, then every query goes, in alternating order, to before and after with a plain ``http.client``
 client and with httpx, and through the in-process decode → encode → index search; ``/healthz`` on both gives
-the HTTP floor. Then a few rounds of searches at 1 and 8 httpx clients, alternating the servers.
-Alternating within one run is what makes the two comparable on a machine whose load moves between runs.
+the HTTP floor. Then a few rounds of searches at 1 and 8 httpx clients, and at 1 and 8 connections of ``wrk``
+(a load generator in C, :mod:`workbench.wrk`, whose own CPU per request is negligible next to the server's),
+alternating the servers. Alternating within one run is what makes the two comparable on a machine whose load
+moves between runs.
 Writes ``OUT.json`` (every figure) and ``OUT.md``.
 """
 
@@ -33,6 +35,7 @@ import torch
 from model.export import load_encoder
 from scripts.bench_harness import (
     REPO,
+    K,
     PlainHttp,
     Server,
     build_index,
@@ -50,6 +53,7 @@ from service.settings import Settings
 from workbench.loadtest import Upload, latency_summary, load_test
 from workbench.machine import machine
 from workbench.output import write_results
+from workbench.wrk import write_bodies, wrk_searches
 
 SIDES = ("before", "after")
 FAST_HTTP = ("httptools", "uvloop")
@@ -112,15 +116,27 @@ def single_searches(
     return {name: latency_summary(values) for name, values in samples.items()}, mismatches, errors
 
 
-def throughput(servers: dict[str, Server], queries: Sequence[Upload], rounds: int, seconds: float) -> dict[str, Any]:
-    """Searches/s at 1 and 8 httpx clients, ``rounds`` rounds alternating which server goes first."""
+def throughput(
+    servers: dict[str, Server], queries: Sequence[Upload], rounds: int, seconds: float, bodies: Path
+) -> dict[str, Any]:
+    """Searches/s at 1 and 8 httpx clients and at 1 and 8 wrk connections (``wrk_1``, ``wrk_8``), ``rounds``
+    rounds alternating which server goes first. ``bodies``: a folder for wrk's request bodies."""
+    names = write_bodies(queries, bodies)
     runs: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(rounds):
         for clients in (1, 8):
             for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
                 row = load_test(http_caller(servers[side], queries), clients, seconds, 100_000)
                 runs.setdefault(f"{side}_{clients}", []).append(row)
-    return {key: {"qps_median": statistics.median(r["qps"] for r in rows), "runs": rows} for key, rows in runs.items()}
+            for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
+                row = wrk_searches(servers[side].base_url, f"/v1/search?k={K}", bodies, names, clients, seconds)
+                runs.setdefault(f"{side}_wrk_{clients}", []).append(row)
+    out: dict[str, Any] = {}
+    for key, rows in runs.items():
+        out[key] = {"qps_median": statistics.median(r["qps"] for r in rows), "runs": rows}
+        if "wrk" in key:
+            out[key]["median_ms"] = statistics.median(r["median_ms"] for r in rows)
+    return out
 
 
 def report(results: dict[str, Any]) -> str:
@@ -157,7 +173,23 @@ def report(results: dict[str, Any]) -> str:
             f"| searches/s, {clients} httpx client{'s' if clients > 1 else ''} (median of "
             f"{len(qps[f'before_{clients}']['runs'])} rounds) | {before:.1f} | {after:.1f} (×{after / before:.2f}) |"
         )
-    lines += ["", f"Distance mismatches against in-process: {results['mismatches']}; errors: {results['errors']}."]
+    for clients in (1, 8):
+        if f"before_wrk_{clients}" not in qps:  # written before wrk was part of the run
+            continue
+        before, after = (qps[f"{side}_wrk_{clients}"]["qps_median"] for side in SIDES)
+        lines.append(
+            f"| searches/s, {clients} wrk connection{'s' if clients > 1 else ''} (median of "
+            f"{len(qps[f'before_wrk_{clients}']['runs'])} rounds) | {before:.1f} | "
+            f"{after:.1f} (×{after / before:.2f}) |"
+        )
+    if "before_wrk_1" in qps:
+        cells = [f"{qps[f'{side}_wrk_1']['median_ms']:.2f}" for side in SIDES]
+        lines.append(f"| `POST /v1/search`, 1 wrk connection, median ms (median of rounds) | {' | '.join(cells)} |")
+        cells = [f"**{qps[f'{side}_wrk_1']['median_ms'] - local:.2f}**" for side in SIDES]
+        lines.append(f"| HTTP − in-process, wrk (target ≤ 1.5) | {' | '.join(cells)} |")
+    errors = sum(r["errors"] for key, row in qps.items() if "wrk" in key for r in row["runs"])
+    lines += ["", f"Distance mismatches against in-process: {results['mismatches']}; errors: {results['errors']}"]
+    lines[-1] += f" (and {errors} in the wrk runs)." if "before_wrk_1" in qps else "."
     return "\n".join(lines) + "\n"
 
 
@@ -206,7 +238,7 @@ def main() -> None:
         print("single searches", flush=True)
         search, mismatches, errors = single_searches(servers, local, queries)
         print("throughput", flush=True)
-        qps = throughput(servers, queries, args.rounds, args.seconds)
+        qps = throughput(servers, queries, args.rounds, args.seconds, args.work / "wrk-bodies")
     results = {
         "machine": machine(),
         "before": args.before,
