@@ -69,15 +69,19 @@ def write_bodies(queries: Sequence[Upload], folder: Path) -> list[str]:
 def wrk_searches(
     base_url: str, path: str, folder: Path, names: Sequence[str], connections: int, seconds: float
 ) -> dict[str, Any]:
-    """``connections`` keep-alive connections on one wrk thread for ``seconds``: searches/s and latencies (ms)."""
+    """``connections`` keep-alive connections on one wrk thread for ``seconds`` (whole seconds, wrk's unit):
+    searches/s and latencies (ms)."""
     executable = shutil.which("wrk")
     if executable is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
     command = [
-        executable, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "60s",
+        executable, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "60s",
         "-s", str(folder / "search.lua"), base_url, "--", path, str(folder), *names,
     ]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 120)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    if finished.returncode != 0 or not finished.stdout.strip():
+        output = f"{finished.stdout[-2000:]} {finished.stderr[-2000:]}".strip()
+        raise RuntimeError(f"wrk exited with {finished.returncode}: {output}")
     line = finished.stdout.strip().splitlines()[-1]
     raw = json.loads(line)
     errors = sum(raw[key] for key in ("connect_errors", "read_errors", "write_errors", "timeouts", "status_errors"))
