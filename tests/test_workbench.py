@@ -10,15 +10,20 @@ import sys
 import tomllib
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
 
 from workbench.datasets import DIGITS_DIR, load_digits
 from workbench.images import png_bytes
+from workbench.loadtest import Upload
 from workbench.machine import git_commit, machine
 from workbench.processes import children_of, free_port
 from workbench.sizes import parse_size, size_label
+from workbench.wrk import BOUNDARY, write_bodies
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +36,31 @@ def test_sizes_round_trip() -> None:
 def test_png_bytes_decode_to_the_same_pixels() -> None:
     pixels = np.arange(28 * 21, dtype=np.uint8).reshape(28, 21)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(pixels)))), pixels)
+
+
+def test_wrk_bodies_are_the_uploads_as_the_service_parses_them(tmp_path: Path) -> None:
+    """Each file wrk sends is one query's multipart upload; the Lua script reads them by name."""
+    queries = [Upload(png_bytes(np.full((8, 8), value, np.uint8)), "0", "usps") for value in (0, 255)]
+    names = write_bodies(queries, tmp_path)
+    assert names == ["0.body", "1.body"] and "boundary=" + BOUNDARY in (tmp_path / "search.lua").read_text()
+
+    async def parsed(body: bytes) -> tuple[str | None, bytes]:
+        sent = False
+
+        async def receive() -> dict[str, object]:
+            nonlocal sent
+            chunk, sent = (b"" if sent else body), True
+            return {"type": "http.request", "body": chunk, "more_body": False}
+
+        headers = [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())]
+        form = await Request({"type": "http", "method": "POST", "headers": headers}, receive).form()
+        image = form["image"]
+        assert isinstance(image, UploadFile)
+        return image.filename, await image.read()
+
+    for name, query in zip(names, queries, strict=True):
+        filename, data = anyio.run(parsed, (tmp_path / name).read_bytes())
+        assert filename == "query.png" and data == query.data
 
 
 def test_free_port_can_be_bound_and_children_are_found() -> None:
