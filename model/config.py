@@ -36,6 +36,7 @@ class TrainConfig:
     backbone_lr_mult: float = 0.1  # finetune: a pretrained backbone learns at lr × this (random ones at lr)
     feature_views: int = 2  # frozen: views cached per image, the plain one plus augmented ones (PACS validation)
     feature_cache: str | None = None  # frozen: cache folder (default: $METAH_FEATURE_CACHE or ~/.cache/metah)
+    adapt_batch_norm: bool = False  # frozen: re-estimate the backbone's batch-norm statistics on source + target
     loader_workers: int = -1  # decoding processes; -1: one per two CPU cores, at least one, at most four
     memory_budget_mb: int = 1024  # decoded training images (or features) up to this size are held in memory
     iterations: int = 1200

@@ -197,6 +197,73 @@ def extract_features(
     return keys, skipped
 
 
+# Images a batch-norm re-estimation reads at most (a fixed-seed sample of the training images beyond that): the
+# statistics of a few thousand images are as good as those of all of them, at a bounded cost.
+ADAPT_IMAGES = 2000
+
+
+class _PlainDataset(Dataset[torch.Tensor | None]):
+    """One file's plain view, uint8 ``[3, H, W]`` (``None`` when it cannot be read or decoded)."""
+
+    def __init__(self, paths: Sequence[Path], size: tuple[int, int]) -> None:
+        self.paths = list(paths)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, position: int) -> torch.Tensor | None:
+        try:
+            return torch.from_numpy(decode_image(self.paths[position].read_bytes(), self.size)).permute(2, 0, 1)
+        except (OSError, DataError):
+            return None
+
+
+def adapt_batch_norm(
+    backbone: Backbone,
+    sets: Sequence[FileSet],
+    *,
+    device: torch.device,
+    workers: int,
+    limit: int = ADAPT_IMAGES,
+    batch_size: int = 32,
+) -> int:
+    """Re-estimate ``backbone``'s batch-norm statistics on the training images of every domain together.
+
+    ImageNet's statistics normalise sketches and cartoons as if they were photos; statistics of the union of
+    the source and target images (shuffled, so every batch mixes the domains) sit between them. One pass without
+    gradients, every other layer in eval mode (no dropout); the new statistics are part of the weights, so the
+    feature cache (keyed by the weights' digest) and the exported encoder follow. At most ``limit`` images, a
+    fixed-seed sample. Returns how many images were read.
+    """
+    paths = sorted(path for files in sets for path in files.paths)
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))[:limit].tolist()
+    dataset = _PlainDataset([paths[i] for i in order], backbone.input_size)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=list, worker_init_fn=single_thread
+    )
+    module = backbone.module.to(device).eval()
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the whole pass
+        norm.train()
+    normalize = Normalize(backbone.mean, backbone.std).to(device)
+    used = 0
+    with torch.no_grad():
+        for images in loader:
+            kept = [image for image in images if image is not None]
+            if len(kept) > 1:  # batch statistics of one image are not statistics
+                module(normalize(torch.stack(kept).to(device).float().div_(255.0)))
+                used += len(kept)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    module.eval()
+    log.info("batch norm: statistics of %d layer(s) re-estimated on %d training image(s)", len(norms), used)
+    return used
+
+
 class FeatureTable:
     """Cached features of a set of images, in memory when they fit ``budget_bytes``, else read per batch.
 

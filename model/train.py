@@ -62,7 +62,13 @@ from model.errors import CheckpointError, ConfigError
 from model.evaluate import encode_files, shared_label_ids
 from model.export import export_encoder, new_model_version, utc_now
 from model.factory import build_network, load_backbone
-from model.features import FeatureCache, FeatureTable, default_cache_root, extract_features
+from model.features import (
+    FeatureCache,
+    FeatureTable,
+    adapt_batch_norm,
+    default_cache_root,
+    extract_features,
+)
 from model.metrics import RetrievalMetrics, evaluate_retrieval
 from model.network import MeTAHNet
 from model.objective import compute_objective
@@ -219,6 +225,9 @@ def prepare_data(
     skipped = [*source.skipped, *(target.skipped if target is not None else [])]
     if config.mode == "frozen":
         root = Path(config.feature_cache) if config.feature_cache else default_cache_root()
+        if config.adapt_batch_norm:
+            domains = [source] if target is None else [source, target]
+            adapt_batch_norm(backbone, domains, device=device, workers=workers)
         cache = FeatureCache(root, config.backbone, backbone)
         tables: list[FeatureTable | None] = []
         for name, files in (("source", source), ("target", target)):

@@ -25,7 +25,9 @@ from model.errors import ConfigError
 from model.evaluate import encode_files
 from model.export import load_encoder
 from model.factory import restore_network
-from model.features import FeatureCache, FeatureTable, extract_features
+from model.features import FeatureCache, FeatureTable, adapt_batch_norm, extract_features
+from model.normalize import Normalize
+from model.preprocess import decode_image
 from model.train import EvalSets, RunPaths, Trainer, prepare_data, train
 from tests.conftest import DigitFolders
 
@@ -221,3 +223,49 @@ def _paths(root: Path) -> RunPaths:
 
 def _group() -> ProcessGroup:
     return ProcessGroup()
+
+
+def test_batch_norm_statistics_are_re_estimated_on_source_and_target(photos: dict[str, Path]) -> None:
+    """One pass over both domains in one batch: the first batch norm then holds exactly the mean and (unbiased)
+    variance of its input over those images; the ImageNet statistics are gone and nothing else changed."""
+    sets = [list_labelled_folder(photos["source"]), list_unlabelled_folder(photos["target"])]
+    backbone = build_backbone("efficientnet_lite0")
+    before = {k: v.clone() for k, v in backbone.module.state_dict().items()}
+    conv = backbone.module.get_submodule("conv_stem")
+    bn = backbone.module.get_submodule("bn1")
+    assert isinstance(bn, torch.nn.BatchNorm2d)
+    momentum = bn.momentum
+    used = adapt_batch_norm(backbone, sets, device=torch.device("cpu"), workers=0, batch_size=64)
+    assert used == 30 and not backbone.module.training
+    images = torch.stack(
+        [torch.from_numpy(decode_image(p.read_bytes(), (224, 224))).permute(2, 0, 1) for s in sets for p in s.paths]
+    )
+    with torch.no_grad():
+        stem = conv(Normalize(backbone.mean, backbone.std)(images.float() / 255.0))
+    assert bn.running_mean is not None and bn.running_var is not None
+    assert torch.allclose(bn.running_mean, stem.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, stem.var((0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
+    changed = {k for k, v in backbone.module.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    assert bn.momentum == momentum is not None  # the pass's cumulative average does not outlive it
+
+
+def test_a_frozen_run_with_adapted_batch_norm_exports_the_backbone_it_cached_features_with(
+    photos: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    config = FROZEN.override(feature_cache=str(cache), adapt_batch_norm=True, iterations=10)
+    train(config, photos["source"], photos["target"], tmp_path / "run")
+    folders = sorted(path.name for path in cache.iterdir())
+    plain = FeatureCache(cache, "efficientnet_lite0", build_backbone("efficientnet_lite0")).folder.name
+    assert len(folders) == 1 and folders != [plain]  # keyed by the adapted weights, not ImageNet's
+    restored = restore_network(tmp_path / "run" / "checkpoint.pt")
+    adapted = FeatureCache(cache, "efficientnet_lite0", restored.backbone)
+    assert adapted.folder.name == folders[0]
+    files = list_labelled_folder(photos["queries"])
+    keys, _ = extract_features(files, restored.backbone, adapted, 1, device=torch.device("cpu"), workers=0)
+    features = torch.cat(list(FeatureTable(adapted, keys, 1, 2**30).plain()))
+    with torch.no_grad():
+        from_features = torch.where(restored.net.heads.hash.projection()(features) > 0, 1.0, -1.0).numpy()
+    loaded = load_encoder(tmp_path / "run" / "model.pt")
+    assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
