@@ -42,6 +42,7 @@ from workbench.loadtest import (
     Upload,
     interleave,
     latency_summary,
+    multipart_form,
     ratio,
     stage_means_ms,
     stage_totals,
@@ -367,11 +368,7 @@ class PlainHttp:
         self.connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
 
     def search(self, query: Upload) -> tuple[int, bytes]:
-        head = (
-            f'--{self.BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="query{query.suffix}"'
-            f"\r\nContent-Type: {query.media_type}\r\n\r\n"
-        )
-        body = head.encode() + query.data + f"\r\n--{self.BOUNDARY}--\r\n".encode()
+        body = multipart_form(query, self.BOUNDARY)
         headers = {"Content-Type": f"multipart/form-data; boundary={self.BOUNDARY}"}
         return self.request("POST", f"/v1/search?k={K}", body, headers)
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from workbench.loadtest import Upload
+from workbench.loadtest import Upload, multipart_form
 
 BOUNDARY = "metah-wrk-boundary"
 
@@ -47,20 +47,12 @@ end
 """
 
 
-def multipart_body(query: Upload) -> bytes:
-    head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="query{query.suffix}"\r\n'
-        f"Content-Type: {query.media_type}\r\n\r\n"
-    )
-    return head.encode() + query.data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
 def write_bodies(queries: Sequence[Upload], folder: Path) -> list[str]:
     """One file per query's multipart body in ``folder``; their names, in order."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for i, query in enumerate(queries):
-        (folder / f"{i}.body").write_bytes(multipart_body(query))
+        (folder / f"{i}.body").write_bytes(multipart_form(query, BOUNDARY))
         names.append(f"{i}.body")
     (folder / "search.lua").write_text(SCRIPT % {"boundary": BOUNDARY})
     return names
