@@ -105,6 +105,9 @@ def test_bad_form_fields_are_422(client: httpx.Client, a_png: bytes) -> None:
     assert_error(client.post("/v1/images", data={"label": "3"}), 422, "validation_error")
     assert_error(client.post("/v1/search", files={"picture": ("x.png", a_png)}), 422, "validation_error")
     assert_error(client.post("/v1/search", content=b"{}", headers={"Content-Type": "application/json"}), 422)
+    text_field = client.post("/v1/search", data={"image": "not a file"})
+    assert_error(text_field, 422, "validation_error")
+    assert "image" in text_field.json()["error"]["message"]
 
 
 def test_writes_need_the_api_key_and_searches_do_not(

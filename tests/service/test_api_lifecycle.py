@@ -28,8 +28,9 @@ def test_openapi_describes_the_api(client: httpx.Client) -> None:
 
 
 def test_both_searches_document_the_same_query_parameters(client: httpx.Client) -> None:
-    """``POST /v1/search`` takes its parameters directly, ``/similar`` through a dependency: the same names,
-    bounds and pattern either way, and the upload is a required multipart ``image``."""
+    """Both take :class:`service.routes.search.SearchParams` (``/v1/search`` parses it by hand, outside FastAPI's
+    per-request machinery): the same names, bounds and pattern, and the upload is a required multipart
+    ``image``."""
     schema = client.get("/openapi.json").json()
 
     def query(path: str) -> dict[str, dict[str, object]]:
