@@ -47,6 +47,8 @@ class UploadSearchRoute(APIRoute):
     file raises :class:`RequestValidationError` (422 in the contract's error body)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        if self.dependencies:  # FastAPI would run them; this handler does not
+            raise TypeError(f"{type(self).__name__} runs no route dependencies; {self.path} declares some")
         endpoint = self.endpoint
 
         async def handle(request: Request) -> Response:

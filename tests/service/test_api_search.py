@@ -10,11 +10,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from fastapi import APIRouter, Depends
 from PIL import Image
 
 from index import hamming_distances
 from model.export import load_encoder
 from service.pipeline import encode_upload
+from service.routes.search import UploadSearchRoute
+from service.routes.search import search as search_endpoint
 from tests.service.conftest import MAX_PIXELS, post_image, search
 
 N_IMAGES = 24
@@ -125,3 +128,12 @@ def test_similar_uses_the_stored_code_and_leaves_the_image_out(client: httpx.Cli
 def test_search_on_an_empty_index_has_no_hits(client: httpx.Client, digit_pngs: list[tuple[bytes, str]]) -> None:
     response = search(client, digit_pngs[0][0])
     assert response.status_code == 200 and response.json()["hits"] == []
+
+
+def test_the_search_route_class_refuses_route_dependencies_it_would_not_run() -> None:
+    router = APIRouter()
+    with pytest.raises(TypeError, match="dependencies"):
+        router.add_api_route(
+            "/search", search_endpoint, methods=["POST"], dependencies=[Depends(lambda: None)],
+            route_class_override=UploadSearchRoute,
+        )  # fmt: skip
