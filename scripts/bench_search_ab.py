@@ -157,9 +157,9 @@ def throughput(
         out[key] = {"qps_median": statistics.median(r["qps"] for r in rows), "runs": rows}
         if "wrk" in key:
             out[key]["median_ms"] = statistics.median(r["median_ms"] for r in rows)
-    local = [r["median_ms"] for r in out["in_process_round"]["runs"]]
+    baseline = [r["median_ms"] for r in out["in_process_round"]["runs"]]
     for side in SIDES:
-        overheads = [r["median_ms"] - ms for r, ms in zip(out[f"{side}_wrk_1"]["runs"], local, strict=True)]
+        overheads = [r["median_ms"] - ms for r, ms in zip(out[f"{side}_wrk_1"]["runs"], baseline, strict=True)]
         out[f"{side}_wrk_1"]["overhead_ms_by_round"] = overheads
         out[f"{side}_wrk_1"]["overhead_ms"] = statistics.median(overheads)
     return out
