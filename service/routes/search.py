@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from service.deps import ImageFile, ImageId, PairDep, RuntimeDep, runtime_of, serving_pair, upload_bytes
 from service.errors import ModelSwitchedError
@@ -56,16 +57,30 @@ class UploadSearchRoute(APIRoute):
                 params = SearchParams.model_validate(request.query_params)
             except ValidationError as exc:
                 raise RequestValidationError(_located("query", exc)) from None
-            async with request.form() as form:
+            form = await parsed_form(request)
+            try:
                 image = form.get(UPLOAD_FIELD)
                 if not isinstance(image, UploadFile):
                     kind = "missing" if image is None else "value_error"
                     message = "Field required" if image is None else "Expected an uploaded file"
                     raise RequestValidationError([{"type": kind, "loc": ("body", UPLOAD_FIELD), "msg": message}])
                 answer: SearchResponse = await endpoint(request, image, params)
+            finally:
+                await form.close()
             return Response(answer.model_dump_json(), media_type="application/json")
 
         return handle
+
+
+async def parsed_form(request: Request) -> FormData:
+    """The request's form, parsed as FastAPI parses it: Starlette's 400 for malformed multipart data, and a 400
+    for anything else that fails on the way (a client that disconnects mid-body, say)."""
+    try:
+        return await request.form()
+    except HTTPException:
+        raise
+    except Exception as exc:
+        raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
 
 
 def _located(where: str, exc: ValidationError) -> list[dict[str, Any]]:
