@@ -118,14 +118,14 @@ def single_searches(
     return {name: latency_summary(values) for name, values in samples.items()}, mismatches, errors
 
 
-def in_process_median_ms(local: Callable[[Upload], list[int]], queries: Sequence[Upload]) -> float:
-    """The median time of one in-process search per query, each timed once (no immediate repeat)."""
-    times = []
+def in_process_round(local: Callable[[Upload], list[int]], queries: Sequence[Upload]) -> dict[str, float]:
+    """:func:`latency_summary` of one in-process search per query, each timed once (no immediate repeat)."""
+    seconds = []
     for query in queries:
         started = time.perf_counter()
         local(query)
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+        seconds.append(time.perf_counter() - started)
+    return latency_summary(seconds)
 
 
 def throughput(
@@ -148,7 +148,7 @@ def throughput(
                 row = load_test(http_caller(servers[side], queries), clients, seconds, 100_000)
                 runs.setdefault(f"{side}_{clients}", []).append(row)
             if clients == 1:
-                runs.setdefault("in_process_round", []).append({"median_ms": in_process_median_ms(local, queries)})
+                runs.setdefault("in_process_round", []).append(in_process_round(local, queries))
             for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
                 row = wrk_searches(servers[side].base_url, f"/v1/search?k={K}", bodies, names, clients, seconds)
                 runs.setdefault(f"{side}_wrk_{clients}", []).append(row)
