@@ -83,10 +83,11 @@ class Upload:
         return mimetypes.guess_type(f"image{self.suffix}")[0] or "application/octet-stream"
 
 
-def multipart_form(upload: Upload, boundary: str, field: str = "image") -> bytes:
-    """``upload`` as a one-file ``multipart/form-data`` body, as a browser sends it (``boundary`` in the header)."""
+def multipart_form(upload: Upload, boundary: str) -> bytes:
+    """``upload`` as the ``image`` field of a ``multipart/form-data`` body, as a browser sends it to
+    ``POST /v1/search`` (``boundary`` in the header)."""
     head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="query{upload.suffix}"\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="query{upload.suffix}"\r\n'
         f"Content-Type: {upload.media_type}\r\n\r\n"
     )
     return head.encode() + upload.data + f"\r\n--{boundary}--\r\n".encode()
