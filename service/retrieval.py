@@ -24,7 +24,7 @@ import numpy as np
 from index import Hits, unpack_codes
 from service import repository
 from service.errors import ConflictError, NotFoundError
-from service.pipeline import decode_upload, encode
+from service.pipeline import decode_upload
 from service.runtime import Runtime
 from service.schemas import Hit, QueryCode, SearchResponse, content_url
 from service.serving import ServingPair
@@ -41,11 +41,10 @@ def search_upload(runtime: Runtime, pair: ServingPair, data: bytes, query: Searc
     """The ``k`` stored images nearest to an uploaded one, in (distance, id) order."""
     started = time.perf_counter()
     stage = runtime.metrics.stage
-    with runtime.cpu.slot():
-        with stage("decode"):
-            pixels = decode_upload(pair.encoder, data, runtime.settings.max_pixels)
-        with stage("encode"):
-            code = encode(pair.encoder, pixels[None])[0]
+    with runtime.cpu.slot(), stage("decode"):
+        pixels = decode_upload(pair.encoder, data, runtime.settings.max_pixels)
+    with stage("encode"):
+        code = runtime.encodes.encode(pair.encoder, pixels)  # in a pass shared with concurrent searches
     hits, rows = nearest_rows(runtime, pair, code, query)
     return to_response(pair, code, hits, rows, started, query.k)
 

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from index.errors import HashIndexError
 from model.errors import CheckpointError
 from service import cursors
+from service.batching import EncodeBatcher
 from service.cursors import INDEX_UNAVAILABLE
 from service.db import Database
 from service.errors import NotReadyError
@@ -83,9 +84,11 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     cpu: CpuSlots = field(init=False)
+    encodes: EncodeBatcher = field(init=False)
 
     def __post_init__(self) -> None:
         self.cpu = CpuSlots(os.cpu_count() or 1, self.settings.cpu_queue)
+        self.encodes = EncodeBatcher(self.cpu, leaders=1)
 
     async def run_cpu(self, function: Callable[..., T], *args: object) -> T:
         """Run CPU work (decode, encode) in a worker thread holding one of the ``cpu`` slots throughout (429 when
