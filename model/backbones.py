@@ -39,9 +39,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CPU_PASS: dict[str, int] = {"lenet": 128, "resnet50": 16, "efficientnet_lite0": 1, "efficientnet_lite2": 1}
 
 
+def cpu_pass_size(name: str, count: int) -> int:
+    """How many of ``count`` images one forward pass of backbone ``name`` takes on a CPU thread (all of them for
+    a backbone not in :data:`CPU_PASS`; at least 1)."""
+    return max(1, min(CPU_PASS.get(name, count), count))
+
+
 def cpu_passes(name: str, count: int) -> list[slice]:
     """The passes in which inference on one CPU thread runs ``count`` images through backbone ``name``."""
-    size = CPU_PASS.get(name, count) or 1
+    size = cpu_pass_size(name, count)
     return [slice(start, start + size) for start in range(0, count, size)]
 
 

@@ -1,7 +1,8 @@
 """Searches: an upload or a stored image's code against the serving index, answered with database rows.
 
-A search is four calls: decode (one parse of the bytes) → encode → pack, :func:`nearest_rows` (``index.search``
-+ :func:`hydrate`), :func:`to_response` (which also reports the query's code). Hits whose row is
+A search is four calls: decode (one parse of the bytes) → encode → pack (in a forward pass shared with concurrent
+searches: :mod:`service.batching`), :func:`nearest_rows` (``index.search`` + :func:`hydrate`),
+:func:`to_response` (which also reports the query's code). Hits whose row is
 gone (deleted after the index was read) are dropped, so a deleted image is never returned, and the index is
 asked for more until ``k`` live hits are found or it has none left.
 

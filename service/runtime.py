@@ -71,6 +71,7 @@ class Runtime:
             within this process.
         cpu: bounds concurrent CPU-heavy calls (decode, encode, search) to the number of cores, and the requests
             waiting for one to ``settings.cpu_queue`` (then 429).
+        encodes: the searches' encodes, in forward passes shared by concurrent searches (:mod:`service.batching`).
     """
 
     settings: Settings
@@ -88,7 +89,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.cpu = CpuSlots(os.cpu_count() or 1, self.settings.cpu_queue)
-        self.encodes = EncodeBatcher(self.cpu, leaders=1)
+        self.encodes = EncodeBatcher(self.cpu)
 
     async def run_cpu(self, function: Callable[..., T], *args: object) -> T:
         """Run CPU work (decode, encode) in a worker thread holding one of the ``cpu`` slots throughout (429 when

@@ -1,0 +1,169 @@
+"""The searches' encodes batched across concurrent callers (:mod:`service.batching`), on the test encoder with a
+gate in front of its network so that callers can be queued behind a running pass."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from model import backbones
+from model.export import LoadedEncoder, load_encoder
+from service.batching import EncodeBatcher
+from service.limits import CpuSlots
+from service.pipeline import decode, encode
+from tests.service.conftest import MAX_PIXELS
+
+
+class GatedNetwork:
+    """The encoder's network, recording each pass's size; passes wait for ``gate`` while it is closed, and
+    ``raise_next`` makes the next pass fail."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.gate = threading.Event()
+        self.sizes: list[int] = []
+        self.inside = 0
+        self.most_inside = 0
+        self.raise_next = False
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: torch.Tensor) -> Any:
+        with self._lock:
+            self.sizes.append(len(batch))
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            fail, self.raise_next = self.raise_next, False
+        try:
+            assert self.gate.wait(timeout=30), "the test never opened the gate"
+            if fail:
+                raise RuntimeError("the network failed")
+            return self.module(batch)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+@pytest.fixture
+def encoder(api_artefact: Path) -> LoadedEncoder:
+    return load_encoder(api_artefact)
+
+
+@pytest.fixture
+def pixels(encoder: LoadedEncoder, digit_pngs: list[tuple[bytes, str]]) -> list[np.ndarray]:
+    return [decode(encoder, png, MAX_PIXELS) for png, _ in digit_pngs[:7]]
+
+
+def gated(encoder: LoadedEncoder) -> tuple[LoadedEncoder, GatedNetwork]:
+    network = GatedNetwork(encoder.module)
+    return replace(encoder, module=network), network  # type: ignore[arg-type]
+
+
+def wait_until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def submit_all(
+    pool: ThreadPoolExecutor,
+    batcher: EncodeBatcher,
+    encoders: list[LoadedEncoder],
+    pixels: list[np.ndarray],
+    first: GatedNetwork,
+) -> list[Future[np.ndarray]]:
+    """One caller per image, in order: the first one's pass waits at ``first``'s gate, the others queue behind
+    it, each before the next one starts."""
+    futures = [pool.submit(batcher.encode, encoders[0], pixels[0])]
+    wait_until(lambda: first.sizes == [1], "the first pass")
+    for i, (encoder, image) in enumerate(zip(encoders[1:], pixels[1:], strict=True), start=1):
+        futures.append(pool.submit(batcher.encode, encoder, image))
+        wait_until(lambda i=i: batcher.waiting == i, f"caller {i} to queue")
+    return futures
+
+
+def test_callers_that_queue_behind_a_pass_share_the_next_one_and_get_their_own_codes(
+    encoder: LoadedEncoder, pixels: list[np.ndarray]
+) -> None:
+    network_encoder, network = gated(encoder)
+    batcher = EncodeBatcher(CpuSlots(2, 8))
+    with ThreadPoolExecutor(len(pixels)) as pool:
+        futures = submit_all(pool, batcher, [network_encoder] * len(pixels), pixels, network)
+        network.gate.set()
+        codes = [future.result(timeout=30) for future in futures]
+    assert network.sizes == [1, len(pixels) - 1]  # a backbone that batches: one pass at a time
+    assert network.most_inside == 1
+    expected = encode(encoder, np.stack(pixels))
+    assert np.array_equal(np.stack(codes), expected)  # each caller its own image's code
+
+
+def test_a_pass_takes_at_most_the_backbones_pass_size(
+    encoder: LoadedEncoder, pixels: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(backbones.CPU_PASS, str(encoder.metadata["backbone"]), 2)
+    network_encoder, network = gated(encoder)
+    batcher = EncodeBatcher(CpuSlots(2, 8))
+    with ThreadPoolExecutor(len(pixels)) as pool:
+        futures = submit_all(pool, batcher, [network_encoder] * len(pixels), pixels, network)
+        network.gate.set()
+        codes = [future.result(timeout=30) for future in futures]
+    assert network.sizes == [1, 2, 2, 2]
+    assert np.array_equal(np.stack(codes), encode(encoder, np.stack(pixels)))
+
+
+def test_a_backbone_of_one_image_per_pass_runs_a_pass_per_cpu_slot_at_once(
+    encoder: LoadedEncoder, pixels: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EfficientNet-Lite0's pass size is 1: batching must not serialise its passes onto one core."""
+    monkeypatch.setitem(backbones.CPU_PASS, str(encoder.metadata["backbone"]), 1)
+    network_encoder, network = gated(encoder)
+    batcher = EncodeBatcher(CpuSlots(2, 8))
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(batcher.encode, network_encoder, image) for image in pixels[:4]]
+        wait_until(lambda: network.inside == 2 and batcher.waiting == 2, "two passes at once, two queued")
+        network.gate.set()
+        codes = [future.result(timeout=30) for future in futures]
+    assert network.sizes == [1, 1, 1, 1] and network.most_inside == 2
+    assert np.array_equal(np.stack(codes), encode(encoder, np.stack(pixels[:4])))
+
+
+def test_a_failed_pass_raises_in_each_of_its_callers_and_the_next_pass_works(
+    encoder: LoadedEncoder, pixels: list[np.ndarray]
+) -> None:
+    network_encoder, network = gated(encoder)
+    batcher = EncodeBatcher(CpuSlots(2, 8))
+    with ThreadPoolExecutor(3) as pool:
+        futures = submit_all(pool, batcher, [network_encoder] * 3, pixels[:3], network)
+        network.raise_next = True  # the second pass, the one the two queued callers share
+        network.gate.set()
+        first = futures[0].result(timeout=30)
+        for future in futures[1:]:
+            with pytest.raises(RuntimeError, match="the network failed"):
+                future.result(timeout=30)
+    assert network.sizes == [1, 2]
+    assert np.array_equal(first, encode(encoder, pixels[0][None])[0])
+    assert np.array_equal(batcher.encode(network_encoder, pixels[1]), encode(encoder, pixels[1][None])[0])
+    assert batcher.waiting == 0
+
+
+def test_a_pass_never_mixes_two_models(encoder: LoadedEncoder, pixels: list[np.ndarray]) -> None:
+    """During a model swap, searches of the old and the new model wait together: each pass is one model's."""
+    old, old_network = gated(encoder)
+    new, new_network = gated(encoder)
+    new_network.gate.set()
+    batcher = EncodeBatcher(CpuSlots(2, 8))
+    encoders = [old, new, old, new, old]
+    with ThreadPoolExecutor(len(encoders)) as pool:
+        futures = submit_all(pool, batcher, encoders, pixels[:5], old_network)
+        old_network.gate.set()
+        codes = [future.result(timeout=30) for future in futures]
+    assert old_network.sizes == [1, 2] and new_network.sizes == [2]
+    assert np.array_equal(np.stack(codes), encode(encoder, np.stack(pixels[:5])))
