@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,10 +47,11 @@ class EncodeBatcher:
     Args:
         slots: the CPU slots the passes run in (one each); a backbone of pass size 1 runs up to
             ``slots.slots`` passes at once.
+        observe: called with each pass's number of uploads, after the pass (a metric).
     """
 
-    def __init__(self, slots: CpuSlots) -> None:
-        self.slots = slots
+    def __init__(self, slots: CpuSlots, observe: Callable[[int], object] = lambda size: None) -> None:
+        self.slots, self.observe = slots, observe
         self._changed = threading.Condition()
         self._waiting: deque[_Upload] = deque()
         self._running = 0
@@ -109,3 +111,4 @@ class EncodeBatcher:
             return
         for upload, code in zip(batch, codes, strict=True):
             upload.code = code
+        self.observe(len(batch))

@@ -1,7 +1,9 @@
 """Prometheus metrics: one registry per app (no process globals), exposed at ``GET /metrics``.
 
 * ``metah_http_request_seconds{method, route, status}``: latency per route template (not per raw path);
-* ``metah_stage_seconds{stage}``: the search pipeline's stages: decode, encode, search, hydrate;
+* ``metah_stage_seconds{stage}``: the search pipeline's stages: decode, encode (waiting for and running the
+  forward pass that a search shares with concurrent ones), search, hydrate;
+* ``metah_encode_pass_images``: uploads encoded per forward pass of the searches (:mod:`service.batching`);
 * ``metah_indexed_images``: codes in the serving index; ``metah_jobs{kind, status}``: jobs by state,
   both read at scrape time.
 """
@@ -21,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.logs import REQUEST_ID_HEADER, access_log, bind, request_id_of
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+PASS_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # () → (indexed images or None, {(kind, status): count})
@@ -60,6 +63,13 @@ class Metrics:
             "Search pipeline stage latency",
             ["stage"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.pass_images = Histogram(
+            "metah_encode_pass_images",
+            "Search uploads encoded per forward pass (concurrent searches share one)",
+            buckets=PASS_BUCKETS,
             registry=self.registry,
         )
 

@@ -89,7 +89,10 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.cpu = CpuSlots(os.cpu_count() or 1, self.settings.cpu_queue)
-        self.encodes = EncodeBatcher(self.cpu)
+        self.encodes = EncodeBatcher(self.cpu, self._observe_pass)
+
+    def _observe_pass(self, size: int) -> None:
+        self.metrics.pass_images.observe(size)  # the metrics of the moment (the app sets its own after start)
 
     async def run_cpu(self, function: Callable[..., T], *args: object) -> T:
         """Run CPU work (decode, encode) in a worker thread holding one of the ``cpu`` slots throughout (429 when

@@ -40,5 +40,8 @@ def test_metrics_report_routes_stages_and_index_size(
     for stage in ("decode", "encode", "search", "hydrate"):
         sample = f'metah_stage_seconds_count{{stage="{stage}"}}'
         assert _value(text, sample) - _value(before, sample) == 2
+    passes = _value(text, "metah_encode_pass_images_count") - _value(before, "metah_encode_pass_images_count")
+    assert passes == 2  # one after the other: a pass of one upload each
+    assert _value(text, 'metah_encode_pass_images_bucket{le="1.0"}') == _value(text, "metah_encode_pass_images_count")
     assert _value(text, "metah_indexed_images") == 3
     assert "# TYPE metah_jobs gauge" in text

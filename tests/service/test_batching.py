@@ -94,12 +94,13 @@ def test_callers_that_queue_behind_a_pass_share_the_next_one_and_get_their_own_c
     encoder: LoadedEncoder, pixels: list[np.ndarray]
 ) -> None:
     network_encoder, network = gated(encoder)
-    batcher = EncodeBatcher(CpuSlots(2, 8))
+    observed: list[int] = []
+    batcher = EncodeBatcher(CpuSlots(2, 8), observed.append)
     with ThreadPoolExecutor(len(pixels)) as pool:
         futures = submit_all(pool, batcher, [network_encoder] * len(pixels), pixels, network)
         network.gate.set()
         codes = [future.result(timeout=30) for future in futures]
-    assert network.sizes == [1, len(pixels) - 1]  # a backbone that batches: one pass at a time
+    assert network.sizes == observed == [1, len(pixels) - 1]  # a backbone that batches: one pass at a time
     assert network.most_inside == 1
     expected = encode(encoder, np.stack(pixels))
     assert np.array_equal(np.stack(codes), expected)  # each caller its own image's code
@@ -139,10 +140,11 @@ def test_a_failed_pass_raises_in_each_of_its_callers_and_the_next_pass_works(
     encoder: LoadedEncoder, pixels: list[np.ndarray]
 ) -> None:
     network_encoder, network = gated(encoder)
-    batcher = EncodeBatcher(CpuSlots(2, 8))
+    observed: list[int] = []
+    batcher = EncodeBatcher(CpuSlots(2, 8), observed.append)
     with ThreadPoolExecutor(3) as pool:
         futures = submit_all(pool, batcher, [network_encoder] * 3, pixels[:3], network)
-        network.raise_next = True  # the second pass, the one the two queued callers share
+        network.raise_next = True  # the second pass, the one the two queued callers share (not observed)
         network.gate.set()
         first = futures[0].result(timeout=30)
         for future in futures[1:]:
@@ -151,7 +153,7 @@ def test_a_failed_pass_raises_in_each_of_its_callers_and_the_next_pass_works(
     assert network.sizes == [1, 2]
     assert np.array_equal(first, encode(encoder, pixels[0][None])[0])
     assert np.array_equal(batcher.encode(network_encoder, pixels[1]), encode(encoder, pixels[1][None])[0])
-    assert batcher.waiting == 0
+    assert batcher.waiting == 0 and observed == [1, 1]
 
 
 def test_a_pass_never_mixes_two_models(encoder: LoadedEncoder, pixels: list[np.ndarray]) -> None:

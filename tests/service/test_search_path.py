@@ -90,14 +90,14 @@ def test_a_full_cpu_queue_answers_429_with_retry_after(
     post_image(client, digit_pngs[0][0])
     slots = os.cpu_count() or 1
     inside, release = threading.Semaphore(0), threading.Event()
-    encode = retrieval.encode
+    decode_upload = retrieval.decode_upload
 
-    def held_encode(*args: Any) -> np.ndarray:
+    def held_decode(*args: Any) -> np.ndarray:
         inside.release()
         assert release.wait(timeout=30)
-        return encode(*args)
+        return decode_upload(*args)
 
-    monkeypatch.setattr(retrieval, "encode", held_encode)
+    monkeypatch.setattr(retrieval, "decode_upload", held_decode)
     statuses: list[int] = []
 
     def blocked_search() -> None:
@@ -121,7 +121,7 @@ def test_a_full_cpu_queue_answers_429_with_retry_after(
         for thread in threads:
             thread.join(timeout=30)
     assert statuses == [200] * slots
-    monkeypatch.setattr(retrieval, "encode", encode)
+    monkeypatch.setattr(retrieval, "decode_upload", decode_upload)
     assert search(client, digit_pngs[2][0]).status_code == 200
 
 
