@@ -78,7 +78,6 @@ def create_app(settings: Settings) -> FastAPI:
         per_path={jobs.INGEST_PATH: settings.max_archive_bytes},
     )
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost: refused bodies are observed too
-    search.add_upload_search(app)  # the busiest route first, on the app itself
     for module in (health, search, images, domains, models, jobs, observability_routes, ui):
         app.include_router(module.router)
     return app

@@ -1,17 +1,16 @@
-"""``POST /v1/search`` (:func:`add_upload_search`) and ``POST /v1/images/{id}/similar`` (open: no API key needed)."""
+"""``POST /v1/search`` and ``POST /v1/images/{id}/similar`` (open: no API key needed)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.routing import request_response
 
 from service.deps import ImageFile, ImageId, PairDep, RuntimeDep, runtime_of, serving_pair, upload_bytes
 from service.errors import ModelSwitchedError
@@ -44,14 +43,9 @@ class UploadSearchRoute(APIRoute):
     """``POST /v1/search`` as FastAPI documents it (its endpoint's signature), served without FastAPI's per-request
     machinery: the query parameters are validated by :class:`SearchParams`, the form is parsed by Starlette as
     FastAPI would, and the answer is written by pydantic directly. That machinery (dependency solving, body
-    extraction, response validation, the exit stacks kept for dependencies with ``yield``) was the largest part
-    of a search's work on the event loop, which every request of the process shares (search-path notes, §7, §9).
-    Errors are FastAPI's: a bad parameter or a missing file raises :class:`RequestValidationError` (422 in the
-    contract's error body)."""
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        super().__init__(path, endpoint, **kwargs)
-        self.app = request_response(self.get_route_handler())  # Starlette's: no dependency exit stacks to run
+    extraction, response validation) was the largest part of a search's work on the event loop, which every
+    request of the process shares (search-path notes, §7). Errors are FastAPI's: a bad parameter or a missing
+    file raises :class:`RequestValidationError` (422 in the contract's error body)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         if self.dependencies:  # FastAPI would run them; this handler does not
@@ -101,18 +95,13 @@ async def search(request: Request, image: ImageFile, params: SearchParamsDep) ->
     return await _answered(runtime, pair, search_upload, data, params.query())
 
 
-def add_upload_search(app: FastAPI) -> None:
-    """Register ``POST /v1/search`` on ``app`` itself, ahead of the routers it includes (call it first). FastAPI
-    reaches a route of an included router through a second matching pass over that router's routes, on every
-    request; a route of the app's own is matched once, by its path pattern (search-path notes, §9)."""
-    app.router.add_api_route(
-        f"{router.prefix}/search",
-        search,
-        methods=["POST"],
-        tags=["search"],
-        responses=errors(413, 415, 422, 429, 503),
-        route_class_override=UploadSearchRoute,
-    )
+router.add_api_route(
+    "/search",
+    search,
+    methods=["POST"],
+    responses=errors(413, 415, 422, 429, 503),
+    route_class_override=UploadSearchRoute,
+)
 
 
 @router.post("/images/{image_id}/similar", responses=errors(404, 409, 422, 429, 503))
