@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,21 @@ def gated(encoder: LoadedEncoder) -> tuple[LoadedEncoder, GatedNetwork]:
     return replace(encoder, module=network), network  # type: ignore[arg-type]
 
 
+@dataclass
+class Rig:
+    """A gated copy of the encoder, its network, and a batcher on two CPU slots that records its passes' sizes."""
+
+    encoder: LoadedEncoder
+    network: GatedNetwork
+    batcher: EncodeBatcher
+    observed: list[int]
+
+
+def rig(encoder: LoadedEncoder) -> Rig:
+    observed: list[int] = []
+    return Rig(*gated(encoder), EncodeBatcher(CpuSlots(2, 8), observed.append), observed)
+
+
 def wait_until(condition: Any, what: str) -> None:
     deadline = time.monotonic() + 30
     while not condition():
@@ -73,35 +88,35 @@ def wait_until(condition: Any, what: str) -> None:
         time.sleep(0.005)
 
 
-def submit_all(
-    pool: ThreadPoolExecutor,
+def encode_queued(
     batcher: EncodeBatcher,
     encoders: list[LoadedEncoder],
     pixels: list[np.ndarray],
     first: GatedNetwork,
+    *,
+    fail_second: bool = False,
 ) -> list[Future[np.ndarray]]:
-    """One caller per image, in order: the first one's pass waits at ``first``'s gate, the others queue behind
-    it, each before the next one starts."""
-    futures = [pool.submit(batcher.encode, encoders[0], pixels[0])]
-    wait_until(lambda: first.sizes == [1], "the first pass")
-    for i, (encoder, image) in enumerate(zip(encoders[1:], pixels[1:], strict=True), start=1):
-        futures.append(pool.submit(batcher.encode, encoder, image))
-        wait_until(lambda i=i: batcher.waiting == i, f"caller {i} to queue")
+    """One caller per image, in order: the first one's pass waits at ``first``'s gate while the others queue
+    behind it, each before the next one starts; then the gate opens (the next pass of ``first`` fails with
+    ``fail_second``). The callers' futures, all done."""
+    with ThreadPoolExecutor(len(pixels)) as pool:
+        futures = [pool.submit(batcher.encode, encoders[0], pixels[0])]
+        wait_until(lambda: first.sizes == [1], "the first pass")
+        for i, (encoder, image) in enumerate(zip(encoders[1:], pixels[1:], strict=True), start=1):
+            futures.append(pool.submit(batcher.encode, encoder, image))
+            wait_until(lambda i=i: batcher.waiting == i, f"caller {i} to queue")
+        first.raise_next = fail_second
+        first.gate.set()
     return futures
 
 
 def test_callers_that_queue_behind_a_pass_share_the_next_one_and_get_their_own_codes(
     encoder: LoadedEncoder, pixels: list[np.ndarray]
 ) -> None:
-    network_encoder, network = gated(encoder)
-    observed: list[int] = []
-    batcher = EncodeBatcher(CpuSlots(2, 8), observed.append)
-    with ThreadPoolExecutor(len(pixels)) as pool:
-        futures = submit_all(pool, batcher, [network_encoder] * len(pixels), pixels, network)
-        network.gate.set()
-        codes = [future.result(timeout=30) for future in futures]
-    assert network.sizes == observed == [1, len(pixels) - 1]  # a backbone that batches: one pass at a time
-    assert network.most_inside == 1
+    r = rig(encoder)
+    codes = [future.result() for future in encode_queued(r.batcher, [r.encoder] * len(pixels), pixels, r.network)]
+    assert r.network.sizes == r.observed == [1, len(pixels) - 1]  # a backbone that batches: one pass at a time
+    assert r.network.most_inside == 1
     expected = encode(encoder, np.stack(pixels))
     assert np.array_equal(np.stack(codes), expected)  # each caller its own image's code
 
@@ -110,13 +125,9 @@ def test_a_pass_takes_at_most_the_backbones_pass_size(
     encoder: LoadedEncoder, pixels: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(backbones.CPU_PASS, str(encoder.metadata["backbone"]), 2)
-    network_encoder, network = gated(encoder)
-    batcher = EncodeBatcher(CpuSlots(2, 8))
-    with ThreadPoolExecutor(len(pixels)) as pool:
-        futures = submit_all(pool, batcher, [network_encoder] * len(pixels), pixels, network)
-        network.gate.set()
-        codes = [future.result(timeout=30) for future in futures]
-    assert network.sizes == [1, 2, 2, 2]
+    r = rig(encoder)
+    codes = [future.result() for future in encode_queued(r.batcher, [r.encoder] * len(pixels), pixels, r.network)]
+    assert r.network.sizes == r.observed == [1, 2, 2, 2]
     assert np.array_equal(np.stack(codes), encode(encoder, np.stack(pixels)))
 
 
@@ -125,47 +136,37 @@ def test_a_backbone_of_one_image_per_pass_runs_a_pass_per_cpu_slot_at_once(
 ) -> None:
     """EfficientNet-Lite0's pass size is 1: batching must not serialise its passes onto one core."""
     monkeypatch.setitem(backbones.CPU_PASS, str(encoder.metadata["backbone"]), 1)
-    network_encoder, network = gated(encoder)
-    batcher = EncodeBatcher(CpuSlots(2, 8))
+    r = rig(encoder)
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(batcher.encode, network_encoder, image) for image in pixels[:4]]
-        wait_until(lambda: network.inside == 2 and batcher.waiting == 2, "two passes at once, two queued")
-        network.gate.set()
+        futures = [pool.submit(r.batcher.encode, r.encoder, image) for image in pixels[:4]]
+        wait_until(lambda: r.network.inside == 2 and r.batcher.waiting == 2, "two passes at once, two queued")
+        r.network.gate.set()
         codes = [future.result(timeout=30) for future in futures]
-    assert network.sizes == [1, 1, 1, 1] and network.most_inside == 2
+    assert r.network.sizes == [1, 1, 1, 1] and r.network.most_inside == 2
     assert np.array_equal(np.stack(codes), encode(encoder, np.stack(pixels[:4])))
 
 
 def test_a_failed_pass_raises_in_each_of_its_callers_and_the_next_pass_works(
     encoder: LoadedEncoder, pixels: list[np.ndarray]
 ) -> None:
-    network_encoder, network = gated(encoder)
-    observed: list[int] = []
-    batcher = EncodeBatcher(CpuSlots(2, 8), observed.append)
-    with ThreadPoolExecutor(3) as pool:
-        futures = submit_all(pool, batcher, [network_encoder] * 3, pixels[:3], network)
-        network.raise_next = True  # the second pass, the one the two queued callers share (not observed)
-        network.gate.set()
-        first = futures[0].result(timeout=30)
-        for future in futures[1:]:
-            with pytest.raises(RuntimeError, match="the network failed"):
-                future.result(timeout=30)
-    assert network.sizes == [1, 2]
+    r = rig(encoder)
+    futures = encode_queued(r.batcher, [r.encoder] * 3, pixels[:3], r.network, fail_second=True)
+    first = futures[0].result()
+    for future in futures[1:]:  # the pass the two queued callers shared (not observed)
+        with pytest.raises(RuntimeError, match="the network failed"):
+            future.result()
+    assert r.network.sizes == [1, 2]
     assert np.array_equal(first, encode(encoder, pixels[0][None])[0])
-    assert np.array_equal(batcher.encode(network_encoder, pixels[1]), encode(encoder, pixels[1][None])[0])
-    assert batcher.waiting == 0 and observed == [1, 1]
+    assert np.array_equal(r.batcher.encode(r.encoder, pixels[1]), encode(encoder, pixels[1][None])[0])
+    assert r.batcher.waiting == 0 and r.observed == [1, 1]
 
 
 def test_a_pass_never_mixes_two_models(encoder: LoadedEncoder, pixels: list[np.ndarray]) -> None:
     """During a model swap, searches of the old and the new model wait together: each pass is one model's."""
-    old, old_network = gated(encoder)
+    old = rig(encoder)
     new, new_network = gated(encoder)
     new_network.gate.set()
-    batcher = EncodeBatcher(CpuSlots(2, 8))
-    encoders = [old, new, old, new, old]
-    with ThreadPoolExecutor(len(encoders)) as pool:
-        futures = submit_all(pool, batcher, encoders, pixels[:5], old_network)
-        old_network.gate.set()
-        codes = [future.result(timeout=30) for future in futures]
-    assert old_network.sizes == [1, 2] and new_network.sizes == [2]
+    encoders = [old.encoder, new, old.encoder, new, old.encoder]
+    codes = [future.result() for future in encode_queued(old.batcher, encoders, pixels[:5], old.network)]
+    assert old.network.sizes == [1, 2] and new_network.sizes == [2] and old.observed == [1, 2, 2]
     assert np.array_equal(np.stack(codes), encode(encoder, np.stack(pixels[:5])))
