@@ -273,6 +273,14 @@ def search(client: httpx.Client, data: bytes, **params: Any) -> httpx.Response:
     return client.post("/v1/search", files={"image": ("query.png", data, "image/png")}, params=params)
 
 
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.1) -> None:
+    """Poll ``condition`` every ``poll_s`` until it holds; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(poll_s)
+
+
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     """The response has ``status`` and the contract's error body (and, if given, that ``code``)."""
     assert response.status_code == status, response.text

@@ -4,7 +4,7 @@ gate in front of its network so that callers can be queued behind a running pass
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +19,9 @@ from model.export import LoadedEncoder, load_encoder
 from service.batching import EncodeBatcher
 from service.limits import CpuSlots
 from service.pipeline import decode, encode
-from tests.service.conftest import MAX_PIXELS
+from tests.service.conftest import MAX_PIXELS, wait_for
+
+TIMEOUT_S = 30
 
 
 class GatedNetwork:
@@ -81,11 +83,8 @@ def rig(encoder: LoadedEncoder) -> Rig:
     return Rig(*gated(encoder), EncodeBatcher(CpuSlots(2, 8), observed.append), observed)
 
 
-def wait_until(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    wait_for(condition, TIMEOUT_S, f"timed out waiting for {what}", poll_s=0.005)
 
 
 def encode_queued(
@@ -102,9 +101,9 @@ def encode_queued(
     with ThreadPoolExecutor(len(pixels)) as pool:
         futures = [pool.submit(batcher.encode, encoders[0], pixels[0])]
         wait_until(lambda: first.sizes == [1], "the first pass")
-        for i, (encoder, image) in enumerate(zip(encoders[1:], pixels[1:], strict=True), start=1):
+        for encoder, image in zip(encoders[1:], pixels[1:], strict=True):
             futures.append(pool.submit(batcher.encode, encoder, image))
-            wait_until(lambda i=i: batcher.waiting == i, f"caller {i} to queue")
+            wait_until(lambda: batcher.waiting == len(futures) - 1, f"caller {len(futures) - 1} to queue")
         first.raise_next = fail_second
         first.gate.set()
     return futures

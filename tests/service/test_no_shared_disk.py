@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -48,6 +48,7 @@ from tests.service.conftest import (
     post_image,
     running_metah_serve,
     search,
+    wait_for,
 )
 from tests.service.test_api_jobs import image_folder, submitted, wait_job, zip_of
 from tests.service.test_api_s3 import stored_files, wait_ready
@@ -205,13 +206,6 @@ def same_bytes_through_both(a: httpx.Client, b: httpx.Client, data: bytes) -> li
     for thread in threads:
         thread.join(timeout=120)
     return answers
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(poll_s)
 
 
 def training_started(job: dict[str, Any]) -> bool:
