@@ -46,8 +46,7 @@ async def _follow_changes(runtime: Runtime) -> None:
 
 @asynccontextmanager
 async def _lifespan(settings: Settings, metrics: Metrics, app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-    runtime = await anyio.to_thread.run_sync(open_runtime, settings)
-    runtime.metrics = metrics
+    runtime = await anyio.to_thread.run_sync(open_runtime, settings, metrics)
     metrics.watch_state(partial(read_state, runtime))
     # Workers run unless the service cannot work at all; they build the Milvus collection it may wait for.
     usable = runtime.problem is None or runtime.problem.code in (INDEX_NOT_READY, INDEX_UNAVAILABLE)

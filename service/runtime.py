@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -89,10 +90,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.cpu = CpuSlots(os.cpu_count() or 1, self.settings.cpu_queue)
-        self.encodes = EncodeBatcher(self.cpu, self._observe_pass)
-
-    def _observe_pass(self, size: int) -> None:
-        self.metrics.pass_images.observe(size)  # the metrics of the moment (the app sets its own after start)
+        self.encodes = EncodeBatcher(self.cpu, self.metrics.pass_images.observe)
 
     async def run_cpu(self, function: Callable[..., T], *args: object) -> T:
         """Run CPU work (decode, encode) in a worker thread holding one of the ``cpu`` slots throughout (429 when
@@ -180,43 +178,45 @@ class Runtime:
         self.db.close()
 
 
-def open_runtime(settings: Settings) -> Runtime:
-    """Open the database and load the active model and its index (blocking: call it in a thread)."""
+def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
+    """Open the database and load the active model and its index (blocking: call it in a thread); the runtime
+    reports to ``metrics`` (the app's, which its middleware reports to as well)."""
     torch.set_num_threads(settings.torch_threads)  # single-image inference: more threads only add overhead
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
     store = open_blob_store(settings)
+    runtime = partial(Runtime, settings, db, store, metrics=metrics)
     revision, head = current_revision(settings.sqlalchemy_url), head_revision()
     if revision != head:
         message = f"the database is at revision {revision}, this code needs {head}: run `metah migrate`"
         log.error(message)
-        return Runtime(settings, db, store, None, NotReadyError(message, code="database_not_migrated"))
+        return runtime(None, NotReadyError(message, code="database_not_migrated"))
     if settings.index_backend == "milvus":
-        return _open_remote_runtime(settings, db, store)
+        return _open_remote_runtime(settings, db, store, metrics)
     try:
         pair = open_active_pair(settings, db, store)
     except BlobStoreError as exc:
         log.error("no model is served: %s", exc)
         problem = NotReadyError(f"the active model cannot be read: the blob store is unavailable: {exc.reason}")
-        return Runtime(settings, db, store, None, problem)
+        return runtime(None, problem)
     except (CheckpointError, HashIndexError, OSError) as exc:
         log.error("no model is served: %s", exc)
         problem = NotReadyError(f"the active model cannot be loaded: {exc}", code="model_unavailable")
-        return Runtime(settings, db, store, None, problem)
+        return runtime(None, problem)
     if pair is None:
         problem = NotReadyError("no model is registered: set METAH_MODEL or train one", code="no_model")
-        return Runtime(settings, db, store, None, problem)
+        return runtime(None, problem)
     active = ActivePair(pair)
-    return Runtime(settings, db, store, active, follower=ChangeFollower(settings, db, store, active))
+    return runtime(active, follower=ChangeFollower(settings, db, store, active))
 
 
-def _open_remote_runtime(settings: Settings, db: Database, store: BlobStore) -> Runtime:
+def _open_remote_runtime(settings: Settings, db: Database, store: BlobStore, metrics: Metrics) -> Runtime:
     """The Milvus backend: no model is served until Milvus answers and the active model's collection is ready
     (503 meanwhile); the follower connects, starts the indexer on Milvus Lite, and keeps looking."""
     from service.remote_index import RemoteFollower
 
     waiting = NotReadyError(f"connecting to Milvus at {settings.milvus_uri}", code=INDEX_UNAVAILABLE)
-    runtime = Runtime(settings, db, store, None, waiting)
+    runtime = Runtime(settings, db, store, None, waiting, metrics=metrics)
     runtime.follower = RemoteFollower(settings, db, store, runtime)
     runtime.follow_activation()
     return runtime
