@@ -51,6 +51,9 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "entropy=0.1": ({}, {"entropy": 0.1}),
     "entropy=1,diversity=1": ({}, {"entropy": 1.0, "diversity": 1.0}),
     "adapt_batch_norm": ({"adapt_batch_norm": True}, {}),  # backbone statistics of source + target, not ImageNet's
+    "pseudo_pairs=3": ({}, {"pseudo_pairs": 3.0}),
+    "pseudo_pairs=10": ({}, {"pseudo_pairs": 10.0}),
+    "pseudo_pairs=10,threshold=0.7": ({}, {"pseudo_pairs": 10.0, "pseudo_threshold": 0.7}),
 }
 
 

@@ -10,6 +10,7 @@ import torch
 from model.config import TrainConfig, load_config_file
 from model.errors import ConfigError
 from model.network import NetOutput
+from model.losses import pairwise_t_loss
 from model.objective import METHODS, LossWeights, compute_objective
 
 
@@ -135,6 +136,8 @@ def test_default_config_is_the_documented_recipe() -> None:
         "classification": 1.0,
         "entropy": 0.3,
         "diversity": 0.1,
+        "pseudo_pairs": 0.0,
+        "pseudo_threshold": 0.9,
         "entropy_ramp": True,
         "balance_pairs": True,
     }
@@ -179,3 +182,21 @@ def test_the_diversity_term_enters_the_objective_ramped_like_the_entropy() -> No
     without, _ = compute_objective(out, labels, LossWeights(classification=1.0), ramp=1.0)
     ramped_part = float(full - without)
     assert float(half - without) == pytest.approx(ramped_part / 2, rel=1e-5)
+
+
+def test_pseudo_pairs_pull_only_the_target_codes_the_classifier_is_sure_of() -> None:
+    torch.manual_seed(0)
+    codes = torch.tanh(torch.randn(6, 16)).requires_grad_()
+    sure, unsure = torch.tensor([0.0, 9.0, 0.0]), torch.zeros(3)  # softmax ≈ 1.0 for class 1; exactly 1/3 each
+    logits = torch.stack([torch.randn(3), torch.randn(3), torch.randn(3), torch.randn(3), sure, unsure])
+    out, labels = NetOutput(codes, logits, None), torch.tensor([0, 1, 1, 2])
+    weights = LossWeights(classification=1.0, pseudo_pairs=2.0, pseudo_threshold=0.9)
+    assert weights.needs_classifier and weights.uses_target
+    total, values = compute_objective(out, labels, weights, ramp=0.5)
+    without, _ = compute_objective(out, labels, replace(weights, pseudo_pairs=0.0), ramp=0.5)
+    assert float(total - without) == pytest.approx(2.0 * 0.5 * values["pseudo_pairs"], rel=1e-5)
+    (grad,) = torch.autograd.grad(total - without, codes)
+    assert grad[4].abs().sum() > 0 and grad[5].abs().sum() == 0  # the unsure row is left alone
+    # the sure row joins as class 1: the same term as a source row labelled 1 there
+    as_source = pairwise_t_loss(codes[:5].detach(), torch.tensor([0, 1, 1, 2, 1]), balanced=True)
+    assert values["pseudo_pairs"] == pytest.approx(float(as_source), rel=1e-5)
