@@ -9,8 +9,8 @@ import torch
 
 from model.config import TrainConfig, load_config_file
 from model.errors import ConfigError
-from model.network import NetOutput
 from model.losses import pairwise_t_loss
+from model.network import NetOutput
 from model.objective import METHODS, LossWeights, compute_objective
 
 
