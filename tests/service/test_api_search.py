@@ -11,14 +11,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from PIL import Image
 from starlette.exceptions import HTTPException
 
 from index import hamming_distances
 from model.export import load_encoder
 from service.pipeline import encode_upload
-from service.routes.search import UploadSearchRoute, read_body
+from service.routes.search import UploadSearchRoute, parsed_form
 from service.routes.search import search as search_endpoint
 from tests.service.conftest import MAX_PIXELS, post_image, search
 
@@ -142,7 +142,11 @@ def test_the_search_route_class_refuses_route_dependencies_it_would_not_run() ->
 
 
 def test_a_body_that_breaks_off_is_a_400_as_fastapi_gives() -> None:
-    """The search route reads its own body: a client that disconnects mid-upload is a 400, not a server error."""
+    """The search route parses its own form: a client that disconnects mid-upload is a 400, not a server error."""
+    scope = {
+        "type": "http", "method": "POST", "path": "/v1/search", "query_string": b"",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+    }  # fmt: skip
     head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n\x89PNG'
     sent: list[dict[str, object]] = [
         {"type": "http.request", "body": head, "more_body": True},
@@ -154,5 +158,5 @@ def test_a_body_that_breaks_off_is_a_400_as_fastapi_gives() -> None:
         return next(messages)
 
     with pytest.raises(HTTPException) as caught:
-        asyncio.run(read_body(receive))
+        asyncio.run(parsed_form(Request(scope, receive)))
     assert caught.value.status_code == 400
