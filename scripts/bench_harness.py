@@ -76,9 +76,11 @@ def rss_kib(pid: int | str = "self") -> int:
     return memory_kib(pid)["VmRSS"]
 
 
-def cpu_seconds(pid: int | str = "self") -> float:
-    """User + system CPU time a process has used so far, all its threads (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int | str = "self", thread: int | None = None) -> float:
+    """User + system CPU time a process has used so far, all its threads, or only ``thread`` (a thread id of
+    the process; the main thread's is the process id) (Linux ``/proc``)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

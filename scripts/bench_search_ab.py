@@ -10,7 +10,9 @@ uploaded to both, then every query goes, in alternating order, to before and aft
 client and with httpx, and through the in-process decode → encode → index search; ``/healthz`` on both gives
 the HTTP floor. Then a few rounds of searches at 1 and 8 httpx clients, and at 1 and 8 connections of ``wrk``
 (a load generator in C, :mod:`workbench.wrk`, whose own CPU per request is negligible next to the server's),
-alternating the servers. Alternating within one run is what makes the two comparable on a machine whose load
+alternating the servers; around each wrk run the API process's CPU time is read from ``/proc`` (all its
+threads, and its main thread, the event loop), which tells how much of the two cores it turns into searches.
+Alternating within one run is what makes the two comparable on a machine whose load
 moves between runs.
 Writes ``OUT.json`` (every figure) and ``OUT.md``.
 """
@@ -39,6 +41,7 @@ from scripts.bench_harness import (
     PlainHttp,
     Server,
     build_index,
+    cpu_seconds,
     describe,
     http_caller,
     image_sets,
@@ -150,13 +153,22 @@ def throughput(
             if clients == 1:
                 runs.setdefault("in_process_round", []).append(in_process_round(local, queries))
             for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
+                pid = servers[side].pid
+                used = cpu_seconds(pid), cpu_seconds(pid, thread=pid)
                 row = wrk_searches(servers[side].base_url, f"/v1/search?k={K}", bodies, names, clients, seconds)
+                row["server_cpu_s"] = cpu_seconds(pid) - used[0]  # the whole API process, every thread
+                row["loop_cpu_s"] = cpu_seconds(pid, thread=pid) - used[1]  # its main thread: the event loop
                 runs.setdefault(f"{side}_wrk_{clients}", []).append(row)
     out: dict[str, Any] = {"in_process_round": {"runs": runs.pop("in_process_round")}}
     for key, rows in runs.items():
         out[key] = {"qps_median": statistics.median(r["qps"] for r in rows), "runs": rows}
         if "wrk" in key:
             out[key]["median_ms"] = statistics.median(r["median_ms"] for r in rows)
+            out[key]["cores_median"] = statistics.median(r["server_cpu_s"] / r["seconds"] for r in rows)
+            out[key]["loop_cores_median"] = statistics.median(r["loop_cpu_s"] / r["seconds"] for r in rows)
+            out[key]["cpu_ms_per_search_median"] = statistics.median(
+                1e3 * r["server_cpu_s"] / r["requests"] for r in rows
+            )
     baseline = [r["median_ms"] for r in out["in_process_round"]["runs"]]
     for side in SIDES:
         overheads = [r["median_ms"] - ms for r, ms in zip(out[f"{side}_wrk_1"]["runs"], baseline, strict=True)]
@@ -210,6 +222,17 @@ def report(results: dict[str, Any]) -> str:
             f"| searches/s, {clients} wrk connection{'s' if clients > 1 else ''} (median of "
             f"{len(qps[f'before_wrk_{clients}']['runs'])} rounds) | {before:.1f} | "
             f"{after:.1f} (×{after / before:.2f}) |"
+        )
+    for clients in (1, 8):
+        if "cores_median" not in qps.get(f"before_wrk_{clients}", {}):  # written before CPU was measured
+            continue
+        cells = [
+            f"{row['cores_median']:.2f} ({row['loop_cores_median']:.2f}); {row['cpu_ms_per_search_median']:.2f}"
+            for row in (qps[f"{side}_wrk_{clients}"] for side in SIDES)
+        ]
+        lines.append(
+            f"| API process at {clients} wrk connection{'s' if clients > 1 else ''}: CPU cores in use (event loop "
+            f"thread); CPU ms per search (medians of rounds) | {' | '.join(cells)} |"
         )
     if "before_wrk_1" in qps:
         cells = [f"{qps[f'{side}_wrk_1']['median_ms']:.2f}" for side in SIDES]
