@@ -78,8 +78,12 @@ ImageFile = Annotated[UploadFile, File(description="the image file")]
 
 async def upload_bytes(runtime: RuntimeDep, image: ImageFile) -> bytes:
     """The uploaded file's bytes (the body size was already bounded while streaming)."""
+    return bounded_upload(runtime, await image.read(runtime.settings.max_upload_bytes + 1))
+
+
+def bounded_upload(runtime: Runtime, data: bytes) -> bytes:
+    """``data``, or 413 when the uploaded file alone is over ``max_upload_bytes``."""
     limit = runtime.settings.max_upload_bytes
-    data = await image.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLargeError(f"image exceeds the limit of {limit} bytes", code="upload_too_large")
     return data

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
-from service.deps import ImageFile, ImageId, PairDep, RuntimeDep, runtime_of, serving_pair, upload_bytes
+from service.deps import (
+    ImageFile,
+    ImageId,
+    PairDep,
+    RuntimeDep,
+    bounded_upload,
+    runtime_of,
+    serving_pair,
+    upload_bytes,
+)
 from service.errors import ModelSwitchedError
+from service.forms import FormFile, form_field
 from service.retrieval import SearchQuery, search_similar, search_upload
 from service.runtime import Runtime
 from service.schemas import DOMAIN_FILTER_PATTERN, SearchResponse, errors
@@ -40,47 +51,57 @@ SearchParamsDep = Annotated[SearchParams, Query()]
 
 
 class UploadSearchRoute(APIRoute):
-    """``POST /v1/search`` as FastAPI documents it (its endpoint's signature), served without FastAPI's per-request
-    machinery: the query parameters are validated by :class:`SearchParams`, the form is parsed by Starlette as
-    FastAPI would, and the answer is written by pydantic directly. That machinery (dependency solving, body
-    extraction, response validation) was the largest part of a search's work on the event loop, which every
-    request of the process shares (search-path notes, §7). Errors are FastAPI's: a bad parameter or a missing
-    file raises :class:`RequestValidationError` (422 in the contract's error body)."""
+    """``POST /v1/search`` as FastAPI documents it (its endpoint's signature, in the OpenAPI schema), served by a
+    plain ASGI handler (:meth:`serve`) instead of FastAPI's and Starlette's per-request machinery: the query
+    string is validated by :class:`SearchParams`, the upload is read from the whole body in memory
+    (:func:`service.forms.form_field`; the body is already bounded by the size limit), and the answer is written
+    by pydantic directly. That machinery (request and response objects, dependency solving, the streaming form
+    parser's spooled files) was the largest part of a search's work on the event loop, which every request of
+    the process shares (search-path notes, §7 and §10). The middleware, the routing and the error handlers stay
+    the application's: a bad parameter or a missing file raises :class:`RequestValidationError` (422 in the
+    contract's error body), a malformed form a 400."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        super().__init__(path, endpoint, **options)
         if self.dependencies:  # FastAPI would run them; this handler does not
             raise TypeError(f"{type(self).__name__} runs no route dependencies; {self.path} declares some")
-        endpoint = self.endpoint
 
-        async def handle(request: Request) -> Response:
-            try:
-                params = SearchParams.model_validate(request.query_params)
-            except ValidationError as exc:
-                raise RequestValidationError(_located("query", exc)) from None
-            form = await parsed_form(request)
-            try:
-                image = form.get(UPLOAD_FIELD)
-                if not isinstance(image, UploadFile):
-                    kind = "missing" if image is None else "value_error"
-                    message = "Field required" if image is None else "Expected an uploaded file"
-                    raise RequestValidationError([{"type": kind, "loc": ("body", UPLOAD_FIELD), "msg": message}])
-                answer: SearchResponse = await endpoint(request, image, params)
-            finally:
-                await form.close()
-            return Response(answer.model_dump_json(), media_type="application/json")
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """What the router calls once the path matched (FastAPI would run the ASGI app it built for the route from
+        :meth:`get_route_handler`, for a route of an included router a second one per inclusion)."""
+        allowed = self.methods or set()
+        if scope["method"] not in allowed:
+            raise HTTPException(status_code=405, headers={"Allow": ", ".join(sorted(allowed))})
+        await self.serve(scope, receive, send)
 
-        return handle
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            params = SearchParams.model_validate(QueryParams(scope["query_string"]))
+        except ValidationError as exc:
+            raise RequestValidationError(_located("query", exc)) from None
+        body = await read_body(receive)
+        image = form_field(Headers(scope=scope).get("content-type"), body, UPLOAD_FIELD)
+        if not isinstance(image, FormFile):
+            kind = "missing" if image is None else "value_error"
+            message = "Field required" if image is None else "Expected an uploaded file"
+            raise RequestValidationError([{"type": kind, "loc": ("body", UPLOAD_FIELD), "msg": message}])
+        answer = await upload_search(scope["state"]["runtime"], image, params)
+        payload = answer.model_dump_json().encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
 
 
-async def parsed_form(request: Request) -> FormData:
-    """The request's form, parsed as FastAPI parses it: Starlette's 400 for malformed multipart data, and a 400
-    for anything else that fails on the way (a client that disconnects mid-body, say)."""
-    try:
-        return await request.form()
-    except HTTPException:
-        raise
-    except Exception as exc:
-        raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body; a client that disconnects before its end gets the 400 FastAPI gives."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPException(status_code=400, detail="There was an error parsing the body")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _located(where: str, exc: ValidationError) -> list[dict[str, Any]]:
@@ -90,9 +111,13 @@ def _located(where: str, exc: ValidationError) -> list[dict[str, Any]]:
 async def search(request: Request, image: ImageFile, params: SearchParamsDep) -> SearchResponse:
     """The stored images nearest to the uploaded one, ordered by (Hamming distance, id)."""
     runtime = runtime_of(request)
+    return await upload_search(runtime, await upload_bytes(runtime, image), params)
+
+
+async def upload_search(runtime: Runtime, data: bytes, params: SearchParams) -> SearchResponse:
+    """:func:`search`'s answer for an upload's bytes (the route's handler calls it directly)."""
     pair = serving_pair(runtime)
-    data = await upload_bytes(runtime, image)
-    return await _answered(runtime, pair, search_upload, data, params.query())
+    return await _answered(runtime, pair, search_upload, bounded_upload(runtime, data), params.query())
 
 
 router.add_api_route(

@@ -11,16 +11,17 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from PIL import Image
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from index import hamming_distances
 from model.export import load_encoder
 from service.pipeline import encode_upload
-from service.routes.search import UploadSearchRoute, parsed_form
+from service.routes.search import UploadSearchRoute, read_body
 from service.routes.search import search as search_endpoint
-from tests.service.conftest import MAX_PIXELS, post_image, search
+from tests.service.conftest import MAX_PIXELS, assert_error, post_image, search
 
 N_IMAGES = 24
 
@@ -141,12 +142,26 @@ def test_the_search_route_class_refuses_route_dependencies_it_would_not_run() ->
         )  # fmt: skip
 
 
+def test_searches_are_answered_by_the_route_s_own_handler(
+    client: httpx.Client, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI builds its own ASGI app for a route of an included router; the route's ``handle`` must still be
+    what answers (else FastAPI's per-request machinery would serve the search, unnoticed)."""
+    served: list[str] = []
+    serve = UploadSearchRoute.serve
+
+    async def counted(route: UploadSearchRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        served.append(scope["path"])
+        await serve(route, scope, receive, send)
+
+    monkeypatch.setattr(UploadSearchRoute, "serve", counted)
+    assert search(client, digit_pngs[0][0]).status_code == 200
+    assert_error(client.put("/v1/search"), 405, "method_not_allowed")
+    assert served == ["/v1/search"]
+
+
 def test_a_body_that_breaks_off_is_a_400_as_fastapi_gives() -> None:
-    """The search route parses its own form: a client that disconnects mid-upload is a 400, not a server error."""
-    scope = {
-        "type": "http", "method": "POST", "path": "/v1/search", "query_string": b"",
-        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
-    }  # fmt: skip
+    """The search route reads its own body: a client that disconnects mid-upload is a 400, not a server error."""
     head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n\x89PNG'
     sent: list[dict[str, object]] = [
         {"type": "http.request", "body": head, "more_body": True},
@@ -158,5 +173,5 @@ def test_a_body_that_breaks_off_is_a_400_as_fastapi_gives() -> None:
         return next(messages)
 
     with pytest.raises(HTTPException) as caught:
-        asyncio.run(parsed_form(Request(scope, receive)))
+        asyncio.run(read_body(receive))
     assert caught.value.status_code == 400
