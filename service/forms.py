@@ -1,15 +1,17 @@
-"""One field of a form body, read in memory for the search route's plain ASGI handler.
+"""One field of a form body, read as the body streams in, for the search route's plain ASGI handler.
 
-The body arrives whole and already bounded by :class:`service.limits.BodySizeLimit`, so the upload is collected
-in memory: no spooled temporary file per part and no thread hop to write it, which Starlette's form parser needs
-because it streams bodies of any size. Parsing is python-multipart's, as in Starlette, and so are the rules and
-the 400 messages: a part needs a ``name``, a part with a ``filename`` is a file, a plain field holds at most
-1 MiB, at most 1,000 files and 1,000 fields, a non-form content type has no fields, and the last part of a name
-wins.
+Only the wanted field's bytes are kept, in memory: the body is bounded by :class:`service.limits.BodySizeLimit`,
+so no spooled temporary file per part and no thread hop to write one, which Starlette's form parser needs
+because it keeps every part of bodies of any size. Parsing is python-multipart's, as in Starlette, and so are
+the rules and the 400 messages: a part needs a ``name``, a part with a ``filename`` is a file, a plain field
+holds at most 1 MiB, at most 1,000 files and 1,000 fields, a non-form content type has no fields, and the last
+part of a name wins.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import FormParserError
@@ -19,6 +21,8 @@ from starlette.exceptions import HTTPException
 MAX_FILES = 1000
 MAX_FIELDS = 1000
 MAX_FIELD_BYTES = 1024 * 1024
+URLENCODED, MULTIPART = b"application/x-www-form-urlencoded", b"multipart/form-data"
+T = TypeVar("T")
 
 
 class FormFile(bytes):
@@ -29,8 +33,16 @@ def bad_form(message: str) -> HTTPException:
     return HTTPException(status_code=400, detail=message)
 
 
+def _guarded(call: Callable[..., T], *args: object) -> T:
+    """``call(*args)``, python-multipart's parse errors raised as Starlette's 400."""
+    try:
+        return call(*args)
+    except FormParserError:
+        raise bad_form("Invalid multipart data.") from None
+
+
 class _Parts:
-    """python-multipart's callbacks: the value of every part named ``wanted``; the last one is kept."""
+    """python-multipart's callbacks: the value of the last part named ``wanted``."""
 
     def __init__(self, wanted: str) -> None:
         self.wanted = wanted
@@ -83,34 +95,48 @@ class _Parts:
                 raise bad_form(f"Too many fields. Maximum number of fields is {MAX_FIELDS}.")
 
     def data(self, data: bytes, start: int, end: int) -> None:
-        if not self._is_file and len(self._data) + end - start > MAX_FIELD_BYTES:
+        if self._is_file:
+            if self._name == self.wanted:  # other files are skipped, not kept
+                self._data += data[start:end]
+            return
+        if len(self._data) + end - start > MAX_FIELD_BYTES:
             raise bad_form(f"Part exceeded maximum size of {MAX_FIELD_BYTES // 1024}KB.")
-        if self._name == self.wanted or not self._is_file:
-            self._data += data[start:end]
+        self._data += data[start:end]
 
     def end(self) -> None:
         if self._name == self.wanted:
-            data = bytes(self._data)
-            self.value = FormFile(data) if self._is_file else data.decode("utf-8", errors="replace")
+            self.value = FormFile(self._data) if self._is_file else self._data.decode("utf-8", errors="replace")
+        self._data = bytearray()
 
 
-def form_field(content_type: str | None, body: bytes, name: str) -> FormFile | str | None:
-    """Field ``name`` of a form ``body``: a :class:`FormFile` for an uploaded file, a ``str`` for a text field,
-    ``None`` when the body has no such field (or is not a form). Raises a 400 :class:`HTTPException` for a
-    malformed multipart body."""
-    kind, options = parse_options_header(content_type or "")
-    if kind == b"application/x-www-form-urlencoded":
-        fields = dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
-        return fields.get(name)
-    if kind != b"multipart/form-data":
+class FormField:
+    """Field ``name`` of a form body fed chunk by chunk (:meth:`feed`, then :meth:`value`). Raises a 400
+    :class:`HTTPException` for a malformed multipart body."""
+
+    def __init__(self, content_type: str | None, name: str) -> None:
+        self.name = name
+        kind, options = parse_options_header(content_type or "")
+        self.kind = kind
+        self._text = bytearray()  # a URL-encoded body, parsed at the end
+        self._parts = _Parts(name)
+        self._parser: MultipartParser | None = None
+        if kind == MULTIPART:
+            if b"boundary" not in options:
+                raise bad_form("Missing boundary in multipart.")
+            self._parser = _guarded(MultipartParser, options[b"boundary"], self._parts.callbacks())
+
+    def feed(self, chunk: bytes) -> None:
+        if self._parser is not None:
+            _guarded(self._parser.write, chunk)
+        elif self.kind == URLENCODED:
+            self._text += chunk
+
+    def value(self) -> FormFile | str | None:
+        """A :class:`FormFile` for an uploaded file, a ``str`` for a text field, ``None`` when the body has no
+        such field (or is not a form)."""
+        if self._parser is not None:
+            _guarded(self._parser.finalize)
+            return self._parts.value
+        if self.kind == URLENCODED:
+            return dict(parse_qsl(self._text.decode("latin-1"), keep_blank_values=True)).get(self.name)
         return None
-    if b"boundary" not in options:
-        raise bad_form("Missing boundary in multipart.")
-    parts = _Parts(name)
-    try:
-        parser = MultipartParser(options[b"boundary"], parts.callbacks())  # type: ignore[arg-type]
-        parser.write(body)
-        parser.finalize()
-    except FormParserError:
-        raise bad_form("Invalid multipart data.") from None
-    return parts.value

@@ -24,7 +24,7 @@ from service.deps import (
     upload_bytes,
 )
 from service.errors import ModelSwitchedError
-from service.forms import FormFile, form_field
+from service.forms import FormField, FormFile
 from service.retrieval import SearchQuery, search_similar, search_upload
 from service.runtime import Runtime
 from service.schemas import DOMAIN_FILTER_PATTERN, SearchResponse, errors
@@ -53,9 +53,9 @@ SearchParamsDep = Annotated[SearchParams, Query()]
 class UploadSearchRoute(APIRoute):
     """``POST /v1/search`` as FastAPI documents it (its endpoint's signature, in the OpenAPI schema), served by a
     plain ASGI handler (:meth:`serve`) instead of FastAPI's and Starlette's per-request machinery: the query
-    string is validated by :class:`SearchParams`, the upload is read from the whole body in memory
-    (:func:`service.forms.form_field`; the body is already bounded by the size limit), and the answer is written
-    by pydantic directly. That machinery (request and response objects, dependency solving, the streaming form
+    string is validated by :class:`SearchParams`, the upload is taken from the body as it streams in and kept in
+    memory (:class:`service.forms.FormField`; the body is already bounded by the size limit), and the answer is
+    written by pydantic directly. That machinery (request and response objects, dependency solving, the streaming form
     parser's spooled files) was the largest part of a search's work on the event loop, which every request of
     the process shares (search-path notes, §7 and §10). The middleware, the routing and the error handlers stay
     the application's: a bad parameter or a missing file raises :class:`RequestValidationError` (422 in the
@@ -79,8 +79,9 @@ class UploadSearchRoute(APIRoute):
             params = SearchParams.model_validate(QueryParams(scope["query_string"]))
         except ValidationError as exc:
             raise RequestValidationError(_located("query", exc)) from None
-        body = await read_body(receive)
-        image = form_field(Headers(scope=scope).get("content-type"), body, UPLOAD_FIELD)
+        field = FormField(Headers(scope=scope).get("content-type"), UPLOAD_FIELD)
+        await stream_body(receive, field.feed)
+        image = field.value()
         if not isinstance(image, FormFile):
             kind = "missing" if image is None else "value_error"
             message = "Field required" if image is None else "Expected an uploaded file"
@@ -92,16 +93,16 @@ class UploadSearchRoute(APIRoute):
         await send({"type": "http.response.body", "body": payload})
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body; a client that disconnects before its end gets the 400 FastAPI gives."""
-    chunks = []
+async def stream_body(receive: Receive, consume: Callable[[bytes], None]) -> None:
+    """Hand the request body to ``consume`` chunk by chunk as it arrives; a client that disconnects before its
+    end gets the 400 FastAPI gives."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise HTTPException(status_code=400, detail="There was an error parsing the body")
-        chunks.append(message.get("body", b""))
+        consume(message.get("body", b""))
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return
 
 
 def _located(where: str, exc: ValidationError) -> list[dict[str, Any]]:

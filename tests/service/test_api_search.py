@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from index import hamming_distances
 from model.export import load_encoder
 from service.pipeline import encode_upload
-from service.routes.search import UploadSearchRoute, read_body
+from service.routes.search import UploadSearchRoute, stream_body
 from service.routes.search import search as search_endpoint
 from tests.service.conftest import MAX_PIXELS, assert_error, post_image, search
 
@@ -172,6 +172,7 @@ def test_a_body_that_breaks_off_is_a_400_as_fastapi_gives() -> None:
     async def receive() -> dict[str, object]:
         return next(messages)
 
+    received: list[bytes] = []
     with pytest.raises(HTTPException) as caught:
-        asyncio.run(read_body(receive))
-    assert caught.value.status_code == 400
+        asyncio.run(stream_body(receive, received.append))
+    assert caught.value.status_code == 400 and received == [head]
