@@ -51,11 +51,11 @@ SearchParamsDep = Annotated[SearchParams, Query()]
 
 
 class UploadSearchRoute(APIRoute):
-    """``POST /v1/search`` as FastAPI documents it (its endpoint's signature, in the OpenAPI schema), served by a
-    plain ASGI handler (:meth:`serve`) instead of FastAPI's and Starlette's per-request machinery: the query
+    """``POST /v1/search`` as FastAPI documents it (its endpoint's signature, in the OpenAPI schema), answered by
+    a plain ASGI handler (:meth:`serve`) instead of FastAPI's and Starlette's per-request machinery: the query
     string is validated by :class:`SearchParams`, the upload is taken from the body as it streams in and kept in
     memory (:class:`service.forms.FormField`; the body is already bounded by the size limit), and the answer is
-    written by pydantic directly. That machinery (request and response objects, dependency solving, the streaming form
+    written by pydantic directly. That machinery (request and response objects, dependency solving, the form
     parser's spooled files) was the largest part of a search's work on the event loop, which every request of
     the process shares (search-path notes, §7 and §10). The middleware, the routing and the error handlers stay
     the application's: a bad parameter or a missing file raises :class:`RequestValidationError` (422 in the
@@ -110,7 +110,10 @@ def _located(where: str, exc: ValidationError) -> list[dict[str, Any]]:
 
 
 async def search(request: Request, image: ImageFile, params: SearchParamsDep) -> SearchResponse:
-    """The stored images nearest to the uploaded one, ordered by (Hamming distance, id)."""
+    """The stored images nearest to the uploaded one, ordered by (Hamming distance, id).
+
+    (The route's handler answers without calling this function: its signature is what the OpenAPI schema shows,
+    and its body what FastAPI's own machinery would run.)"""
     runtime = runtime_of(request)
     return await upload_search(runtime, await upload_bytes(runtime, image), params)
 
