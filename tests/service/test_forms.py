@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 
 import pytest
 from starlette.datastructures import UploadFile
@@ -57,9 +58,11 @@ def streamed(content_type: str | None, data: bytes, name: str, chunk: int) -> Fo
     return field.value()
 
 
-def outcome(read: object, content_type: str | None, data: bytes) -> tuple[str, object]:
+def outcome(
+    read: Callable[[str | None, bytes, str], FormFile | str | None], content_type: str | None, data: bytes
+) -> tuple[str, object]:
     try:
-        value = read(content_type, data, "image")  # type: ignore[operator]
+        value = read(content_type, data, "image")
     except HTTPException as exc:
         return "error", (exc.status_code, exc.detail)
     return type(value).__name__, value
