@@ -62,14 +62,18 @@ def photo_augment(
     *,
     scale: tuple[float, float] = (0.5, 1.0),
     jitter: float = 0.3,
+    grey: float = 0.0,
 ) -> torch.Tensor:
-    """Random resized crop, horizontal flip and colour jitter of one photo, drawn from ``generator``.
+    """Random resized crop, horizontal flip, colour jitter and (optionally) greyscale of one photo, drawn from
+    ``generator``.
 
     Args:
         image: float32 ``[3, H, W]`` in ``[0, 1]``.
         generator: the source of every random choice (a seeded generator repeats the same view).
         scale: range of the crop's share of the image area.
         jitter: brightness, contrast and saturation factors are drawn from ``[1 - jitter, 1 + jitter]``.
+        grey: probability that the view is turned to greyscale (sketches and scans have no colour); at 0 no draw is
+            made for it, so the other choices are the same as without the option.
 
     Shape:
         ``[3, H, W]`` → same, values in ``[0, 1]``.
@@ -81,7 +85,10 @@ def photo_augment(
     if float(torch.rand((), generator=generator)) < 0.5:
         out = out.flip(-1)
     out = out * _uniform(generator, 1 - jitter, 1 + jitter)  # brightness
-    grey = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).unsqueeze(0)
-    out = (out - grey.mean()) * _uniform(generator, 1 - jitter, 1 + jitter) + grey.mean()  # contrast
-    out = grey + (out - grey) * _uniform(generator, 1 - jitter, 1 + jitter)  # saturation
-    return out.clamp_(0.0, 1.0)
+    grey_level = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).unsqueeze(0)
+    out = (out - grey_level.mean()) * _uniform(generator, 1 - jitter, 1 + jitter) + grey_level.mean()  # contrast
+    out = grey_level + (out - grey_level) * _uniform(generator, 1 - jitter, 1 + jitter)  # saturation
+    out = out.clamp_(0.0, 1.0)
+    if grey > 0.0 and float(torch.rand((), generator=generator)) < grey:
+        out = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).expand(3, -1, -1).clone()
+    return out

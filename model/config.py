@@ -35,6 +35,7 @@ class TrainConfig:
     hash_hidden: int = 0  # width of a hidden ReLU layer before the hash projection; 0: linear projection
     backbone_lr_mult: float = 0.1  # finetune: a pretrained backbone learns at lr × this (random ones at lr)
     feature_views: int = 2  # frozen: views cached per image, the plain one plus augmented ones (PACS validation)
+    feature_grey: float = 0.0  # frozen: probability that an augmented view is greyscale
     feature_cache: str | None = None  # frozen: cache folder (default: $METAH_FEATURE_CACHE or ~/.cache/metah)
     adapt_batch_norm: bool = False  # frozen: re-estimate the backbone's batch-norm statistics on source + target
     loader_workers: int = -1  # decoding processes; -1: one per two CPU cores, at least one, at most four
@@ -96,6 +97,8 @@ class TrainConfig:
         low, high = self.augment_scale
         if not 0.0 < low <= high:
             raise ConfigError(f"augment_scale must be (low, high) with 0 < low <= high, got {self.augment_scale}")
+        if not 0.0 <= self.feature_grey <= 1.0:
+            raise ConfigError(f"feature_grey must be in [0, 1], got {self.feature_grey}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:

@@ -48,16 +48,22 @@ def content_key(data: bytes) -> str:
 
 
 class FeatureCache:
-    """One folder per backbone; ``<key[:2]>/<key>.v<view>.npy`` per image and view (float16 ``[D]``)."""
+    """One folder per backbone; ``<key[:2]>/<key>.v<view>.npy`` per image and view (float16 ``[D]``).
 
-    def __init__(self, root: Path, backbone_name: str, backbone: Backbone) -> None:
+    ``grey`` is the augmented views' greyscale probability (:func:`model.augment.photo_augment`): views drawn with
+    another probability are other files (``.v<view>g<percent>.npy``); the plain view 0 is shared by all.
+    """
+
+    def __init__(self, root: Path, backbone_name: str, backbone: Backbone, *, grey: float = 0.0) -> None:
         digest = weights_digest(backbone.module)[:16]
         height, width = backbone.input_size
         self.folder = root / f"{backbone_name}-{digest}-{height}x{width}-aug{AUGMENT_VERSION}"
         self.dim = backbone.out_features
+        self.grey = grey
 
     def path(self, key: str, view: int) -> Path:
-        return self.folder / key[:2] / f"{key}.v{view}.npy"
+        recipe = f"g{round(self.grey * 100)}" if view > 0 and self.grey > 0 else ""
+        return self.folder / key[:2] / f"{key}.v{view}{recipe}.npy"
 
     def has(self, key: str, views: int) -> bool:
         return all(self.path(key, view).exists() for view in range(views))
@@ -109,12 +115,13 @@ class _ViewsDataset(Dataset[_Item]):
             image = torch.from_numpy(decode_image(data, self.size)).permute(2, 0, 1)
         except DataError as exc:
             return _Item(position, key, None, 0, str(exc))
-        return _Item(position, key, _draw_views(image, key, missing[0], self.views), missing[0])
+        views = _draw_views(image, key, missing[0], self.views, self.cache.grey)
+        return _Item(position, key, views, missing[0])
 
 
-def _draw_views(image: torch.Tensor, key: str, first: int, views: int) -> torch.Tensor:
+def _draw_views(image: torch.Tensor, key: str, first: int, views: int, grey: float) -> torch.Tensor:
     """uint8 ``[views - first, 3, H, W]``: view 0 is the image itself, view v > 0 an augmentation seeded by
-    ``(key, v)``."""
+    ``(key, v)``, greyscale with probability ``grey``."""
     plain = image.float().div(255.0)
     out = []
     for view in range(first, views):
@@ -122,7 +129,7 @@ def _draw_views(image: torch.Tensor, key: str, first: int, views: int) -> torch.
             out.append(image)
             continue
         generator = torch.Generator().manual_seed(int(key[:12], 16) * 64 + view)
-        out.append(photo_augment(plain, generator).mul(255.0).round().to(torch.uint8))
+        out.append(photo_augment(plain, generator, grey=grey).mul(255.0).round().to(torch.uint8))
     return torch.stack(out)
 
 

@@ -228,7 +228,7 @@ def prepare_data(
         if config.adapt_batch_norm:
             domains = [source] if target is None else [source, target]
             adapt_batch_norm(backbone, domains, device=device, workers=workers)
-        cache = FeatureCache(root, config.backbone, backbone)
+        cache = FeatureCache(root, config.backbone, backbone, grey=config.feature_grey)
         tables: list[FeatureTable | None] = []
         for name, files in (("source", source), ("target", target)):
             if files is None:

@@ -54,6 +54,8 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "pseudo_pairs=3": ({}, {"pseudo_pairs": 3.0}),
     "pseudo_pairs=10": ({}, {"pseudo_pairs": 10.0}),
     "pseudo_pairs=10,threshold=0.7": ({}, {"pseudo_pairs": 10.0, "pseudo_threshold": 0.7}),
+    "feature_grey=0.5": ({"feature_grey": 0.5}, {}),  # half the augmented views in greyscale, like sketches
+    "feature_grey=1": ({"feature_grey": 1.0}, {}),
 }
 
 

@@ -88,6 +88,8 @@ def test_objective_refuses_a_network_without_the_needed_head() -> None:
         ({"device": "tpu"}, "device"),
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"ema_decay": -0.5}, "ema_decay"),
+        ({"feature_grey": 1.5}, "feature_grey"),
+        ({"feature_grey": -0.1}, "feature_grey"),
         ({"augment_scale": (1.2, 0.8)}, "augment_scale"),
         ({"augment_scale": (0.0, 1.0)}, "augment_scale"),
     ],

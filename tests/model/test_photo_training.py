@@ -177,6 +177,19 @@ def test_views_are_the_same_in_every_run(photos: dict[str, Path], tmp_path: Path
     assert not torch.allclose(plain, augmented)  # view 1 is an augmentation, not the plain image again
 
 
+def test_greyscale_views_are_cached_apart_and_share_the_plain_view(photos: dict[str, Path], tmp_path: Path) -> None:
+    backbone = build_backbone("efficientnet_lite0")
+    files = list_labelled_folder(photos["source"]).take(np.arange(2))
+    colour = FeatureCache(tmp_path, "efficientnet_lite0", backbone)
+    grey = FeatureCache(tmp_path, "efficientnet_lite0", backbone, grey=1.0)
+    keys, _ = extract_features(files, backbone, colour, 2, device=torch.device("cpu"), workers=0)
+    extract_features(files, backbone, grey, 2, device=torch.device("cpu"), workers=0)
+    assert len(list(colour.folder.rglob("*.npy"))) == 6  # per photo: one plain view, a colour and a grey view 1
+    for key in keys:
+        assert grey.path(key, 0) == colour.path(key, 0)
+        assert not np.allclose(grey.load(key, 1), colour.load(key, 1))
+
+
 def test_finetune_trains_a_pretrained_backbone_at_a_tenth_of_the_rate(photos: dict[str, Path], tmp_path: Path) -> None:
     config = TrainConfig(
         backbone="efficientnet_lite0", mode="finetune", iterations=2, batch_size=4, checkpoint_every=1
