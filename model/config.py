@@ -33,6 +33,7 @@ class TrainConfig:
     backbone_weights: str | None = None
     mode: str = "auto"  # frozen (cached backbone features) or finetune; auto: frozen on CPU for pretrained
     hash_hidden: int = 0  # width of a hidden ReLU layer before the hash projection; 0: linear projection
+    hash_dropout: float = 0.0  # share of the backbone features the hash layer drops in training
     backbone_lr_mult: float = 0.1  # finetune: a pretrained backbone learns at lr × this (random ones at lr)
     feature_views: int = 2  # frozen: views cached per image, the plain one plus augmented ones (PACS validation)
     feature_grey: float = 0.0  # frozen: probability that an augmented view is greyscale
@@ -97,6 +98,8 @@ class TrainConfig:
         low, high = self.augment_scale
         if not 0.0 < low <= high:
             raise ConfigError(f"augment_scale must be (low, high) with 0 < low <= high, got {self.augment_scale}")
+        if not 0.0 <= self.hash_dropout < 1.0:
+            raise ConfigError(f"hash_dropout must be in [0, 1), got {self.hash_dropout}")
         if not 0.0 <= self.feature_grey <= 1.0:
             raise ConfigError(f"feature_grey must be in [0, 1], got {self.feature_grey}")
         if not 0.0 <= self.ema_decay < 1.0:

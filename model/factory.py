@@ -29,6 +29,7 @@ def build_network(config: TrainConfig, backbone: Backbone, num_classes: int) -> 
         max_steps=config.iterations,
         grl_alpha=config.grl_alpha,
         hidden=config.hash_hidden,
+        dropout=config.hash_dropout,
     )
     return MeTAHNet.build(backbone, heads)
 

@@ -24,14 +24,16 @@ class HashLayer(nn.Module):
         in_features: width of the backbone's features.
         bits: code length.
         hidden: width of the hidden layer; 0 projects linearly.
+        dropout: share of the features zeroed in training (never in the exported projection); 0: none.
 
     Shape:
         features ``[N, in_features]`` → relaxed codes ``[N, bits]`` in ``(-1, 1)``.
     """
 
-    def __init__(self, in_features: int, bits: int, hidden: int = 0) -> None:
+    def __init__(self, in_features: int, bits: int, hidden: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
         self.bits = check_bits(bits)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.hidden = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True)) if hidden else None
         self.linear = nn.Linear(hidden or in_features, bits)
 
@@ -40,7 +42,7 @@ class HashLayer(nn.Module):
         return self.linear if self.hidden is None else nn.Sequential(self.hidden, self.linear)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.projection()(features))
+        return torch.tanh(self.projection()(self.dropout(features)))
 
 
 class DomainDiscriminator(nn.Module):

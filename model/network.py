@@ -56,6 +56,9 @@ class Heads(nn.Module):
         classifier: build the semantic-preservation classifier (MeTAH).
         discriminator: build the domain discriminator behind a gradient reversal layer (TAH, MeTAH).
         max_steps: length of the GRL schedule (the training iterations).
+        grl_alpha: steepness of the GRL's coefficient schedule.
+        hidden: width of the hash layer's hidden layer; 0 projects linearly.
+        dropout: share of the features the hash layer drops in training.
 
     Shape:
         features: float32 ``[N, in_features]`` → :class:`NetOutput`.
@@ -72,9 +75,10 @@ class Heads(nn.Module):
         max_steps: int,
         grl_alpha: float = 10.0,
         hidden: int = 0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.hash = HashLayer(in_features, bits, hidden)
+        self.hash = HashLayer(in_features, bits, hidden, dropout)
         self.grl = GradientReverseLayer(max_steps, grl_alpha)
         self.classifier = nn.Linear(bits, num_classes) if classifier else None
         self.discriminator = DomainDiscriminator(bits) if discriminator else None

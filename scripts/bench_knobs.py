@@ -56,6 +56,11 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "pseudo_pairs=10,threshold=0.7": ({}, {"pseudo_pairs": 10.0, "pseudo_threshold": 0.7}),
     "feature_grey=0.5": ({"feature_grey": 0.5}, {}),  # half the augmented views in greyscale, like sketches
     "feature_grey=1": ({"feature_grey": 1.0}, {}),
+    "hash_dropout=0.2": ({"hash_dropout": 0.2}, {}),
+    "hash_dropout=0.5": ({"hash_dropout": 0.5}, {}),
+    "batch_size=32": ({"batch_size": 32}, {}),
+    "weight_decay=0.0005": ({"weight_decay": 5e-4}, {}),
+    "ema_decay=0.999": ({"ema_decay": 0.999}, {}),
 }
 
 

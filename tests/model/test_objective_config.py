@@ -90,6 +90,7 @@ def test_objective_refuses_a_network_without_the_needed_head() -> None:
         ({"ema_decay": -0.5}, "ema_decay"),
         ({"feature_grey": 1.5}, "feature_grey"),
         ({"feature_grey": -0.1}, "feature_grey"),
+        ({"hash_dropout": 1.0}, "hash_dropout"),
         ({"augment_scale": (1.2, 0.8)}, "augment_scale"),
         ({"augment_scale": (0.0, 1.0)}, "augment_scale"),
     ],
