@@ -36,7 +36,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # (benchmarks/service: results.md for LeNet, efficientnet_lite0.md, resnet50.md): LeNet 32–128, ResNet-50 16,
 # EfficientNet-Lite0's depthwise convolutions 1 (63.8 images/s against 36.8 in passes of 64). Lite2 is taken to
 # behave like Lite0 (not measured); a backbone not listed runs whole batches.
-CPU_PASS: dict[str, int] = {"lenet": 128, "resnet50": 16, "efficientnet_lite0": 1, "efficientnet_lite2": 1}
+CPU_PASS: dict[str, int] = {
+    "lenet": 128,
+    "resnet50": 16,
+    "efficientnet_lite0": 1,
+    "efficientnet_lite0_blocks": 1,
+    "efficientnet_lite2": 1,
+}
 
 
 def cpu_pass_size(name: str, count: int) -> int:
@@ -320,6 +326,22 @@ def _efficientnet_lite(name: str) -> Callable[[Path | None], Backbone]:
     return build
 
 
+def _efficientnet_lite_blocks(name: str, channels: int) -> Callable[[Path | None], Backbone]:
+    """EfficientNet-Lite cut after its last inverted-residual block (before the 1×1 head convolution): ``channels``
+    average-pooled features, less tied to ImageNet's classes than the head's 1,280."""
+    full = _efficientnet_lite(name)
+
+    def build(weights: Path | None) -> Backbone:
+        backbone = full(weights)
+        module = backbone.module
+        assert isinstance(module, nn.Module)
+        module.conv_head = nn.Identity()
+        module.bn2 = nn.Identity()
+        return Backbone(module, channels, backbone.input_size, backbone.mean, backbone.std, pretrained=True)
+
+    return build
+
+
 # --------------------------------------------------------------------------------------------- registry
 
 _BUILDERS: dict[str, Callable[[Path | None], Backbone]] = {
@@ -327,6 +349,7 @@ _BUILDERS: dict[str, Callable[[Path | None], Backbone]] = {
     "resnet18": _resnet("resnet18", 512),
     "resnet50": _resnet("resnet50", 2048),
     **{name: _efficientnet_lite(name) for name in LITE_VARIANTS},
+    "efficientnet_lite0_blocks": _efficientnet_lite_blocks("efficientnet_lite0", 320),
 }
 
 

@@ -68,7 +68,7 @@ METRICS = ("map_all", "map_radius2", "precision_radius2")
 PROTOCOLS = ("target_vs_source", "target_vs_target")
 SPLITS = ("validation", "test")
 PHOTO_BACKBONE = "efficientnet_lite0"  # the product's choice for photos (model.choice); --photo-backbone changes it
-PHOTO_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
+PHOTO_BACKBONES = ("efficientnet_lite0", "efficientnet_lite0_blocks", "efficientnet_lite2")
 
 
 @dataclass(frozen=True)

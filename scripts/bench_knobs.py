@@ -60,7 +60,6 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "hash_dropout=0.5": ({"hash_dropout": 0.5}, {}),
     "batch_size=32": ({"batch_size": 32}, {}),
     "weight_decay=0.0005": ({"weight_decay": 5e-4}, {}),
-    "ema_decay=0.999": ({"ema_decay": 0.999}, {}),
 }
 
 

@@ -38,7 +38,22 @@ def _preprocess(path: Path, backbone: Backbone) -> torch.Tensor:
 
 
 def test_registry_is_sorted_and_complete() -> None:
-    assert backbone_names() == sorted(["efficientnet_lite0", "efficientnet_lite2", "lenet", "resnet18", "resnet50"])
+    assert backbone_names() == sorted(
+        ["efficientnet_lite0", "efficientnet_lite0_blocks", "efficientnet_lite2", "lenet", "resnet18", "resnet50"]
+    )
+
+
+def test_lite0_blocks_is_lite0_cut_before_its_head_convolution() -> None:
+    full, cut = build_backbone("efficientnet_lite0"), build_backbone("efficientnet_lite0_blocks")
+    grabbed: list[torch.Tensor] = []
+    full.module.blocks[-1].register_forward_hook(lambda module, inputs, output: grabbed.append(output))
+    image = _preprocess(COFFEE, full)
+    with torch.no_grad():
+        full.module.eval()(image)
+        features = cut.module.eval()(image)
+    assert features.shape == (1, cut.out_features) == (1, 320)
+    torch.testing.assert_close(features, grabbed[0].mean((2, 3)))
+    assert cut.input_size == full.input_size and cut.mean == full.mean and cut.pretrained
 
 
 @pytest.mark.parametrize("name", backbone_names())
