@@ -60,6 +60,8 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "hash_dropout=0.5": ({"hash_dropout": 0.5}, {}),
     "batch_size=32": ({"batch_size": 32}, {}),
     "weight_decay=0.0005": ({"weight_decay": 5e-4}, {}),
+    "feature_views=3": ({"feature_views": 3}, {}),
+    "feature_views=3,feature_grey=0.5": ({"feature_views": 3, "feature_grey": 0.5}, {}),
 }
 
 
