@@ -38,7 +38,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--backbone",
         default=None,
         help="auto (default: lenet for small digit-like images, efficientnet_lite0 otherwise), lenet, "
-        "efficientnet_lite0, efficientnet_lite2, resnet18, resnet50",
+        "efficientnet_lite0, efficientnet_lite0_blocks, efficientnet_lite2, resnet18, resnet50",
     )
     p.add_argument("--backbone-weights", default=None, help="local ImageNet weights file (needed for resnet18/50)")
     p.add_argument(

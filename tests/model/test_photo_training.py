@@ -120,6 +120,24 @@ def test_the_artefact_computes_the_codes_the_run_scored(frozen_run: tuple[Path, 
     assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
 
 
+def test_a_frozen_run_on_lite0_blocks_exports_an_artefact_that_computes_its_codes(
+    photos: dict[str, Path], tmp_path: Path
+) -> None:
+    config = FROZEN.override(backbone="efficientnet_lite0_blocks", iterations=10, feature_views=1)
+    train(config.override(feature_cache=str(tmp_path / "cache")), photos["source"], photos["target"], tmp_path / "run")
+    restored = restore_network(tmp_path / "run" / "checkpoint.pt")
+    assert restored.net.heads.hash.linear.in_features == 320
+    files = list_labelled_folder(photos["queries"])
+    cache = FeatureCache(tmp_path / "cache", "efficientnet_lite0_blocks", restored.backbone)
+    keys, _ = extract_features(files, restored.backbone, cache, 1, device=torch.device("cpu"), workers=0)
+    features = torch.cat(list(FeatureTable(cache, keys, 1, 2**30).plain()))
+    with torch.no_grad():
+        from_features = torch.where(restored.net.heads.hash.projection()(features) > 0, 1.0, -1.0).numpy()
+    loaded = load_encoder(tmp_path / "run" / "model.pt")
+    assert loaded.metadata["backbone"] == "efficientnet_lite0_blocks"
+    assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
+
+
 def test_features_are_computed_in_the_backbones_cpu_passes(
     photos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
