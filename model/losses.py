@@ -73,3 +73,21 @@ def diversity_loss(class_logits: torch.Tensor) -> torch.Tensor:
     """
     mean = F.softmax(class_logits, dim=1).mean(dim=0)
     return (mean * torch.log(mean.clamp_min(1e-12))).sum()
+
+
+def class_confusion_loss(class_logits: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
+    """Minimum class confusion (MCC, Jin et al. ECCV 2020) of the classifier on unlabelled target codes: how much
+    the batch's predictions mix pairs of classes, the certain rows weighing more (weights ``1 + exp(-entropy)``),
+    each class's column normalised; zero when every row is sure of one class.
+
+    Shape:
+        class_logits ``[N, C]`` → scalar in ``[0, (C - 1) / C]``.
+    """
+    n, classes = class_logits.shape
+    p = F.softmax(class_logits / temperature, dim=1)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1)
+    weight = 1.0 + torch.exp(-entropy)
+    weight = (n * weight / weight.sum()).unsqueeze(1)
+    confusion = (p * weight).t() @ p  # [C, C]
+    confusion = confusion / confusion.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return (confusion.sum() - confusion.trace()) / classes

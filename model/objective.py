@@ -1,8 +1,8 @@
 """One objective for every method: the methods differ only in their loss weights.
 
 ``source_only`` = pairwise + quantisation; ``tah`` = + adversarial; ``metah`` = + classification + entropy
-(+ diversity, the counterweight of the entropy term that the frozen-feature defaults use; + pseudo-labelled target
-pairs, an option off by default).
+(+ diversity, the counterweight of the entropy term that the frozen-feature defaults use; + minimum class confusion
+and pseudo-labelled target pairs, options off by default).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from model.errors import ConfigError
 from model.losses import (
     adversarial_loss,
+    class_confusion_loss,
     classification_loss,
     diversity_loss,
     min_entropy_loss,
@@ -32,6 +33,9 @@ class LossWeights:
     classification: float = 0.0
     entropy: float = 0.0
     diversity: float = 0.0
+    # Minimum class confusion on target rows (an alternative to the entropy term; off by default, see
+    # benchmarks/retrieval-knobs).
+    confusion: float = 0.0
     # Target rows the classifier is sure of (softmax ≥ pseudo_threshold) join the pairwise loss with their guessed
     # class; off by default: it lowered validation MAP on PACS (benchmarks/retrieval-knobs).
     pseudo_pairs: float = 0.0
@@ -41,11 +45,15 @@ class LossWeights:
 
     @property
     def uses_target(self) -> bool:
-        return self.adversarial > 0 or self.entropy > 0 or self.diversity > 0 or self.pseudo_pairs > 0
+        return self.adversarial > 0 or self._reads_target_classes
 
     @property
     def needs_classifier(self) -> bool:
-        return self.classification > 0 or self.entropy > 0 or self.diversity > 0 or self.pseudo_pairs > 0
+        return self.classification > 0 or self._reads_target_classes
+
+    @property
+    def _reads_target_classes(self) -> bool:
+        return self.entropy > 0 or self.diversity > 0 or self.confusion > 0 or self.pseudo_pairs > 0
 
     @property
     def needs_discriminator(self) -> bool:
@@ -128,6 +136,9 @@ def compute_objective(
         if weights.diversity > 0 and target_logits.shape[0] > 0:
             terms["diversity"] = diversity_loss(target_logits)
             total = total + weights.diversity * scale * terms["diversity"]
+        if weights.confusion > 0 and target_logits.shape[0] > 0:
+            terms["confusion"] = class_confusion_loss(target_logits)
+            total = total + weights.confusion * scale * terms["confusion"]
         if weights.pseudo_pairs > 0 and target_logits.shape[0] > 0:
             confidence, guess = F.softmax(target_logits.detach(), dim=1).max(dim=1)
             sure = confidence >= weights.pseudo_threshold

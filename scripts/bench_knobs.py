@@ -62,6 +62,8 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "weight_decay=0.0005": ({"weight_decay": 5e-4}, {}),
     "feature_views=3": ({"feature_views": 3}, {}),
     "feature_views=3,feature_grey=0.5": ({"feature_views": 3, "feature_grey": 0.5}, {}),
+    "confusion=1": ({}, {"confusion": 1.0}),  # minimum class confusion (MCC) next to the entropy terms
+    "confusion=1,entropy=0,diversity=0": ({}, {"confusion": 1.0, "entropy": 0.0, "diversity": 0.0}),  # instead
 }
 
 

@@ -9,6 +9,7 @@ import torch
 
 from model.losses import (
     adversarial_loss,
+    class_confusion_loss,
     classification_loss,
     diversity_loss,
     min_entropy_loss,
@@ -147,3 +148,16 @@ def test_every_method_s_objective_uses_the_balanced_pairwise_loss() -> None:
         for mode in ("finetune", "frozen"):
             _, values = compute_objective(out, labels, method_weights(method, mode), ramp=1.0)
             assert values["pairwise"] == pytest.approx((SIMILAR_MEAN + DISSIMILAR_MEAN) / 2, abs=1e-6), method
+
+
+def test_class_confusion_is_zero_for_sure_rows_and_largest_for_uniform_ones() -> None:
+    sure = torch.tensor([[100.0, 0.0, 0.0], [0.0, 100.0, 0.0], [0.0, 0.0, 100.0], [100.0, 0.0, 0.0]])
+    assert class_confusion_loss(sure).item() == pytest.approx(0.0, abs=1e-6)
+    # uniform rows: every normalised row of the confusion matrix is 1/C each, so (C - C/C) / C = (C - 1) / C
+    assert class_confusion_loss(torch.zeros(4, 5)).item() == pytest.approx(4 / 5, abs=1e-6)
+    # a gradient step makes mixed rows less confused
+    logits = torch.tensor([[1.0, 0.8, 0.0], [0.2, 1.0, 0.9], [0.5, 0.4, 1.0]], requires_grad=True)
+    class_confusion_loss(logits).backward()
+    assert logits.grad is not None
+    stepped = (logits - 1.0 * logits.grad).detach()
+    assert class_confusion_loss(stepped).item() < class_confusion_loss(logits.detach()).item()

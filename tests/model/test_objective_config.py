@@ -139,6 +139,7 @@ def test_default_config_is_the_documented_recipe() -> None:
         "classification": 1.0,
         "entropy": 0.3,
         "diversity": 0.1,
+        "confusion": 0.0,
         "pseudo_pairs": 0.0,
         "pseudo_threshold": 0.9,
         "entropy_ramp": True,
@@ -185,6 +186,20 @@ def test_the_diversity_term_enters_the_objective_ramped_like_the_entropy() -> No
     without, _ = compute_objective(out, labels, LossWeights(classification=1.0), ramp=1.0)
     ramped_part = float(full - without)
     assert float(half - without) == pytest.approx(ramped_part / 2, rel=1e-5)
+
+
+def test_the_class_confusion_term_reads_the_target_rows_ramped() -> None:
+    torch.manual_seed(0)
+    codes = torch.tanh(torch.randn(8, 16))
+    logits = torch.randn(8, 3).requires_grad_()
+    out, labels = NetOutput(codes, logits, None), torch.tensor([0, 1, 2, 0])
+    weights = LossWeights(classification=1.0, confusion=2.0)
+    assert weights.needs_classifier and weights.uses_target and not LossWeights(classification=1.0).uses_target
+    total, values = compute_objective(out, labels, weights, ramp=0.5)
+    without, _ = compute_objective(out, labels, replace(weights, confusion=0.0), ramp=0.5)
+    assert float((total - without).detach()) == pytest.approx(2.0 * 0.5 * values["confusion"], rel=1e-5)
+    (grad,) = torch.autograd.grad(total - without, logits)
+    assert grad[:4].abs().sum() == 0 and grad[4:].abs().sum() > 0  # source rows are left alone
 
 
 def test_pseudo_pairs_pull_only_the_target_codes_the_classifier_is_sure_of() -> None:
