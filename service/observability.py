@@ -4,6 +4,8 @@
 * ``metah_stage_seconds{stage}``: the search pipeline's stages: decode, encode (waiting for and running the
   forward pass that a search shares with concurrent ones), search, hydrate;
 * ``metah_encode_pass_images``: uploads encoded per forward pass of the searches (:mod:`service.batching`);
+* ``metah_search_runs_total{on}``: searches answered on the event loop (``loop``) or in a worker thread
+  (``thread``), see :class:`service.limits.InlineGate`;
 * ``metah_indexed_images``: codes in the serving index; ``metah_jobs{kind, status}``: jobs by state,
   both read at scrape time.
 """
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,6 +72,12 @@ class Metrics:
             "metah_encode_pass_images",
             "Search uploads encoded per forward pass (concurrent searches share one)",
             buckets=PASS_BUCKETS,
+            registry=self.registry,
+        )
+        self.search_runs = Counter(
+            "metah_search_runs",
+            "Searches by where they ran: on the event loop (an idle server, a cheap model) or in a worker thread",
+            ["on"],
             registry=self.registry,
         )
 

@@ -9,7 +9,7 @@ Everything here is CPU work: call it off the event loop.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -76,14 +76,18 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
         return info
 
 
-def decode_upload(encoder: LoadedEncoder, data: bytes, max_pixels: int) -> np.ndarray:
+def decode_upload(
+    encoder: LoadedEncoder, data: bytes, max_pixels: int, check: Callable[[ImageInfo], None] | None = None
+) -> np.ndarray:
     """:func:`probe` then :func:`decode` with one parse of the bytes: uint8 ``[H, W, 3]`` at the encoder's
-    ``input_size``.
+    ``input_size``. ``check`` is called with what the header says before any pixel is decoded (it may raise).
 
     Raises:
         what :func:`opened_upload` raises; model.errors.DataError: the pixels do not decode → 422.
     """
-    with opened_upload(data, max_pixels) as (image, _):
+    with opened_upload(data, max_pixels) as (image, info):
+        if check is not None:
+            check(info)
         return decode_opened(image, encoder.input_size)
 
 

@@ -10,6 +10,11 @@ The CPU stages (decode, encode, index search) hold one of the runtime's CPU slot
 not. No lock is taken to see other processes' writes: the hydrate query also reads the log's last change, and
 only when the index had not applied it yet (a job worker's write, committed before this request) is it caught
 up (:meth:`service.follow.ChangeFollower.catch_up`, under its lock) and the index searched again.
+
+A search runs in a worker thread, or on the event loop itself when the server is idle and searches are cheap
+(:class:`service.limits.InlineGate`, ``may_wait=False``): there it never waits, raising
+:class:`service.limits.WouldWait` instead of catching up or decoding a large upload, and the caller runs it
+again in a thread.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,7 +30,8 @@ import numpy as np
 from index import Hits, unpack_codes
 from service import repository
 from service.errors import ConflictError, NotFoundError
-from service.pipeline import decode_upload
+from service.limits import WouldWait
+from service.pipeline import ImageInfo, decode_upload
 from service.runtime import Runtime
 from service.schemas import Hit, QueryCode, SearchResponse, content_url
 from service.serving import ServingPair
@@ -38,20 +44,34 @@ class SearchQuery:
     domain: str | None = None
 
 
-def search_upload(runtime: Runtime, pair: ServingPair, data: bytes, query: SearchQuery) -> SearchResponse:
-    """The ``k`` stored images nearest to an uploaded one, in (distance, id) order."""
+def search_upload(
+    runtime: Runtime, pair: ServingPair, data: bytes, query: SearchQuery, *, may_wait: bool = True
+) -> SearchResponse:
+    """The ``k`` stored images nearest to an uploaded one, in (distance, id) order. Without ``may_wait`` (on the
+    event loop), an upload over the gate's pixel limit raises :class:`WouldWait` before it is decoded, and a
+    catch-up as in :func:`nearest_rows`."""
     started = time.perf_counter()
     stage = runtime.metrics.stage
     with runtime.cpu.slot(), stage("decode"):
-        pixels = decode_upload(pair.encoder, data, runtime.settings.max_pixels)
+        check = None if may_wait else partial(_decodes_on_loop, runtime.inline.max_pixels)
+        pixels = decode_upload(pair.encoder, data, runtime.settings.max_pixels, check)
     with stage("encode"):
         code = runtime.encodes.encode(pair.encoder, pixels)  # in a pass shared with concurrent searches
-    hits, rows = nearest_rows(runtime, pair, code, query)
+    hits, rows = nearest_rows(runtime, pair, code, query, may_wait=may_wait)
     return to_response(pair, code, hits, rows, started, query.k)
 
 
-def search_similar(runtime: Runtime, pair: ServingPair, image_id: int, query: SearchQuery) -> SearchResponse:
-    """The ``k`` stored images nearest to stored image ``image_id`` (itself excluded), from its stored code."""
+def _decodes_on_loop(max_pixels: int, info: ImageInfo) -> None:
+    """An upload decoded on the event loop must be small: a larger one is decoded in a worker thread."""
+    if info.width * info.height > max_pixels:
+        raise WouldWait
+
+
+def search_similar(
+    runtime: Runtime, pair: ServingPair, image_id: int, query: SearchQuery, *, may_wait: bool = True
+) -> SearchResponse:
+    """The ``k`` stored images nearest to stored image ``image_id`` (itself excluded), from its stored code
+    (``may_wait``: as :func:`nearest_rows`)."""
     started = time.perf_counter()
     with runtime.db.session() as session:
         if repository.image_by_id(session, image_id) is None:
@@ -60,18 +80,26 @@ def search_similar(runtime: Runtime, pair: ServingPair, image_id: int, query: Se
     if stored is None:
         raise ConflictError(f"image {image_id} has no code of model {pair.model_version} yet", code="not_encoded")
     code = np.frombuffer(stored, np.uint8)
-    hits, rows = nearest_rows(runtime, pair, code, query, exclude=image_id)
+    hits, rows = nearest_rows(runtime, pair, code, query, exclude=image_id, may_wait=may_wait)
     return to_response(pair, code, hits, rows, started, query.k)
 
 
 def nearest_rows(
-    runtime: Runtime, pair: ServingPair, code: np.ndarray, query: SearchQuery, *, exclude: int | None = None
+    runtime: Runtime,
+    pair: ServingPair,
+    code: np.ndarray,
+    query: SearchQuery,
+    *,
+    exclude: int | None = None,
+    may_wait: bool = True,
 ) -> tuple[Hits, dict[int, HitRow]]:
     """The index's hits nearest to ``code`` (without id ``exclude``) and the rows of those still stored.
 
     Read-your-writes without a lock: the change the index had applied is read before it is searched, the
     log's last change in the hydrate query; when the log is ahead (a write committed before this request that
-    the index has not applied yet), the index catches up and is searched again.
+    the index has not applied yet), the index catches up and is searched again. Without ``may_wait`` (a search
+    on the event loop), :class:`service.limits.WouldWait` is raised instead of catching up: the catch-up waits
+    for the follower's lock and applies what it reads, which the event loop must not wait for.
 
     The serving index can hold ids whose rows were deleted after it was read (it drops them at its next
     catch-up). Their hits have no row, so when fewer than ``query.k`` hits have one, the index is asked again
@@ -91,6 +119,8 @@ def nearest_rows(
         with runtime.metrics.stage("hydrate"):
             last, rows = hydrate(runtime, hits.ids.tolist(), check=applied is not None)
         if last is not None and applied is not None and last > applied:
+            if not may_wait:
+                raise WouldWait
             runtime.catch_up()  # the index missed a committed write: apply it (under the follower's lock)
             applied = None  # it now holds every change up to ``last`` at least: search again, unchecked
             continue

@@ -33,7 +33,7 @@ from service.cursors import INDEX_UNAVAILABLE
 from service.db import Database
 from service.errors import NotReadyError
 from service.follow import ChangeFollower
-from service.limits import CpuSlots
+from service.limits import CpuSlots, InlineGate, WouldWait
 from service.migrate import current_revision, head_revision
 from service.models import Job
 from service.observability import Metrics
@@ -45,6 +45,9 @@ from service.storage import BlobStore, BlobStoreError, open_blob_store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+INLINE_BUDGET_S = 0.005  # searches that recently took at most this may run on the event loop (InlineGate)
+INLINE_MAX_PIXELS = 512 * 512  # … if their upload is no larger (a PNG this size decodes in about 2 ms here)
 
 
 class Follower(Protocol):
@@ -73,6 +76,8 @@ class Runtime:
         cpu: bounds concurrent CPU-heavy calls (decode, encode, search) to the number of cores, and the requests
             waiting for one to ``settings.cpu_queue`` (then 429).
         encodes: the searches' encodes, in forward passes shared by concurrent searches (:mod:`service.batching`).
+        inline: when a search runs on the event loop instead of a worker thread (:class:`InlineGate`): only
+            with the embedded stack (FAISS in this process, SQLite), where a search makes no network round trip.
     """
 
     settings: Settings
@@ -87,10 +92,13 @@ class Runtime:
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     cpu: CpuSlots = field(init=False)
     encodes: EncodeBatcher = field(init=False)
+    inline: InlineGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.cpu = CpuSlots(os.cpu_count() or 1, self.settings.cpu_queue)
         self.encodes = EncodeBatcher(self.cpu, self.metrics.pass_images.observe)
+        embedded = self.settings.index_backend == "faiss" and self.db.engine.dialect.name == "sqlite"
+        self.inline = InlineGate(INLINE_BUDGET_S, INLINE_MAX_PIXELS, enabled=embedded)
 
     async def run_cpu(self, function: Callable[..., T], *args: object) -> T:
         """Run CPU work (decode, encode) in a worker thread holding one of the ``cpu`` slots throughout (429 when
@@ -103,11 +111,24 @@ class Runtime:
         with self.cpu.admitted():
             return await anyio.to_thread.run_sync(in_slot)
 
-    async def run_admitted(self, function: Callable[..., T], *args: object) -> T:
-        """Run a call that takes a ``cpu`` slot only around its CPU stages (a search: its database round trips
-        leave the slot free) in a worker thread; admitted like :meth:`run_cpu`."""
+    async def run_search(self, function: Callable[..., T], *args: object) -> T:
+        """Run a search, ``function(*args, may_wait=...)``, which takes a ``cpu`` slot only around its CPU stages
+        (its database round trips leave the slot free); admitted like :meth:`run_cpu`. It runs on the event loop
+        when :attr:`inline` allows (``may_wait=False``: where it would wait it raises :class:`WouldWait`, and
+        runs again in a worker thread), else in a worker thread (``may_wait=True``)."""
+        runs = self.metrics.search_runs
         with self.cpu.admitted():
-            return await anyio.to_thread.run_sync(function, *args)
+            if self.inline.allows(self.cpu.admitted_now):
+                try:
+                    answer = self.inline.timed(partial(function, *args, may_wait=False))
+                except WouldWait:
+                    pass
+                else:
+                    runs.labels("loop").inc()
+                    return answer
+            answer = await anyio.to_thread.run_sync(self.inline.timed, partial(function, *args, may_wait=True))
+            runs.labels("thread").inc()
+            return answer
 
     async def run_io(self, function: Callable[..., T], *args: object) -> T:
         """Run blocking I/O (database, files) in a worker thread of the default pool."""

@@ -149,9 +149,9 @@ async def _answered(
     """``run``'s answer; when the request's model was retired meanwhile (Milvus backend: another process activated
     the next one), this replica swaps to the active model now, not at its next poll, and answers with it."""
     try:
-        return await runtime.run_admitted(run, runtime, pair, subject, query)
+        return await runtime.run_search(run, runtime, pair, subject, query)
     except ModelSwitchedError:
         await runtime.run_io(runtime.follow_activation)
         if runtime.active is None or runtime.active.current is pair:
             raise
-        return await runtime.run_admitted(run, runtime, runtime.active.current, subject, query)
+        return await runtime.run_search(run, runtime, runtime.active.current, subject, query)

@@ -1,5 +1,5 @@
 """The search path's costs: no follower lock when nothing changed, one parse of the upload, a bounded CPU queue,
-no blocking call on the event loop.
+no blocking call on the event loop, and cheap searches on an idle server answered on the event loop itself.
 
 Each test counts what the route does on a real server (its threads run in this process, so the counters see
 them): ``ChangeFollower.catch_up`` calls (the lock and its database round trip), ``PIL.Image.open`` calls, and
@@ -8,6 +8,8 @@ the 429 with ``Retry-After`` when ``METAH_CPU_QUEUE`` requests already wait for 
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import threading
 import time
@@ -20,11 +22,12 @@ import pytest
 from PIL import Image
 
 from index.hash_index import HashIndex
-from service import retrieval
+from service import repository, retrieval
+from service.db import Database
 from service.errors import TooBusyError
 from service.follow import ChangeFollower
-from service.limits import CpuSlots
-from tests.service.conftest import StartServer, assert_error, post_image, search
+from service.limits import CpuSlots, InlineGate
+from tests.service.conftest import LiveServer, StartServer, assert_error, post_image, search
 
 QUIET = {"changes_poll_s": 3600.0}  # no background catch-up during the test: only the searches' own count
 
@@ -162,3 +165,176 @@ def test_readyz_counts_the_index_off_the_event_loop(
     finally:
         probe.join(timeout=30)
     assert ready[0].status_code == 200 and ready[0].json()["indexed"] == 1
+
+
+# ------------------------------------------------------------------------------ searches on the event loop
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _where_called(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[bool]:
+    """Replace ``owner.name`` with a wrapper recording, per call, whether it ran on an event loop's thread."""
+    where: list[bool] = []
+    original: Callable[..., Any] = getattr(owner, name)
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        where.append(_on_event_loop())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recorded)
+    return where
+
+
+def _runs(server: LiveServer, on: str) -> float:
+    text = server.client().get("/metrics").text
+    line = next((line for line in text.splitlines() if line.startswith(f'metah_search_runs_total{{on="{on}"}}')), None)
+    return float(line.split()[-1]) if line is not None else 0.0
+
+
+def test_an_idle_server_answers_cheap_searches_on_the_event_loop(
+    start_server: StartServer,
+    digit_pngs: list[tuple[bytes, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str | None,
+) -> None:
+    """The first search runs in a worker thread (its cost is not known yet); the next ones, one at a time with the
+    test's tiny model, on the event loop, with the same answers. With PostgreSQL (a network round trip per
+    search) every search stays in a worker thread."""
+    server = start_server(**QUIET)
+    client = server.client()
+    for data, label in digit_pngs[:4]:
+        post_image(client, data, label=label)
+    where = _where_called(monkeypatch, retrieval, "hydrate")
+    answers = [search(client, data, k=4).json()["hits"] for data, _ in digit_pngs[:4]]
+    again = [search(client, data, k=4).json()["hits"] for data, _ in digit_pngs[:4]]
+    assert again == answers and all(len(hits) == 4 for hits in answers)
+    embedded = database_url is None
+    assert where == [False] + [embedded] * 7
+    assert (_runs(server, "loop"), _runs(server, "thread")) == ((7, 1) if embedded else (0, 8))
+
+
+def test_a_large_upload_is_searched_in_a_worker_thread(
+    start_server: StartServer, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload over the gate's pixel limit is not decoded on the event loop, whatever the recent searches cost:
+    its search runs in a worker thread (and finds the same image as the small one)."""
+    server = start_server(**QUIET)
+    client = server.client()
+    data = digit_pngs[0][0]
+    stored = post_image(client, data).json()["id"]
+    assert search(client, data, k=1).status_code == 200  # the gate learns what a search costs
+    side = 600
+    assert side * side > 512 * 512  # the runtime's INLINE_MAX_PIXELS
+    large = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("L").resize((side, side), Image.Resampling.NEAREST).save(large, "PNG")
+    where = _where_called(monkeypatch, retrieval, "hydrate")
+    hits = search(client, large.getvalue(), k=1).json()["hits"]
+    assert [hit["id"] for hit in hits] == [stored]
+    assert where == [False]
+
+
+def test_a_search_that_must_catch_up_does_it_in_a_worker_thread(
+    start_server: StartServer,
+    digit_pngs: list[tuple[bytes, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str | None,
+) -> None:
+    """Another process's write (a row deleted straight in the database, as a job worker would) leaves the index
+    behind the log: a search on the event loop must not wait for the follower's lock and apply it there, so it
+    is run again in a worker thread, which catches up; the deleted image is not returned."""
+    server = start_server(**QUIET)
+    client = server.client()
+    ids = [post_image(client, data, label=label).json()["id"] for data, label in digit_pngs[:3]]
+    assert search(client, digit_pngs[0][0], k=3).status_code == 200
+    db = Database(server.settings.sqlalchemy_url)
+    try:
+        with db.session() as session:
+            image = repository.image_by_id(session, ids[0])
+            assert image is not None
+            repository.delete_image(session, image)
+            session.commit()
+    finally:
+        db.close()
+    catch_ups = _where_called(monkeypatch, ChangeFollower, "catch_up")
+    hydrates = _where_called(monkeypatch, retrieval, "hydrate")
+    hits = search(client, digit_pngs[0][0], k=3).json()["hits"]
+    assert sorted(hit["id"] for hit in hits) == sorted(ids[1:])
+    assert catch_ups == [False]
+    # on the loop: the hydrate that finds the log ahead; in the thread: the same, then after the catch-up
+    assert hydrates == ([True] if database_url is None else []) + [False, False]
+
+
+def test_a_busy_server_searches_in_worker_threads(
+    start_server: StartServer, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one search is in flight (a large upload, held in its decode in a worker thread), the next one is not
+    run on the event loop: it takes a worker thread too, and both answer."""
+    server = start_server(**QUIET)
+    client = server.client()
+    post_image(client, digit_pngs[0][0])
+    assert search(client, digit_pngs[1][0], k=1).status_code == 200  # the gate learns what a search costs
+    large = io.BytesIO()
+    Image.open(io.BytesIO(digit_pngs[2][0])).resize((600, 600)).save(large, "PNG")
+    inside, release = threading.Event(), threading.Event()
+    decode_upload = retrieval.decode_upload
+    where: list[bool] = []
+
+    def held_in_a_thread(*args: Any) -> np.ndarray:
+        where.append(_on_event_loop())
+        if not where[-1] and not inside.is_set():
+            inside.set()
+            assert release.wait(timeout=30)
+        return decode_upload(*args)
+
+    monkeypatch.setattr(retrieval, "decode_upload", held_in_a_thread)
+    held: list[int] = []
+    thread = threading.Thread(target=lambda: held.append(search(server.client(), large.getvalue()).status_code))
+    thread.start()
+    try:
+        assert inside.wait(timeout=30), "the large upload's search did not reach its decode in a thread"
+        seen = len(where)
+        assert search(client, digit_pngs[3][0]).status_code == 200
+        assert where[seen:] == [False]
+    finally:
+        release.set()
+        thread.join(timeout=30)
+    assert held == [200]
+
+
+def test_the_inline_gate_opens_for_cheap_calls_on_an_idle_server() -> None:
+    gate = InlineGate(0.05, 100)
+    assert not gate.allows(1)  # nothing measured yet
+    assert gate.timed(lambda: 7) == 7
+    assert gate.mean_s is not None and gate.mean_s < 0.05
+    assert gate.allows(1) and not gate.allows(2)
+    assert not InlineGate(0.05, 100, enabled=False).allows(1)
+
+
+def test_the_inline_gate_closes_once_calls_cost_more_than_its_budget() -> None:
+    gate = InlineGate(0.01, 100, weight=0.5)
+    gate.timed(lambda: None)
+    assert gate.allows(1)
+    for _ in range(3):
+        gate.timed(lambda: time.sleep(0.03))
+    assert gate.mean_s is not None and gate.mean_s > 0.01
+    assert not gate.allows(1)
+    before = gate.mean_s
+
+    def fails() -> None:
+        raise ValueError("no answer")
+
+    with pytest.raises(ValueError, match="no answer"):
+        gate.timed(fails)
+    assert gate.mean_s == before  # a call that raised is not measured
+
+
+@pytest.mark.parametrize(("budget", "pixels", "weight"), [(0, 10, 0.5), (0.01, 0, 0.5), (0.01, 10, 0), (0.01, 10, 2)])
+def test_the_inline_gate_refuses_meaningless_settings(budget: float, pixels: int, weight: float) -> None:
+    with pytest.raises(ValueError, match="need a positive budget"):
+        InlineGate(budget, pixels, weight=weight)
