@@ -10,7 +10,14 @@ Design notes and benchmarks: docs/index.md.
 """
 
 from index.codes import check_codes, check_ids, code_bytes, hamming_distances, pack_codes, unpack_codes
-from index.errors import CodeFormatError, CodeSpaceError, DuplicateIdError, HashIndexError, SnapshotError
+from index.errors import (
+    CodeFormatError,
+    CodeSpaceError,
+    DuplicateIdError,
+    HashIndexError,
+    IndexBusyError,
+    SnapshotError,
+)
 from index.hash_index import HashIndex, IndexOptions
 from index.hits import Hits
 from index.lifecycle import LoadReport, load_or_rebuild
@@ -25,6 +32,7 @@ __all__ = [
     "HashIndex",
     "HashIndexError",
     "Hits",
+    "IndexBusyError",
     "IndexOptions",
     "LoadReport",
     "Manifest",

@@ -35,6 +35,10 @@ class CodeSpaceError(HashIndexError, ValueError):
     """Two things that must share a code space (bits and model version) do not."""
 
 
+class IndexBusyError(HashIndexError):
+    """A search that was not to wait (``wait=False``) found a write holding, or waiting for, the index's lock."""
+
+
 class SnapshotError(HashIndexError):
     """A snapshot cannot be used.
 

@@ -263,6 +263,7 @@ class HashIndex:
         domain: str | None = None,
         max_distance: int | None = None,
         model_version: str | None = None,
+        wait: bool = True,
     ) -> list[Hits]:
         """The ``k`` nearest codes of each query, in (distance, id) order.
 
@@ -273,6 +274,8 @@ class HashIndex:
             max_distance: drop hits farther than this (the result may then have fewer than ``k``).
             model_version: the model that encoded the queries; refused (:class:`CodeSpaceError`) when it is
                 not this index's.
+            wait: ``False``: raise :class:`index.IndexBusyError` instead of waiting while a write holds the index's
+                lock or waits for it (a search on an event loop, which must not block).
 
         Returns:
             ``Q`` :class:`Hits`. Exact on flat shards; on IVF shards the candidates are approximate.
@@ -286,7 +289,7 @@ class HashIndex:
         hits: list[Hits] = []
         for start in range(0, packed.shape[0], self.options.query_chunk):
             chunk = packed[start : start + self.options.query_chunk]
-            with self._threads.applied(packed.shape[0]), self._lock.read():
+            with self._threads.applied(packed.shape[0]), self._lock.read(blocking=wait):
                 shards = self._selected(domain)
                 parts = [shard.search(chunk, k) for shard in shards]
             ordered = len(shards) == 1 and shards[0].ordered

@@ -411,6 +411,7 @@ class MilvusIndex:
         domain: str | None = None,
         max_distance: int | None = None,
         model_version: str | None = None,
+        wait: bool = True,
         guarantee_timestamp: int | None = None,
     ) -> list[Hits]:
         """The ``k`` nearest codes of each query, in (distance, id) order (tie guarantee: module docstring).
@@ -421,6 +422,7 @@ class MilvusIndex:
             domain: search this domain only (an unknown domain has no hits); ``None``: every domain.
             max_distance: drop hits farther than this.
             model_version: the model that encoded the queries; :class:`CodeSpaceError` when not this index's.
+            wait: unused (no lock of this process is held by a write: Milvus applies them).
             guarantee_timestamp: see every write up to this Milvus timestamp (read-your-writes).
         """
         check_model_version(model_version, self._model_version)

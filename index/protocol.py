@@ -48,8 +48,11 @@ class CodeIndex(Protocol):
         domain: str | None = None,
         max_distance: int | None = None,
         model_version: str | None = None,
+        wait: bool = True,
     ) -> list[Hits]:
-        """The ``k`` nearest codes of each query ``uint8 [Q, B]`` (or one ``[B]``), in (distance, id) order."""
+        """The ``k`` nearest codes of each query ``uint8 [Q, B]`` (or one ``[B]``), in (distance, id) order.
+        ``wait=False``: :class:`index.IndexBusyError` instead of waiting for a write of this process in progress
+        (an index with no such lock never raises it)."""
         ...
 
     def range_search(

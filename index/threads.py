@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import faiss
 
+from index.errors import IndexBusyError
+
 
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
@@ -82,10 +84,13 @@ class ReadWriteLock:
         self._writers_waiting = 0
 
     @contextmanager
-    def read(self) -> Iterator[None]:
-        """Hold the lock shared for the block."""
+    def read(self, *, blocking: bool = True) -> Iterator[None]:
+        """Hold the lock shared for the block; without ``blocking``, :class:`IndexBusyError` instead of waiting
+        when a writer holds it or waits for it."""
         with self._cond:
             while self._writer or self._writers_waiting:
+                if not blocking:
+                    raise IndexBusyError("a write holds the index, or waits for it")
                 self._cond.wait()
             self._readers += 1
         try:

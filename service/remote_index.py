@@ -119,8 +119,9 @@ class RemoteIndex:
         domain: str | None = None,
         max_distance: int | None = None,
         model_version: str | None = None,
+        wait: bool = True,
     ) -> list[Hits]:
-        guarantee = self._guarantee()
+        guarantee = self._guarantee()  # (``wait`` is unused: see MilvusIndex.search)
         with milvus_errors():
             return self.index.search(
                 queries,

@@ -13,8 +13,8 @@ up (:meth:`service.follow.ChangeFollower.catch_up`, under its lock) and the inde
 
 A search runs in a worker thread, or on the event loop itself when the server is idle and searches are cheap
 (:class:`service.limits.InlineGate`, ``may_wait=False``): there it never waits, raising
-:class:`service.limits.WouldWait` instead of catching up or decoding a large upload, and the caller runs it
-again in a thread.
+:class:`service.limits.WouldWait` instead of catching up, of waiting while a write holds the index, or of
+decoding a large upload, and the caller runs it again in a thread.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from index import Hits, unpack_codes
+from index import Hits, IndexBusyError, unpack_codes
 from service import repository
 from service.errors import ConflictError, NotFoundError
 from service.limits import WouldWait
@@ -98,8 +98,8 @@ def nearest_rows(
     Read-your-writes without a lock: the change the index had applied is read before it is searched, the
     log's last change in the hydrate query; when the log is ahead (a write committed before this request that
     the index has not applied yet), the index catches up and is searched again. Without ``may_wait`` (a search
-    on the event loop), :class:`service.limits.WouldWait` is raised instead of catching up: the catch-up waits
-    for the follower's lock and applies what it reads, which the event loop must not wait for.
+    on the event loop), :class:`service.limits.WouldWait` is raised where it would wait: for a catch-up (the
+    follower's lock, then applying what it reads) or for a write that holds the index's lock.
 
     The serving index can hold ids whose rows were deleted after it was read (it drops them at its next
     catch-up). Their hits have no row, so when fewer than ``query.k`` hits have one, the index is asked again
@@ -109,9 +109,17 @@ def nearest_rows(
     applied = runtime.applied_change()  # None: no follower, nothing to check
     while True:
         with runtime.cpu.slot(), runtime.metrics.stage("search"):
-            hits = pair.index.search(
-                code, asked, domain=query.domain, max_distance=query.max_distance, model_version=pair.model_version
-            )[0]
+            try:
+                hits = pair.index.search(
+                    code,
+                    asked,
+                    domain=query.domain,
+                    max_distance=query.max_distance,
+                    model_version=pair.model_version,
+                    wait=may_wait,
+                )[0]
+            except IndexBusyError:  # a write holds the index: wait for it in a worker thread, not on the loop
+                raise WouldWait from None
         exhausted = len(hits) < asked
         if exclude is not None:
             keep = hits.ids != exclude

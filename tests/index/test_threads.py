@@ -8,8 +8,10 @@ import threading
 import time
 
 import faiss
+import numpy as np
 import pytest
 
+from index import HashIndex, IndexBusyError
 from index.threads import ReadWriteLock, ThreadPolicy, omp_threads
 
 
@@ -72,6 +74,57 @@ def test_writer_waits_for_readers_and_blocks_new_ones() -> None:
     for t in (first, w, second):
         t.join(5)
     assert order == ["r1 in", "r1 out", "writer", "r2 in", "r2 out"]
+
+
+def test_a_reader_that_may_not_block_is_refused_while_a_writer_holds_or_waits() -> None:
+    lock = ReadWriteLock()
+    with lock.read(blocking=False), lock.read(blocking=False):  # readers share it
+        pass
+    writing, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with lock.write():
+            writing.set()
+            release.wait(5)
+
+    with lock.read():  # a writer waiting for this reader blocks new readers too
+        waiting = threading.Thread(target=writer)
+        waiting.start()
+        deadline = time.monotonic() + 5
+        while not lock._writers_waiting:  # the state this test is about
+            assert time.monotonic() < deadline, "the writer never waited"
+            time.sleep(0.001)
+        with pytest.raises(IndexBusyError), lock.read(blocking=False):
+            pass
+    assert writing.wait(5)
+    with pytest.raises(IndexBusyError), lock.read(blocking=False):  # a writer holds it
+        pass
+    release.set()
+    waiting.join(5)
+    with lock.read(blocking=False):  # free again
+        pass
+
+
+def test_a_search_that_may_not_wait_is_refused_while_a_write_holds_the_index() -> None:
+    index = HashIndex(64, "v1")
+    codes = np.random.default_rng(0).integers(0, 256, (20, 8), dtype=np.uint8)
+    index.add(np.arange(20), codes, "photo")
+    expected = index.search(codes[3], 5)[0]
+    with index._lock.write():  # a write in progress, held open
+        refused: list[Exception] = []
+        thread = threading.Thread(target=lambda: _search_into(index, codes[3], refused))
+        thread.start()
+        thread.join(5)
+        assert [type(error) for error in refused] == [IndexBusyError]
+    hits = index.search(codes[3], 5, wait=False)[0]
+    assert hits.ids.tolist() == expected.ids.tolist() and hits.ids[0] == 3
+
+
+def _search_into(index: HashIndex, query: np.ndarray, errors: list[Exception]) -> None:
+    try:
+        index.search(query, 5, wait=False)
+    except IndexBusyError as exc:
+        errors.append(exc)
 
 
 def test_index_package_never_imports_torch() -> None:

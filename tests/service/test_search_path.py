@@ -191,6 +191,12 @@ def _where_called(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> lis
     return where
 
 
+def _gate_opened_wide(server: LiveServer) -> None:
+    """Let any search the gate admits run on the loop, however long the test machine takes for one: these tests
+    are about where a search runs, not about the budget (whose test is the gate's own)."""
+    server.server.lifespan.state["runtime"].inline.budget_s = 60.0
+
+
 def _runs(server: LiveServer, on: str) -> float:
     text = server.client().get("/metrics").text
     line = next((line for line in text.splitlines() if line.startswith(f'metah_search_runs_total{{on="{on}"}}')), None)
@@ -207,6 +213,7 @@ def test_an_idle_server_answers_cheap_searches_on_the_event_loop(
     test's tiny model, on the event loop, with the same answers. With PostgreSQL (a network round trip per
     search) every search stays in a worker thread."""
     server = start_server(**QUIET)
+    _gate_opened_wide(server)
     client = server.client()
     for data, label in digit_pngs[:4]:
         post_image(client, data, label=label)
@@ -225,6 +232,7 @@ def test_a_large_upload_is_searched_in_a_worker_thread(
     """An upload over the gate's pixel limit is not decoded on the event loop, whatever the recent searches cost:
     its search runs in a worker thread (and finds the same image as the small one)."""
     server = start_server(**QUIET)
+    _gate_opened_wide(server)
     client = server.client()
     data = digit_pngs[0][0]
     stored = post_image(client, data).json()["id"]
@@ -249,6 +257,7 @@ def test_a_search_that_must_catch_up_does_it_in_a_worker_thread(
     behind the log: a search on the event loop must not wait for the follower's lock and apply it there, so it
     is run again in a worker thread, which catches up; the deleted image is not returned."""
     server = start_server(**QUIET)
+    _gate_opened_wide(server)
     client = server.client()
     ids = [post_image(client, data, label=label).json()["id"] for data, label in digit_pngs[:3]]
     assert search(client, digit_pngs[0][0], k=3).status_code == 200
@@ -270,12 +279,43 @@ def test_a_search_that_must_catch_up_does_it_in_a_worker_thread(
     assert hydrates == ([True] if database_url is None else []) + [False, False]
 
 
+def test_a_search_that_finds_the_index_being_written_waits_in_a_worker_thread(
+    start_server: StartServer, digit_pngs: list[tuple[bytes, str]]
+) -> None:
+    """While a write holds the serving index's lock (held open here), a search does not wait for it on the event
+    loop: it waits in a worker thread, and the loop answers other requests meanwhile."""
+    server = start_server(**QUIET)
+    _gate_opened_wide(server)
+    client = server.client()
+    stored = post_image(client, digit_pngs[0][0]).json()["id"]
+    assert search(client, digit_pngs[1][0], k=1).status_code == 200  # the gate learns what a search costs
+    runtime = server.server.lifespan.state["runtime"]
+    index = runtime.active.current.index
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answers.append(search(server.client(), digit_pngs[0][0], k=1)))
+    with index._lock.write():  # a write in progress, held open
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while runtime.cpu.admitted_now < 1:  # the search is in: on the loop or in a thread, at the index's lock
+            assert time.monotonic() < deadline, "the search never started"
+            time.sleep(0.01)
+        time.sleep(0.1)
+        started = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        assert time.perf_counter() - started < 0.5, "the event loop waited for the index's write"
+        assert not answers, "the search did not wait for the write"
+    waiting.join(timeout=30)
+    assert [hit["id"] for hit in answers[0].json()["hits"]] == [stored]
+    assert _runs(server, "loop") == 0  # (the first search, before, ran in a thread too)
+
+
 def test_a_busy_server_searches_in_worker_threads(
     start_server: StartServer, digit_pngs: list[tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While one search is in flight (a large upload, held in its decode in a worker thread), the next one is not
     run on the event loop: it takes a worker thread too, and both answer."""
     server = start_server(**QUIET)
+    _gate_opened_wide(server)
     client = server.client()
     post_image(client, digit_pngs[0][0])
     assert search(client, digit_pngs[1][0], k=1).status_code == 200  # the gate learns what a search costs
