@@ -183,7 +183,8 @@ class InlineGate:
         return self.enabled and admitted <= 1 and self.mean_s is not None and self.mean_s <= self.budget_s
 
     def timed(self, function: Callable[[], T]) -> T:
-        """``function()``, its duration added to the mean (a call that raises :class:`WouldWait` is not)."""
+        """``function()``, its duration added to the mean (a call that raises, :class:`WouldWait` included, is
+        not)."""
         started = time.perf_counter()
         result = function()
         seconds = time.perf_counter() - started
@@ -193,4 +194,5 @@ class InlineGate:
 
 class WouldWait(Exception):  # noqa: N818 (a signal, not an error)
     """Raised by a search running on the event loop where it would have to wait (a catch-up under the
-    follower's lock): the caller runs it again in a worker thread."""
+    follower's lock, a write holding the index's lock) or decode a large upload: the caller runs it again in a
+    worker thread."""
