@@ -63,9 +63,10 @@ def photo_augment(
     scale: tuple[float, float] = (0.5, 1.0),
     jitter: float = 0.3,
     grey: float = 0.0,
+    drawing: float = 0.0,
 ) -> torch.Tensor:
-    """Random resized crop, horizontal flip, colour jitter and (optionally) greyscale of one photo, drawn from
-    ``generator``.
+    """Random resized crop, horizontal flip, colour jitter and (optionally) greyscale or a drawing of one photo,
+    drawn from ``generator``.
 
     Args:
         image: float32 ``[3, H, W]`` in ``[0, 1]``.
@@ -74,6 +75,8 @@ def photo_augment(
         jitter: brightness, contrast and saturation factors are drawn from ``[1 - jitter, 1 + jitter]``.
         grey: probability that the view is turned to greyscale (sketches and scans have no colour); at 0 no draw is
             made for it, so the other choices are the same as without the option.
+        drawing: probability that the view is then redrawn as line art or, as often, as a flat-colour cartoon
+            (:func:`line_drawing`, :func:`flat_cartoon`); drawn after every other choice, like ``grey``.
 
     Shape:
         ``[3, H, W]`` → same, values in ``[0, 1]``.
@@ -91,4 +94,39 @@ def photo_augment(
     out = out.clamp_(0.0, 1.0)
     if grey > 0.0 and float(torch.rand((), generator=generator)) < grey:
         out = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).expand(3, -1, -1).clone()
+    if drawing > 0.0 and float(torch.rand((), generator=generator)) < drawing:
+        out = line_drawing(out) if float(torch.rand((), generator=generator)) < 0.5 else flat_cartoon(out)
     return out
+
+
+def _blur(planes: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of ``[C, H, W]`` planes (separable, edges repeated)."""
+    radius = max(1, round(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=planes.dtype)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).expand(planes.shape[0], 1, 1, -1)
+    x = F.pad(planes.unsqueeze(0), (radius, radius, 0, 0), mode="replicate")
+    x = F.conv2d(x, kernel, groups=planes.shape[0])
+    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(x, kernel.transpose(2, 3), groups=planes.shape[0]).squeeze(0)
+
+
+def _edge_strength(image: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of the blurred luminance, ``[H, W]`` scaled so its 98th percentile is 1."""
+    luminance = _blur((0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]).unsqueeze(0), 1.0)
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=image.dtype).view(1, 1, 3, 3)
+    padded = F.pad(luminance.unsqueeze(0), (1, 1, 1, 1), mode="replicate")
+    gx, gy = F.conv2d(padded, sobel), F.conv2d(padded, sobel.transpose(2, 3))
+    magnitude = (gx**2 + gy**2).sqrt()[0, 0]
+    return magnitude / (torch.quantile(magnitude.flatten(), 0.98) + 1e-6)
+
+
+def line_drawing(image: torch.Tensor) -> torch.Tensor:
+    """Dark lines on white where the photo has edges: ``[3, H, W]`` in ``[0, 1]`` → same, grey."""
+    return (1.0 - _edge_strength(image).clamp(0.0, 1.0)).expand(3, -1, -1).clone()
+
+
+def flat_cartoon(image: torch.Tensor, levels: int = 6) -> torch.Tensor:
+    """Smoothed colours quantised to ``levels`` per channel, with black outlines on the strong edges."""
+    flat = (_blur(image, 2.0) * levels).round() / levels
+    return (flat * (_edge_strength(image) < 0.4).to(image.dtype)).clamp(0.0, 1.0)

@@ -37,6 +37,9 @@ class TrainConfig:
     backbone_lr_mult: float = 0.1  # finetune: a pretrained backbone learns at lr × this (random ones at lr)
     feature_views: int = 2  # frozen: views cached per image, the plain one plus augmented ones (PACS validation)
     feature_grey: float = 0.0  # frozen: probability that an augmented view is greyscale
+    # frozen: probability that an augmented view is redrawn as line art or a flat-colour cartoon (PACS validation:
+    # benchmarks/retrieval-knobs)
+    feature_drawing: float = 0.5
     feature_cache: str | None = None  # frozen: cache folder (default: $METAH_FEATURE_CACHE or ~/.cache/metah)
     adapt_batch_norm: bool = False  # frozen: re-estimate the backbone's batch-norm statistics on source + target
     loader_workers: int = -1  # decoding processes; -1: one per two CPU cores, at least one, at most four
@@ -100,8 +103,9 @@ class TrainConfig:
             raise ConfigError(f"augment_scale must be (low, high) with 0 < low <= high, got {self.augment_scale}")
         if not 0.0 <= self.hash_dropout < 1.0:
             raise ConfigError(f"hash_dropout must be in [0, 1), got {self.hash_dropout}")
-        if not 0.0 <= self.feature_grey <= 1.0:
-            raise ConfigError(f"feature_grey must be in [0, 1], got {self.feature_grey}")
+        for name in ("feature_grey", "feature_drawing"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:

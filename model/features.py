@@ -54,15 +54,21 @@ class FeatureCache:
     another probability are other files (``.v<view>g<percent>.npy``); the plain view 0 is shared by all.
     """
 
-    def __init__(self, root: Path, backbone_name: str, backbone: Backbone, *, grey: float = 0.0) -> None:
+    def __init__(
+        self, root: Path, backbone_name: str, backbone: Backbone, *, grey: float = 0.0, drawing: float = 0.0
+    ) -> None:
         digest = weights_digest(backbone.module)[:16]
         height, width = backbone.input_size
         self.folder = root / f"{backbone_name}-{digest}-{height}x{width}-aug{AUGMENT_VERSION}"
         self.dim = backbone.out_features
         self.grey = grey
+        self.drawing = drawing
 
     def path(self, key: str, view: int) -> Path:
-        recipe = f"g{round(self.grey * 100)}" if view > 0 and self.grey > 0 else ""
+        recipe = ""
+        if view > 0:
+            recipe += f"g{round(self.grey * 100)}" if self.grey > 0 else ""
+            recipe += f"d{round(self.drawing * 100)}" if self.drawing > 0 else ""
         return self.folder / key[:2] / f"{key}.v{view}{recipe}.npy"
 
     def has(self, key: str, views: int) -> bool:
@@ -115,13 +121,15 @@ class _ViewsDataset(Dataset[_Item]):
             image = torch.from_numpy(decode_image(data, self.size)).permute(2, 0, 1)
         except DataError as exc:
             return _Item(position, key, None, 0, str(exc))
-        views = _draw_views(image, key, missing[0], self.views, self.cache.grey)
+        views = _draw_views(image, key, missing[0], self.views, self.cache.grey, self.cache.drawing)
         return _Item(position, key, views, missing[0])
 
 
-def _draw_views(image: torch.Tensor, key: str, first: int, views: int, grey: float) -> torch.Tensor:
+def _draw_views(
+    image: torch.Tensor, key: str, first: int, views: int, grey: float, drawing: float = 0.0
+) -> torch.Tensor:
     """uint8 ``[views - first, 3, H, W]``: view 0 is the image itself, view v > 0 an augmentation seeded by
-    ``(key, v)``, greyscale with probability ``grey``."""
+    ``(key, v)``, greyscale with probability ``grey``, redrawn as a drawing with probability ``drawing``."""
     plain = image.float().div(255.0)
     out = []
     for view in range(first, views):
@@ -129,7 +137,8 @@ def _draw_views(image: torch.Tensor, key: str, first: int, views: int, grey: flo
             out.append(image)
             continue
         generator = torch.Generator().manual_seed(int(key[:12], 16) * 64 + view)
-        out.append(photo_augment(plain, generator, grey=grey).mul(255.0).round().to(torch.uint8))
+        view_image = photo_augment(plain, generator, grey=grey, drawing=drawing)
+        out.append(view_image.mul(255.0).round().to(torch.uint8))
     return torch.stack(out)
 
 

@@ -59,6 +59,8 @@ class Heads(nn.Module):
         grl_alpha: steepness of the GRL's coefficient schedule.
         hidden: width of the hash layer's hidden layer; 0 projects linearly.
         dropout: share of the features the hash layer drops in training.
+        conditional: the discriminator reads each code multiplied by the classifier's (detached) class
+            probabilities, ``p ⊗ h`` (CDAN, Long et al., NeurIPS 2018), so it aligns the domains class by class.
 
     Shape:
         features: float32 ``[N, in_features]`` → :class:`NetOutput`.
@@ -76,17 +78,28 @@ class Heads(nn.Module):
         grl_alpha: float = 10.0,
         hidden: int = 0,
         dropout: float = 0.0,
+        conditional: bool = False,
     ) -> None:
         super().__init__()
+        if conditional and not (classifier and discriminator):
+            raise ValueError("a conditional discriminator needs the classifier and the discriminator")
         self.hash = HashLayer(in_features, bits, hidden, dropout)
         self.grl = GradientReverseLayer(max_steps, grl_alpha)
         self.classifier = nn.Linear(bits, num_classes) if classifier else None
-        self.discriminator = DomainDiscriminator(bits) if discriminator else None
+        self.conditional = conditional
+        self.discriminator = DomainDiscriminator(bits * (num_classes if conditional else 1)) if discriminator else None
 
     def forward(self, features: torch.Tensor) -> NetOutput:
         codes = self.hash(features)
         class_logits = self.classifier(codes) if self.classifier is not None else None
-        domain_logits = self.discriminator(self.grl(codes)) if self.discriminator is not None else None
+        domain_logits = None
+        if self.discriminator is not None:
+            reversed_codes = self.grl(codes)
+            if self.conditional:
+                assert class_logits is not None
+                probabilities = torch.softmax(class_logits.detach(), dim=1)
+                reversed_codes = (probabilities.unsqueeze(2) * reversed_codes.unsqueeze(1)).flatten(1)
+            domain_logits = self.discriminator(reversed_codes)
         return NetOutput(codes, class_logits, domain_logits)
 
 

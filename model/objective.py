@@ -40,6 +40,10 @@ class LossWeights:
     # class; off by default: it lowered validation MAP on PACS (benchmarks/retrieval-knobs).
     pseudo_pairs: float = 0.0
     pseudo_threshold: float = 0.9
+    # Cross-entropy of target rows against cluster pseudo-labels (SHOT; model.clusters), refreshed during the run.
+    cluster: float = 0.0
+    # The discriminator reads each code times the classifier's class probabilities (CDAN; model.network.Heads).
+    conditional_adversary: bool = False
     entropy_ramp: bool = True
     balance_pairs: bool = True
 
@@ -49,11 +53,12 @@ class LossWeights:
 
     @property
     def needs_classifier(self) -> bool:
-        return self.classification > 0 or self._reads_target_classes
+        conditions = self.conditional_adversary and self.needs_discriminator
+        return self.classification > 0 or self._reads_target_classes or conditions
 
     @property
     def _reads_target_classes(self) -> bool:
-        return self.entropy > 0 or self.diversity > 0 or self.confusion > 0 or self.pseudo_pairs > 0
+        return any(w > 0 for w in (self.entropy, self.diversity, self.confusion, self.pseudo_pairs, self.cluster))
 
     @property
     def needs_discriminator(self) -> bool:
@@ -76,12 +81,19 @@ METHODS: dict[str, LossWeights] = {
 # Heads on frozen pretrained features (the photo path): each method's best point of the same small grid, by
 # validation MAP@all on PACS photo -> sketch and photo -> cartoon, seeds 0 and 1 (scripts/bench.py GRID["frozen"],
 # benchmarks/retrieval). MeTAH's min-entropy alone drove sketch codes into the wrong classes; balanced by the
-# diversity term it holds.
+# diversity term it holds. Its adversary is class-conditional (CDAN): the plain one aligned cartoon dogs with photo
+# persons (benchmarks/retrieval-knobs).
 FROZEN_METHODS: dict[str, LossWeights] = {
     "source_only": LossWeights(pairwise=1.0, quantization=0.1),
     "tah": LossWeights(pairwise=1.0, quantization=0.1, adversarial=1.0),
     "metah": LossWeights(
-        pairwise=10.0, quantization=0.8, adversarial=1.0, classification=1.0, entropy=0.3, diversity=0.3
+        pairwise=10.0,
+        quantization=0.8,
+        adversarial=1.0,
+        classification=1.0,
+        entropy=0.3,
+        diversity=0.3,
+        conditional_adversary=True,
     ),
 }
 
@@ -96,7 +108,11 @@ def method_weights(method: str, mode: str = "finetune") -> LossWeights:
 
 
 def compute_objective(
-    out: NetOutput, source_labels: torch.Tensor, weights: LossWeights, ramp: float
+    out: NetOutput,
+    source_labels: torch.Tensor,
+    weights: LossWeights,
+    ramp: float,
+    target_guess: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the loss terms for one shared forward pass over ``[source; target]``.
 
@@ -105,6 +121,7 @@ def compute_objective(
         source_labels: int64 ``[S]`` labels of the first ``S`` rows.
         weights: the method's loss weights.
         ramp: the GRL coefficient in ``[0, 1]``; scales the entropy weight when ``entropy_ramp``.
+        target_guess: int64 pseudo-labels of the target rows for the ``cluster`` term (none yet: no term).
 
     Returns:
         the total loss (scalar tensor) and the unweighted value of every term, as floats.
@@ -148,6 +165,9 @@ def compute_objective(
                 balanced=weights.balance_pairs,
             )
             total = total + weights.pseudo_pairs * scale * terms["pseudo_pairs"]
+        if weights.cluster > 0 and target_guess is not None and target_logits.shape[0] > 0:
+            terms["cluster"] = classification_loss(target_logits, target_guess)
+            total = total + weights.cluster * terms["cluster"]
     values = {name: float(value.detach()) for name, value in terms.items()}
     values["loss"] = float(total.detach())
     return total, values

@@ -41,6 +41,7 @@ from model.backbones import Backbone
 from model.batches import BatchSampler, CachedFeatures, InMemoryImages, StreamedImages, draw_step
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.choice import choose_backbone, choose_mode
+from model.clusters import centroid_labels
 from model.config import TrainConfig
 from model.data import (
     FileSet,
@@ -75,6 +76,11 @@ from model.objective import compute_objective
 from model.plots import plot_history, plot_pr_curves
 
 log = logging.getLogger(__name__)
+
+# The cluster term's pseudo-labels: first computed a quarter into the run (the classifier has learned the source by
+# then), refreshed every CLUSTER_EVERY steps.
+CLUSTER_START_SHARE = 0.25
+CLUSTER_EVERY = 100
 
 StepCallback = Callable[[int, int], None]  # (steps done, total), after every step
 CheckpointCallback = Callable[[int], None]  # the step, once checkpoint.pt holds it (main process only)
@@ -228,7 +234,7 @@ def prepare_data(
         if config.adapt_batch_norm:
             domains = [source] if target is None else [source, target]
             adapt_batch_norm(backbone, domains, device=device, workers=workers)
-        cache = FeatureCache(root, config.backbone, backbone, grey=config.feature_grey)
+        cache = FeatureCache(root, config.backbone, backbone, grey=config.feature_grey, drawing=config.feature_drawing)
         tables: list[FeatureTable | None] = []
         for name, files in (("source", source), ("target", target)):
             if files is None:
@@ -310,6 +316,7 @@ class Trainer:
         self.sampler = BatchSampler(config.seed * 1000 + group.rank)
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.target_guess: torch.Tensor | None = None  # cluster pseudo-labels of the target rows
         self.autocast = device.type == "cuda" and not self.frozen
 
     def _parameter_groups(self) -> list[dict[str, Any]]:
@@ -334,6 +341,7 @@ class Trainer:
             "history": self.history,
             "average": None if self.average is None else self.average.state_dict(),
             "average_of": "heads" if self.frozen else "network",
+            "target_guess": self.target_guess,
         }
 
     def load_state(self, saved: dict[str, Any]) -> None:
@@ -347,36 +355,58 @@ class Trainer:
         self.sampler.load_state(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])
         self.history = list(saved["history"])
+        self.target_guess = saved.get("target_guess")
         if self.average is not None:
             if saved.get("average") is None:
                 raise CheckpointError("cannot resume: the checkpoint has no weight average (ema_decay was 0)")
             self.average.load_state_dict(saved["average"])
 
     # --- one step ----------------------------------------------------------------------------------
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The step's inputs, source labels, and the target rows' cluster pseudo-labels (when there are any)."""
         inputs = self.data.inputs
+        guess = None
         if isinstance(inputs, StreamedImages):
             batch, labels = inputs.batch(self.config.batch_size)
         else:
             targets = inputs.sizes[1] if self.weights.uses_target else 0
             draw = draw_step(self.sampler, inputs.sizes[0], targets, self.config.batch_size)
             batch, labels = inputs.batch(draw, self.sampler)
+            if self.target_guess is not None and draw.target.numel():
+                guess = self.target_guess[draw.target].to(self.device)
         batch, labels = batch.to(self.device, non_blocking=True), labels.to(self.device)
         if batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch, labels
+        return batch, labels, guess
+
+    def _refresh_guess(self) -> None:
+        """Recompute the target rows' cluster pseudo-labels when the schedule says so (``cluster`` weight only)."""
+        start = int(self.config.iterations * CLUSTER_START_SHARE)
+        if self.weights.cluster <= 0 or self.step < start or (self.step - start) % CLUSTER_EVERY:
+            return
+        inputs = self.data.inputs
+        assert isinstance(inputs, CachedFeatures)  # checked by train()
+        assert inputs.target is not None
+        heads = self.net.heads
+        assert heads.classifier is not None
+        heads.eval()
+        with torch.no_grad():
+            codes = torch.cat([heads.hash(batch.to(self.device)) for batch in inputs.target.plain()])
+            self.target_guess = centroid_labels(codes, heads.classifier(codes)).cpu()
+        heads.train()
 
     def train_step(self) -> dict[str, float]:
         self.trainable.train()
         if self.frozen:
             self.net.backbone.eval()
-        images, labels = self._batch()
+        self._refresh_guess()
+        images, labels, guess = self._batch()
         grl = self.net.heads.grl
         ramp = grl.coeff
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext():
             out = self.model(images)
         out = type(out)(*(None if value is None else value.float() for value in out))
-        loss, values = compute_objective(out, labels, self.weights, ramp)
+        loss, values = compute_objective(out, labels, self.weights, ramp, guess)
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"loss became {values['loss']} at step {self.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -524,6 +554,8 @@ def train(
         backbone = load_backbone(chosen.config)
         mode = choose_mode(chosen.config, backbone, device)
         config = mode.config
+        if config.weights.cluster > 0 and config.mode != "frozen":
+            raise ConfigError("the cluster loss needs the frozen mode (it labels every cached target feature)")
         choices = [chosen.reason, mode.reason]
         if group.is_main:
             for line in choices:

@@ -64,6 +64,8 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "feature_views=3,feature_grey=0.5": ({"feature_views": 3, "feature_grey": 0.5}, {}),
     "confusion=1": ({}, {"confusion": 1.0}),  # minimum class confusion (MCC) next to the entropy terms
     "confusion=1,entropy=0,diversity=0": ({}, {"confusion": 1.0, "entropy": 0.0, "diversity": 0.0}),  # instead
+    "cluster=0.3": ({}, {"cluster": 0.3}),  # SHOT's cluster pseudo-labels (model.clusters), its weight
+    "cluster=1": ({}, {"cluster": 1.0}),
 }
 
 

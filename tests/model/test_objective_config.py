@@ -142,9 +142,12 @@ def test_default_config_is_the_documented_recipe() -> None:
         "confusion": 0.0,
         "pseudo_pairs": 0.0,
         "pseudo_threshold": 0.9,
+        "cluster": 0.0,
+        "conditional_adversary": False,
         "entropy_ramp": True,
         "balance_pairs": True,
     }
+    assert (config.feature_views, config.feature_grey, config.feature_drawing) == (2, 0.0, 0.5)
 
 
 def test_the_weight_average_never_spans_more_than_a_sixth_of_a_short_run() -> None:
@@ -168,6 +171,7 @@ def test_frozen_features_have_their_own_presets_and_explicit_weights_win() -> No
     frozen = TrainConfig(mode="frozen")
     assert frozen.weights == FROZEN_METHODS["metah"]
     assert frozen.weights.diversity > 0 and frozen.weights.entropy > 0  # entropy never without its counterweight
+    assert frozen.weights.conditional_adversary and frozen.weights.needs_classifier
     assert TrainConfig(mode="finetune").weights == METHODS["metah"]
     assert TrainConfig(mode="auto").weights == METHODS["metah"]  # before the mode is resolved
     explicit = LossWeights(pairwise=2.0)

@@ -170,7 +170,7 @@ def test_the_feature_cache_is_reused_by_content(
         (renamed / "sub").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, renamed / "sub" / f"copy-{path.name}")  # same bytes, other names
     backbone = build_backbone("efficientnet_lite0")
-    cache = FeatureCache(cache_root, "efficientnet_lite0", backbone)
+    cache = FeatureCache(cache_root, "efficientnet_lite0", backbone, drawing=TrainConfig().feature_drawing)
     before = sorted(p.name for p in cache.folder.rglob("*.npy"))
     caplog.set_level("INFO", logger="model.features")
     extract_features(list_unlabelled_folder(renamed), backbone, cache, 2, device=torch.device("cpu"), workers=0)
@@ -178,7 +178,7 @@ def test_the_feature_cache_is_reused_by_content(
     assert sorted(p.name for p in cache.folder.rglob("*.npy")) == before
     # a run that wants more views computes only the missing ones
     extract_features(list_unlabelled_folder(renamed), backbone, cache, 3, device=torch.device("cpu"), workers=0)
-    assert len(list(cache.folder.rglob("*.v2.npy"))) == 12
+    assert len(list(cache.folder.rglob("*.v2d50.npy"))) == 12
 
 
 def test_views_are_the_same_in_every_run(photos: dict[str, Path], tmp_path: Path) -> None:

@@ -1,0 +1,33 @@
+"""Cluster pseudo-labels for unlabelled target images (SHOT's self-supervised labelling, Liang et al., ICML 2020).
+
+The classifier's soft answers weight a centroid per class in code space; each target code takes the class of its
+nearest centroid (cosine), and one more round recomputes the centroids from those hard labels. Unlike the
+classifier's own argmax, a label reflects where the whole target domain's codes cluster, so a class that the
+classifier systematically confuses on the target can still be recovered.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def centroid_labels(codes: torch.Tensor, class_logits: torch.Tensor, rounds: int = 2) -> torch.Tensor:
+    """Nearest-centroid labels of ``codes`` ``[N, bits]`` seeded by ``class_logits`` ``[N, C]``; int64 ``[N]``.
+
+    Round one weights each centroid by the softmax, later rounds by the previous round's hard labels. A class
+    that no code chose keeps its previous centroid (it stays selectable, as it would be after the first round).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be ≥ 1, got {rounds}")
+    points = F.normalize(codes.float(), dim=1)
+    weights = F.softmax(class_logits.float(), dim=1)
+    centroids = torch.zeros(weights.shape[1], points.shape[1], dtype=points.dtype, device=points.device)
+    labels = weights.argmax(dim=1)
+    for _ in range(rounds):
+        mass = weights.sum(dim=0)
+        present = mass > 0
+        centroids[present] = (weights.T @ points)[present] / mass[present, None]
+        labels = (points @ F.normalize(centroids, dim=1).T).argmax(dim=1)
+        weights = F.one_hot(labels, weights.shape[1]).to(points.dtype)
+    return labels
