@@ -82,7 +82,7 @@ METHODS: dict[str, LossWeights] = {
 # validation MAP@all on PACS photo -> sketch and photo -> cartoon, seeds 0 and 1 (scripts/bench.py GRID["frozen"],
 # benchmarks/retrieval). MeTAH's min-entropy alone drove sketch codes into the wrong classes; balanced by the
 # diversity term it holds. Its adversary is class-conditional (CDAN): the plain one aligned cartoon dogs with photo
-# persons (benchmarks/retrieval-knobs).
+# persons (the "unconditional" ablation in benchmarks/retrieval, the knob in benchmarks/retrieval-knobs).
 FROZEN_METHODS: dict[str, LossWeights] = {
     "source_only": LossWeights(pairwise=1.0, quantization=0.1),
     "tah": LossWeights(pairwise=1.0, quantization=0.1, adversarial=1.0),

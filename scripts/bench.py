@@ -129,8 +129,9 @@ GRID: dict[str, dict[str, dict[str, LossWeights]]] = {
             "p10-q0.8-a3": _w(10, 0.8, a=3),
             "p1-q0.1-a1": _w(1, 0.1, a=1),
         },
-        # MeTAH's frozen points have a class-conditional adversary (-cdan): the plain one matched the wrong classes
-        # (benchmarks/retrieval-knobs/before-drawing); the grid is the previous one's weights with it.
+        # MeTAH's frozen points have a class-conditional adversary (-cdan; the plain one matched classes wrongly, e.g.
+        # cartoon dogs with photo persons): the previous grid's weights with it. The "unconditional" ablation and
+        # knob (scripts/bench_knobs.py) measure what it adds.
         "metah": {
             "p10-q0.8-a1-c1-e0.1-d0.1-cdan": _w(10, 0.8, a=1, c=1, e=0.1, d=0.1, k=True),
             "p10-q0.8-a3-c1-e0.1-d0.1-cdan": _w(10, 0.8, a=3, c=1, e=0.1, d=0.1, k=True),

@@ -66,6 +66,11 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "confusion=1,entropy=0,diversity=0": ({}, {"confusion": 1.0, "entropy": 0.0, "diversity": 0.0}),  # instead
     "cluster=0.3": ({}, {"cluster": 0.3}),  # SHOT's cluster pseudo-labels (model.clusters), its weight
     "cluster=1": ({}, {"cluster": 1.0}),
+    # the two parts of the frozen recipe chosen on 2026-12-04 (earlier sweep: benchmarks/retrieval-knobs/before-drawing)
+    "feature_drawing=0": ({"feature_drawing": 0.0}, {}),  # no augmented view redrawn as a drawing
+    "feature_drawing=1": ({"feature_drawing": 1.0}, {}),  # every augmented view a drawing
+    "unconditional": ({}, {"conditional_adversary": False}),  # the plain adversary
+    "feature_drawing=0,unconditional": ({"feature_drawing": 0.0}, {"conditional_adversary": False}),  # the old one
 }
 
 

@@ -222,3 +222,22 @@ def test_pseudo_pairs_pull_only_the_target_codes_the_classifier_is_sure_of() -> 
     # the sure row joins as class 1: the same term as a source row labelled 1 there
     as_source = pairwise_t_loss(codes[:5].detach(), torch.tensor([0, 1, 1, 2, 1]), balanced=True)
     assert values["pseudo_pairs"] == pytest.approx(float(as_source), rel=1e-5)
+
+
+def test_the_cluster_term_is_the_target_rows_cross_entropy_against_their_guessed_labels() -> None:
+    out, labels = _output(4, 4), torch.tensor([0, 1, 2, 0])
+    weights = LossWeights(classification=1.0, cluster=0.5)
+    assert weights.uses_target and weights.needs_classifier
+    _, before = compute_objective(out, labels, weights, ramp=1.0)  # no labels guessed yet: no term
+    assert "cluster" not in before
+    guess = torch.tensor([2, 2, 1, 0])
+    _, values = compute_objective(out, labels, weights, ramp=0.0, target_guess=guess)  # not ramped
+    assert out.class_logits is not None
+    expected = torch.nn.functional.cross_entropy(out.class_logits[4:], guess)
+    assert values["cluster"] == pytest.approx(float(expected), rel=1e-6)
+    assert values["loss"] - before["loss"] == pytest.approx(0.5 * values["cluster"], rel=1e-5)
+
+
+def test_a_conditional_adversary_needs_the_classifier_only_with_an_adversary() -> None:
+    assert LossWeights(adversarial=1.0, conditional_adversary=True).needs_classifier
+    assert not LossWeights(conditional_adversary=True).needs_classifier  # no adversary: nothing to condition

@@ -27,6 +27,7 @@ from model.export import load_encoder
 from model.factory import restore_network
 from model.features import FeatureCache, FeatureTable, adapt_batch_norm, extract_features
 from model.normalize import Normalize
+from model.objective import LossWeights
 from model.preprocess import decode_image
 from model.train import EvalSets, RunPaths, Trainer, prepare_data, train
 from tests.conftest import DigitFolders
@@ -206,6 +207,57 @@ def test_greyscale_views_are_cached_apart_and_share_the_plain_view(photos: dict[
     for key in keys:
         assert grey.path(key, 0) == colour.path(key, 0)
         assert not np.allclose(grey.load(key, 1), colour.load(key, 1))
+
+
+def test_drawn_views_are_cached_apart_by_recipe(photos: dict[str, Path], tmp_path: Path) -> None:
+    backbone = build_backbone("efficientnet_lite0")
+    recipes = [
+        FeatureCache(tmp_path, "efficientnet_lite0", backbone, grey=grey, drawing=drawing)
+        for grey, drawing in ((0.0, 0.0), (0.0, 0.5), (0.5, 1.0))
+    ]
+    key = "ab" * 16
+    assert [cache.path(key, 1).name for cache in recipes] == [
+        f"{key}.v1.npy",
+        f"{key}.v1d50.npy",
+        f"{key}.v1g50d100.npy",
+    ]
+    assert {cache.path(key, 0).name for cache in recipes} == {f"{key}.v0.npy"}  # the plain view is shared
+    files = list_labelled_folder(photos["source"]).take(np.arange(1))
+    keys, _ = extract_features(files, backbone, recipes[0], 2, device=torch.device("cpu"), workers=0)
+    extract_features(files, backbone, recipes[2], 2, device=torch.device("cpu"), workers=0)
+    assert not np.allclose(recipes[0].load(keys[0], 1), recipes[2].load(keys[0], 1))
+
+
+def test_cluster_labels_need_the_frozen_mode(photos: dict[str, Path], tmp_path: Path) -> None:
+    weights = LossWeights(pairwise=1.0, classification=1.0, cluster=0.3)
+    config = TrainConfig(mode="finetune", iterations=2, batch_size=4, loss_weights=weights)
+    with pytest.raises(ConfigError, match="cluster loss needs the frozen mode"):
+        train(config, photos["source"], photos["target"], tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_frozen_run_relabels_its_target_by_clusters_and_resumes_with_the_labels(
+    photos: dict[str, Path], tmp_path: Path
+) -> None:
+    weights = LossWeights(pairwise=1.0, classification=1.0, adversarial=1.0, cluster=0.3)
+    config = FROZEN.override(feature_cache=str(tmp_path / "cache"), loss_weights=weights, iterations=40)
+    result = train(config, photos["source"], photos["target"], tmp_path / "run")
+    rows = [row for row in result.history if "cluster" in row]
+    assert rows
+    assert min(row["step"] for row in rows) > 10  # from a quarter of the run on
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    guess = saved["target_guess"]
+    assert guess.shape == (12,)
+    assert guess.dtype == torch.int64
+    assert set(guess.tolist()) <= {0, 1, 2}
+    resolved = config.override(backbone="efficientnet_lite0", mode="frozen")
+    backbone = build_backbone("efficientnet_lite0")
+    source, target = list_labelled_folder(photos["source"]), list_unlabelled_folder(photos["target"])
+    data = prepare_data(resolved, backbone, source, target, torch.device("cpu"), False)
+    trainer = Trainer(resolved, backbone, data, _paths(tmp_path / "again"), _group(), torch.device("cpu"))
+    trainer.load_state(saved)
+    assert trainer.target_guess is not None
+    assert torch.equal(trainer.target_guess, guess)
 
 
 def test_finetune_trains_a_pretrained_backbone_at_a_tenth_of_the_rate(photos: dict[str, Path], tmp_path: Path) -> None:

@@ -1,0 +1,38 @@
+"""Cluster pseudo-labels: the centroids of the target codes correct a classifier that is wrong on part of them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.clusters import centroid_labels
+
+
+def _two_clusters() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    centre = torch.zeros(2, 16)
+    centre[0, :8], centre[1, 8:] = 1.0, 1.0
+    truth = torch.arange(40) % 2
+    codes = centre[truth] + 0.3 * torch.randn(40, 16, generator=gen)
+    return codes, truth
+
+
+def test_centroids_fix_the_classifiers_minority_mistakes() -> None:
+    codes, truth = _two_clusters()
+    logits = torch.zeros(40, 3)
+    logits[torch.arange(40), truth] = 1.0
+    wrong = torch.arange(0, 40, 5)  # a fifth of the codes: the classifier is sure of the other class
+    logits[wrong] = 0.0
+    logits[wrong, 1 - truth[wrong]] = 3.0
+    assert (logits.argmax(1) != truth).sum() == len(wrong)
+    labels = centroid_labels(codes, logits)
+    assert labels.dtype == torch.int64
+    assert torch.equal(labels, truth)  # class 2, which no code belongs to, takes none
+
+
+def test_one_round_and_bad_rounds() -> None:
+    codes, truth = _two_clusters()
+    logits = torch.nn.functional.one_hot(truth, 2).float()
+    assert torch.equal(centroid_labels(codes, logits, rounds=1), truth)
+    with pytest.raises(ValueError, match="rounds"):
+        centroid_labels(codes, logits, rounds=0)
