@@ -85,7 +85,7 @@ METHODS: dict[str, LossWeights] = {
 # persons (the "unconditional" ablation in benchmarks/retrieval, the knob in benchmarks/retrieval-knobs).
 FROZEN_METHODS: dict[str, LossWeights] = {
     "source_only": LossWeights(pairwise=1.0, quantization=0.1),
-    "tah": LossWeights(pairwise=1.0, quantization=0.1, adversarial=1.0),
+    "tah": LossWeights(pairwise=10.0, quantization=0.8, adversarial=1.0),  # its reference weights, with drawn views
     "metah": LossWeights(
         pairwise=10.0,
         quantization=0.8,
