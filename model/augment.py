@@ -88,15 +88,20 @@ def photo_augment(
     if float(torch.rand((), generator=generator)) < 0.5:
         out = out.flip(-1)
     out = out * _uniform(generator, 1 - jitter, 1 + jitter)  # brightness
-    grey_level = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).unsqueeze(0)
+    grey_level = _luminance(out).unsqueeze(0)
     out = (out - grey_level.mean()) * _uniform(generator, 1 - jitter, 1 + jitter) + grey_level.mean()  # contrast
     out = grey_level + (out - grey_level) * _uniform(generator, 1 - jitter, 1 + jitter)  # saturation
     out = out.clamp_(0.0, 1.0)
     if grey > 0.0 and float(torch.rand((), generator=generator)) < grey:
-        out = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).expand(3, -1, -1).clone()
+        out = _luminance(out).expand(3, -1, -1).clone()
     if drawing > 0.0 and float(torch.rand((), generator=generator)) < drawing:
         out = line_drawing(out) if float(torch.rand((), generator=generator)) < 0.5 else flat_cartoon(out)
     return out
+
+
+def _luminance(image: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma of an RGB ``[3, H, W]`` image: ``[H, W]``."""
+    return 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
 
 
 def _blur(planes: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -113,7 +118,7 @@ def _blur(planes: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _edge_strength(image: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude of the blurred luminance, ``[H, W]`` scaled so its 98th percentile is 1."""
-    luminance = _blur((0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]).unsqueeze(0), 1.0)
+    luminance = _blur(_luminance(image).unsqueeze(0), 1.0)
     sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=image.dtype).view(1, 1, 3, 3)
     padded = F.pad(luminance.unsqueeze(0), (1, 1, 1, 1), mode="replicate")
     gx, gy = F.conv2d(padded, sobel), F.conv2d(padded, sobel.transpose(2, 3))

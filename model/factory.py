@@ -30,7 +30,7 @@ def build_network(config: TrainConfig, backbone: Backbone, num_classes: int) -> 
         grl_alpha=config.grl_alpha,
         hidden=config.hash_hidden,
         dropout=config.hash_dropout,
-        conditional=weights.conditional_adversary and weights.needs_discriminator,
+        conditional=weights.conditions_adversary,
     )
     return MeTAHNet.build(backbone, heads)
 

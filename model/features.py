@@ -125,9 +125,7 @@ class _ViewsDataset(Dataset[_Item]):
         return _Item(position, key, views, missing[0])
 
 
-def _draw_views(
-    image: torch.Tensor, key: str, first: int, views: int, grey: float, drawing: float = 0.0
-) -> torch.Tensor:
+def _draw_views(image: torch.Tensor, key: str, first: int, views: int, grey: float, drawing: float) -> torch.Tensor:
     """uint8 ``[views - first, 3, H, W]``: view 0 is the image itself, view v > 0 an augmentation seeded by
     ``(key, v)``, greyscale with probability ``grey``, redrawn as a drawing with probability ``drawing``."""
     plain = image.float().div(255.0)

@@ -53,8 +53,12 @@ class LossWeights:
 
     @property
     def needs_classifier(self) -> bool:
-        conditions = self.conditional_adversary and self.needs_discriminator
-        return self.classification > 0 or self._reads_target_classes or conditions
+        return self.classification > 0 or self._reads_target_classes or self.conditions_adversary
+
+    @property
+    def conditions_adversary(self) -> bool:
+        """The network's discriminator reads class probabilities (asked for, and there is an adversary)."""
+        return self.conditional_adversary and self.needs_discriminator
 
     @property
     def _reads_target_classes(self) -> bool:

@@ -217,6 +217,13 @@ class TrainingData:
         return "features_in_memory" if all(table.table is not None for table in tables) else "features_from_disk"
 
 
+def feature_cache_for(config: TrainConfig, backbone: Backbone) -> FeatureCache:
+    """The cache a frozen run of ``config`` reads: its folder (``feature_cache``, else the default) and its views'
+    recipe (greyscale and drawing probabilities)."""
+    root = Path(config.feature_cache) if config.feature_cache else default_cache_root()
+    return FeatureCache(root, config.backbone, backbone, grey=config.feature_grey, drawing=config.feature_drawing)
+
+
 def prepare_data(
     config: TrainConfig,
     backbone: Backbone,
@@ -230,11 +237,10 @@ def prepare_data(
     budget = config.memory_budget_mb * 2**20
     skipped = [*source.skipped, *(target.skipped if target is not None else [])]
     if config.mode == "frozen":
-        root = Path(config.feature_cache) if config.feature_cache else default_cache_root()
         if config.adapt_batch_norm:
             domains = [source] if target is None else [source, target]
             adapt_batch_norm(backbone, domains, device=device, workers=workers)
-        cache = FeatureCache(root, config.backbone, backbone, grey=config.feature_grey, drawing=config.feature_drawing)
+        cache = feature_cache_for(config, backbone)
         tables: list[FeatureTable | None] = []
         for name, files in (("source", source), ("target", target)):
             if files is None:

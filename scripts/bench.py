@@ -59,7 +59,7 @@ from model.features import FeatureCache, FeatureTable, extract_features
 from model.metrics import evaluate_retrieval
 from model.objective import LossWeights, method_weights
 from model.preprocess import to_model_input
-from model.train import train
+from model.train import feature_cache_for, train
 from scripts.bench_stats import cosine_map, describe_run, mean_std, paired_difference
 from workbench.datasets import load_digits, write_image_folder
 
@@ -750,10 +750,8 @@ def _warm_domain(folder: Path, settings: Settings, views: int) -> tuple[str, int
     started = time.perf_counter()
     backbone = build_backbone(settings.photo_backbone)
     files = list_labelled_folder(folder, what=folder.name)
-    recipe = TrainConfig()
-    feature_cache = FeatureCache(
-        settings.cache, settings.photo_backbone, backbone, grey=recipe.feature_grey, drawing=recipe.feature_drawing
-    )
+    product = TrainConfig(backbone=settings.photo_backbone, feature_cache=str(settings.cache))
+    feature_cache = feature_cache_for(product, backbone)
     _, skipped = extract_features(files, backbone, feature_cache, views, device=torch.device("cpu"), workers=0)
     if skipped:
         raise RuntimeError(f"{len(skipped)} file(s) of {folder} did not decode: {skipped[:3]}")
