@@ -45,16 +45,20 @@ def choose_backbone(config: TrainConfig, source: FileSet) -> Choice:
 
 
 def choose_mode(config: TrainConfig, backbone: Backbone, device: torch.device) -> Choice:
-    """Replace ``mode="auto"``, and refuse a frozen backbone that has no pretrained weights."""
+    """Replace ``mode="auto"``, refuse a frozen backbone that has no pretrained weights, and fill in the mode's
+    default length and learning rate where the config leaves them unset (:data:`model.config.MODE_SCHEDULES`)."""
     if config.mode == "frozen" and not backbone.pretrained:
         raise ConfigError(
             f"mode 'frozen' needs a pretrained backbone; {config.backbone} has random weights here "
             "(use --mode finetune, or give --backbone-weights)"
         )
     if config.mode != "auto":
-        return Choice(config, f"mode {config.mode} (asked for)")
-    if not backbone.pretrained:
-        return Choice(config.override(mode="finetune"), "mode finetune (auto: the backbone trains from scratch)")
-    if device.type == "cuda":
-        return Choice(config.override(mode="finetune"), "mode finetune (auto: pretrained backbone on a GPU)")
-    return Choice(config.override(mode="frozen"), "mode frozen (auto: pretrained backbone on the CPU)")
+        mode, reason = config.mode, "asked for"
+    elif not backbone.pretrained:
+        mode, reason = "finetune", "auto: the backbone trains from scratch"
+    elif device.type == "cuda":
+        mode, reason = "finetune", "auto: pretrained backbone on a GPU"
+    else:
+        mode, reason = "frozen", "auto: pretrained backbone on the CPU"
+    chosen = config.override(mode=mode).scheduled()
+    return Choice(chosen, f"mode {mode} ({reason}; {chosen.steps} steps at lr {chosen.learning_rate:g})")

@@ -26,7 +26,7 @@ def build_network(config: TrainConfig, backbone: Backbone, num_classes: int) -> 
         num_classes,
         classifier=weights.needs_classifier,
         discriminator=weights.needs_discriminator,
-        max_steps=config.iterations,
+        max_steps=config.steps,
         grl_alpha=config.grl_alpha,
         hidden=config.hash_hidden,
         dropout=config.hash_dropout,

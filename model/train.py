@@ -143,7 +143,7 @@ def resolve_device(name: str, group: ProcessGroup) -> torch.device:
 
 def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
     def factor(step: int) -> float:
-        return float((1.0 + config.lr_gamma * step / config.iterations) ** (-config.lr_power))
+        return float((1.0 + config.lr_gamma * step / config.steps) ** (-config.lr_power))
 
     return factor
 
@@ -316,7 +316,9 @@ class Trainer:
             if group.enabled
             else self.trainable
         )
-        self.optimizer = torch.optim.Adam(self._parameter_groups(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            self._parameter_groups(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config))
         self.average = WeightEMA(self.trainable, config.applied_ema_decay) if config.ema_decay > 0 else None
         self.sampler = BatchSampler(config.seed * 1000 + group.rank)
@@ -331,7 +333,7 @@ class Trainer:
         if self.frozen:
             return [heads]
         mult = self.config.backbone_lr_mult if self.backbone.pretrained else 1.0
-        return [{"params": list(self.net.backbone.parameters()), "lr": self.config.lr * mult}, heads]
+        return [{"params": list(self.net.backbone.parameters()), "lr": self.config.learning_rate * mult}, heads]
 
     # --- state -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -387,7 +389,7 @@ class Trainer:
 
     def _refresh_guess(self) -> None:
         """Recompute the target rows' cluster pseudo-labels when the schedule says so (``cluster`` weight only)."""
-        start = int(self.config.iterations * CLUSTER_START_SHARE)
+        start = int(self.config.steps * CLUSTER_START_SHARE)
         if self.weights.cluster <= 0 or self.step < start or (self.step - start) % CLUSTER_EVERY:
             return
         inputs = self.data.inputs
@@ -433,7 +435,7 @@ class Trainer:
         show_progress: bool | None = None,
         on_checkpoint: CheckpointCallback | None = None,
     ) -> None:
-        total = self.config.iterations
+        total = self.config.steps
         visible = self.group.is_main and (sys.stderr.isatty() if show_progress is None else show_progress)
         if isinstance(self.data.inputs, StreamedImages):
             self.data.inputs.start(self.sampler, self.config.batch_size, total - self.step, self.config.seed)
@@ -611,7 +613,8 @@ def _finish(trainer: Trainer, eval_sets: EvalSets, summary: RunSummary) -> Train
         "mode": config.mode,
         "choices": summary.choices,
         "batches": trainer.data.batches,
-        "iterations": config.iterations,
+        "iterations": config.steps,
+        "lr": config.learning_rate,
         "seed": config.seed,
         "world_size": group.world_size,
         "device": str(trainer.device),

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model.config import MODE_SCHEDULES
 from model.objective import method_weights
 from scripts.bench import (
     METHODS,
@@ -43,8 +44,8 @@ from scripts.bench import (
 )
 
 LENGTHS = (400, 500, 600, 1200)
-DEFAULT_LENGTH = 1200  # model.config.TrainConfig.iterations
 MODE = "finetune"  # the digit tasks' training mode
+DEFAULT_LENGTH = MODE_SCHEDULES[MODE].iterations
 
 
 def _variant(method: str, length: int) -> str:

@@ -53,7 +53,8 @@ def ensure_demo_model(out: Path, demo: str = "photos", iterations: int | None = 
         return model
     source_dir, target_dir = demo_folders(demo, out / "data")
     config = TrainConfig(feature_cache=str(out / "feature-cache")).override(iterations=iterations)
-    print(f"training the {demo} demo model ({config.method}, {config.bits} bits, {config.iterations} steps) ...")
+    length = f"{config.iterations} steps" if config.iterations else "the mode's default length"
+    print(f"training the {demo} demo model ({config.method}, {config.bits} bits, {length}) ...")
     result = train(config, source_dir, target_dir, out)
     marker.write_text(demo + "\n")
     print(f"demo model {result.model_version} written to {model} ({result.metrics['train_seconds']:.0f} s)")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from model.config import TrainConfig
+from model.config import MODE_SCHEDULES
 from service.models import Image, Job, ModelVersion
 
 DOMAIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -190,7 +190,13 @@ class TrainingJobCreate(BaseModel):
     mode: Literal["auto", "frozen", "finetune"] = Field(
         default="auto", description="auto: frozen backbone features on a CPU worker, finetune on a GPU worker"
     )
-    iterations: int = Field(default=TrainConfig.iterations, ge=1, le=1_000_000)
+    iterations: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="optimisation steps; null (default): the mode's default, "
+        + ", ".join(f"{s.iterations} {mode}" for mode, s in MODE_SCHEDULES.items()),
+    )
     activate: bool = False
 
 

@@ -18,12 +18,15 @@ def test_every_change_is_one_run_per_task_and_seed_next_to_the_default() -> None
     default = method_weights("metah", "frozen")
     by_variant = {spec.variant: spec for spec in planned}
     base = next(spec for spec in planned if "+" not in spec.variant)
-    assert base.weights == default and base.config == ()
+    assert base.weights == default and base.config == (("iterations", 1200), ("lr", 1e-3))  # SWEEP_SCHEDULE
+    longer = by_variant[f"{base.variant}+lr=0.003,iterations=3600"]
+    assert dict(longer.config) == {"iterations": 3600, "lr": 3e-3}  # a change's own schedule wins
     hidden = by_variant[f"{base.variant}+hash_hidden=512"]
     assert hidden.weights == default
     assert TrainConfig(**dict(hidden.config)).hash_hidden == 512  # one_run applies it to the run's TrainConfig
     entropy = by_variant[f"{base.variant}+entropy=0.1"]
-    assert entropy.config == () and entropy.weights.entropy == 0.1 and entropy.weights.diversity == default.diversity
+    assert entropy.config == base.config and entropy.weights.entropy == 0.1
+    assert entropy.weights.diversity == default.diversity
 
 
 def test_runs_already_in_the_raw_file_are_not_planned_again() -> None:

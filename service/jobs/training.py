@@ -32,7 +32,7 @@ from urllib.parse import quote
 from sqlalchemy import select
 
 from model.checkpoint import load_checkpoint
-from model.config import TrainConfig
+from model.config import MODE_SCHEDULES, TrainConfig
 from model.errors import CheckpointError, ConfigError, DataError
 from model.train import RunPaths, TrainResult, train
 from service.jobs import activation, queue
@@ -49,6 +49,7 @@ RUNS = "training"  # data_dir/training/job-<id>: a job's run folder
 _RUN_FOLDER = re.compile(r"job-(\d+)")
 CHECKPOINTS_PER_RUN = 10
 MAX_CHECKPOINT_EVERY = 200  # model.config.TrainConfig's default
+LONGEST_DEFAULT = max(schedule.iterations for schedule in MODE_SCHEDULES.values())  # a job that leaves it unset
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
 
 
@@ -246,18 +247,23 @@ def _train(context: JobContext, config: TrainConfig, root: Path, stored: StoredC
         return attempt(False), 0
 
 
-def run_training(context: JobContext) -> dict[str, Any]:
-    params = context.job.params
-    iterations = int(params["iterations"])
-    config = TrainConfig(
+def job_config(params: dict[str, Any], settings: Settings) -> TrainConfig:
+    """A training job's run settings from its request; ``iterations`` unset (None): the mode's default length."""
+    iterations = None if params.get("iterations") is None else int(params["iterations"])
+    return TrainConfig(
         method=str(params["method"]),
         bits=int(params["bits"]),
         backbone=str(params["backbone"]),
         mode=str(params.get("mode", "auto")),  # jobs queued before the field existed
         iterations=iterations,
-        feature_cache=str(context.settings.data_dir / "feature-cache"),  # shared by every job on the same images
-        checkpoint_every=max(1, min(MAX_CHECKPOINT_EVERY, iterations // CHECKPOINTS_PER_RUN)),
+        feature_cache=str(settings.data_dir / "feature-cache"),  # shared by every job on the same images
+        checkpoint_every=max(1, min(MAX_CHECKPOINT_EVERY, (iterations or LONGEST_DEFAULT) // CHECKPOINTS_PER_RUN)),
     )
+
+
+def run_training(context: JobContext) -> dict[str, Any]:
+    params = context.job.params
+    config = job_config(params, context.settings)
     remove_stale_run_folders(context)
     remove_stale_checkpoints(context)
     root = run_folder(context.settings, context.job.id)
@@ -272,7 +278,7 @@ def run_training(context: JobContext) -> dict[str, Any]:
                 f"training needs labelled source images and target images (found {sources} and {targets})",
                 code="no_training_data",
             )
-        context.progress(0, config.iterations)
+        context.progress(0, config.iterations)  # unset (None): the trainer reports the mode's length from step 1
         result, resumed_from = _train(context, config, root, stored)
         row = register_artefact(context.db, context.store, result.paths.model, activate=False)
     except Released:

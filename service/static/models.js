@@ -172,7 +172,7 @@ export function initModels({ onChange }) {
       method: byId("train-method").value,
       backbone: byId("train-backbone").value,
       mode: byId("train-mode").value,
-      iterations: Number(byId("train-iterations").value),
+      iterations: byId("train-iterations").value ? Number(byId("train-iterations").value) : null,
       activate: byId("train-activate").checked,
     };
     try {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import TrainConfig, load_config_file
+from model.config import MODE_SCHEDULES, Schedule, TrainConfig, load_config_file
 from model.errors import ConfigError
 from model.losses import pairwise_t_loss
 from model.network import NetOutput
@@ -127,8 +127,13 @@ def test_default_config_is_the_documented_recipe() -> None:
         64,
         "auto",
         "auto",
-        1200,
+        None,  # the mode's: model.config.MODE_SCHEDULES
         64,
+    )
+    assert (config.lr, MODE_SCHEDULES["finetune"], MODE_SCHEDULES["frozen"]) == (
+        None,
+        Schedule(1200, 1e-3),
+        Schedule(3600, 3e-3),
     )
     assert config.backbone_lr_mult == 0.1
     assert config.augment and config.ema_decay == 0.995
@@ -151,7 +156,8 @@ def test_default_config_is_the_documented_recipe() -> None:
 
 
 def test_the_weight_average_never_spans_more_than_a_sixth_of_a_short_run() -> None:
-    assert TrainConfig().applied_ema_decay == pytest.approx(0.995)  # the benchmark's setting, unchanged
+    for mode in ("finetune", "frozen"):  # the modes' default lengths (1,200 and 3,600 steps): unchanged
+        assert TrainConfig(mode=mode).applied_ema_decay == pytest.approx(0.995)
     assert TrainConfig(iterations=100).applied_ema_decay == pytest.approx(0.94)
     assert TrainConfig(iterations=5).applied_ema_decay == 0.0  # each update copies: the last iterate
     assert TrainConfig(iterations=100_000, ema_decay=0.9).applied_ema_decay == 0.9
@@ -162,7 +168,7 @@ def test_ema_decay_keeps_its_name_in_config_files_and_checkpoints() -> None:
     saved = TrainConfig(ema_decay=0.9).to_dict()
     assert saved["ema_decay"] == 0.9
     assert TrainConfig.from_dict(saved).ema_decay == 0.9
-    assert TrainConfig.from_dict({"ema_decay": 0}).applied_ema_decay == 0.0
+    assert TrainConfig.from_dict({"ema_decay": 0, "mode": "frozen"}).applied_ema_decay == 0.0
 
 
 def test_frozen_features_have_their_own_presets_and_explicit_weights_win() -> None:

@@ -81,6 +81,24 @@ def test_auto_mode_is_frozen_for_pretrained_on_cpu_finetune_otherwise() -> None:
         choose_mode(TrainConfig(mode="frozen", backbone="lenet"), lenet, cpu)
 
 
+def test_the_mode_sets_the_length_and_rate_a_config_leaves_unset() -> None:
+    lite = build_backbone("efficientnet_lite0")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    frozen = choose_mode(TrainConfig(), lite, cpu)
+    assert (frozen.config.iterations, frozen.config.lr) == (3600, 3e-3)  # the heads alone: longer and faster
+    assert "3600 steps at lr 0.003" in frozen.reason
+    finetune = choose_mode(TrainConfig(), lite, cuda).config
+    assert (finetune.iterations, finetune.lr) == (1200, 1e-3)
+    asked = choose_mode(TrainConfig(iterations=50, lr=0.01), lite, cpu).config
+    assert (asked.iterations, asked.lr) == (50, 0.01)  # what a user sets wins in every mode
+    assert (TrainConfig(mode="frozen").steps, TrainConfig(mode="finetune").learning_rate) == (3600, 1e-3)
+    with pytest.raises(ConfigError, match="unresolved mode 'auto'"):
+        _ = TrainConfig().steps
+    with pytest.raises(ConfigError, match="unresolved mode 'auto'"):
+        _ = TrainConfig().learning_rate
+    assert TrainConfig(iterations=7).steps == 7  # set: no mode needed
+
+
 @pytest.fixture(scope="module")
 def frozen_run(photos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     cache = tmp_path_factory.mktemp("cache")
@@ -270,7 +288,7 @@ def test_finetune_trains_a_pretrained_backbone_at_a_tenth_of_the_rate(photos: di
     assert isinstance(data.inputs, InMemoryImages)  # 30 photos fit the memory budget
     trainer = Trainer(config, backbone, data, _paths(tmp_path), _group(), torch.device("cpu"))
     groups = trainer.optimizer.param_groups
-    assert [group["lr"] for group in groups] == pytest.approx([config.lr * 0.1, config.lr])
+    assert [group["lr"] for group in groups] == pytest.approx([1e-4, 1e-3])  # the finetune default, and a tenth
     before = trainer.net.backbone.conv_stem.weight.detach().clone()
     trainer.run(show_progress=False)
     assert not torch.equal(before, trainer.net.backbone.conv_stem.weight)  # the backbone trained too

@@ -178,3 +178,12 @@ def test_the_ui_is_not_in_the_openapi_schema(anonymous: httpx.Client) -> None:
     assert "/" not in paths and not any(p.startswith("/ui") for p in paths)
     assert "/v1/jobs" in paths and "/v1/models/{version}/plots/{name}" in paths
     assert "query" in anonymous.get("/openapi.json").json()["components"]["schemas"]["SearchResponse"]["properties"]
+
+
+def test_a_training_job_without_a_length_leaves_it_to_the_mode(client: httpx.Client) -> None:
+    body = {"source_domain": "mnist", "target_domain": "usps"}
+    for extra in ({}, {"iterations": None}, {"iterations": 30}):
+        response = client.post("/v1/training-jobs", json={**body, **extra})
+        assert response.status_code == 202, response.text
+    for bad in (0, -5, "many", 1.5, 10**9):
+        assert client.post("/v1/training-jobs", json={**body, "iterations": bad}).status_code == 422

@@ -49,6 +49,16 @@ def test_class_folder_names_are_distinct_and_safe() -> None:
     assert training.class_folder_name("cat") == "cat"  # plain labels stay readable
 
 
+def test_a_job_without_a_length_takes_the_mode_s_and_checkpoints_ten_times(library: Library) -> None:
+    unset = training.job_config({**TRAINING, "iterations": None}, library.settings)
+    assert (unset.iterations, unset.checkpoint_every) == (None, 200)  # the run resolves 3600 frozen / 1200 finetune
+    assert unset.feature_cache == str(library.settings.data_dir / "feature-cache")
+    short = training.job_config({**TRAINING, "iterations": 30}, library.settings)
+    assert (short.iterations, short.checkpoint_every) == (30, 3)
+    legacy = training.job_config(TRAINING, library.settings)  # queued before the field was optional
+    assert (legacy.iterations, legacy.mode) == (None, "auto")
+
+
 def test_labels_that_look_alike_stay_distinct_classes(library: Library, digits: DigitFolders, tmp_path: Path) -> None:
     files = sorted(digits.source.rglob("*.png"))[:6]
     library.add([(path.read_bytes(), "mnist", ["a/b", "a_b", "a b"][i % 3]) for i, path in enumerate(files)])

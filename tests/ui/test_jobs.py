@@ -65,6 +65,10 @@ def test_archive_training_and_activation_with_live_progress(
     page.fill("#train-source", "mnist")
     page.fill("#train-target", "usps")
     page.select_option("#train-bits", "16")
+    # Left empty, the length is the mode's (the API gets null); this job asks for 20 steps.
+    expect(page.locator("#train-iterations")).to_have_value("")
+    placeholder = re.compile(r"3600 frozen, 1200 finetune")
+    expect(page.locator("#train-iterations")).to_have_attribute("placeholder", placeholder)
     page.fill("#train-iterations", "20")
     page.click("#train-form button[type=submit]")
     expect(page.locator("#train-notice")).to_contain_text(re.compile(r"Training job #\d+ queued"))
