@@ -6,7 +6,8 @@ from typing import Any
 
 from model.config import TrainConfig
 from model.objective import method_weights
-from scripts.bench_knobs import DEFAULT, KNOBS, report, specs
+from scripts.bench import GRID
+from scripts.bench_knobs import DEFAULT, KNOBS, SWEEP_WEIGHTS, report, specs
 
 TASKS = ["photo-cartoon", "photo-sketch"]
 
@@ -15,7 +16,8 @@ def test_every_change_is_one_run_per_task_and_seed_next_to_the_default() -> None
     planned = specs(TASKS, [0, 1], done=set())
     assert len(planned) == len(KNOBS) * len(TASKS) * 2
     assert len({spec.key for spec in planned}) == len(planned)
-    default = method_weights("metah", "frozen")
+    default = GRID["frozen"]["metah"][SWEEP_WEIGHTS]  # the default when the sweep was built, not today's preset
+    assert default.adversarial == 1.0 and method_weights("metah", "frozen").adversarial == 3.0
     by_variant = {spec.variant: spec for spec in planned}
     base = next(spec for spec in planned if "+" not in spec.variant)
     assert base.weights == default and base.config == (("iterations", 1200), ("lr", 1e-3))  # SWEEP_SCHEDULE
