@@ -102,8 +102,8 @@ class TrainConfig:
     def applied_ema_decay(self) -> float:
         """The decay the run's :class:`model.ema.WeightEMA` applies: ``ema_decay`` (the requested one, the name
         config files, checkpoints and artefacts carry), lowered for short runs so that the average spans at most
-        the last sixth of the steps (horizon ``1 / (1 - decay)``): 0.995 at the default 1,200 steps, 0.94 for a
-        100-step trial."""
+        the last sixth of the steps (horizon ``1 / (1 - decay)``): 0.995 at either mode's default length, 0.94
+        for a 100-step trial."""
         return max(0.0, min(self.ema_decay, 1.0 - AVERAGE_SPAN / self.steps))
 
     @property

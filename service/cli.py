@@ -47,6 +47,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="auto (default: frozen features for a pretrained backbone on CPU, finetune on a GPU)",
     )
+    # the help mirrors model.config.MODE_SCHEDULES without importing it (torch): the CLI starts without it
     p.add_argument("--iterations", type=int, default=None, help="steps (default: 3600 frozen, 1200 finetune)")
     p.add_argument("--batch-size", type=int, default=None, help="images per domain per step (default 64)")
     p.add_argument("--seed", type=int, default=None)

@@ -198,3 +198,13 @@ def test_two_process_ddp_on_gloo(digits: DigitFolders, tmp_path: Path) -> None:
     assert metrics["world_size"] == 2
     assert metrics["ddp_parameters_in_sync"] is True
     assert load_encoder(out / "model.pt").bits == 16
+
+
+def test_train_help_states_each_mode_s_default_length() -> None:
+    from model.config import MODE_SCHEDULES
+    from service.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    (iterations,) = [action for action in train._actions if "--iterations" in action.option_strings]
+    frozen, finetune = MODE_SCHEDULES["frozen"].iterations, MODE_SCHEDULES["finetune"].iterations
+    assert iterations.help == f"steps (default: {frozen} frozen, {finetune} finetune)"
