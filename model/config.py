@@ -13,6 +13,8 @@ from model.heads import check_bits
 from model.objective import LossWeights, method_weights
 
 AVERAGE_SPAN = 6  # the weight average covers at most 1/AVERAGE_SPAN of a run
+CHECKPOINTS_PER_RUN = 10  # a run that leaves checkpoint_every unset saves this many times, or more
+MAX_CHECKPOINT_EVERY = 200  # ... and at least every this many steps
 MODES = ("auto", "frozen", "finetune")
 
 
@@ -73,7 +75,7 @@ class TrainConfig:
     augment_scale: tuple[float, float] = (0.85, 1.15)  # zoom range of the random affine (> 1 enlarges)
     ema_decay: float = 0.995  # decay of the weights' exponential moving average (exported); 0: the last iterate
     loss_weights: LossWeights | None = None
-    checkpoint_every: int = 200
+    checkpoint_every: int | None = None  # None: CHECKPOINTS_PER_RUN per run, at most MAX_CHECKPOINT_EVERY apart
     log_every: int = 10
     device: str = "auto"
     eval_queries: int = 1000
@@ -97,6 +99,14 @@ class TrainConfig:
     def scheduled(self) -> TrainConfig:
         """This config with ``iterations`` and ``lr`` filled in from the (resolved) mode, as checkpoints record."""
         return replace(self, iterations=self.steps, lr=self.learning_rate)
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints: ``checkpoint_every``, else a tenth of the run's length (once the mode, and so
+        the length, is resolved), at most :data:`MAX_CHECKPOINT_EVERY`: 120 for a 1,200-step run, 200 for 3,600."""
+        if self.checkpoint_every is not None:
+            return self.checkpoint_every
+        return max(1, min(MAX_CHECKPOINT_EVERY, self.steps // CHECKPOINTS_PER_RUN))
 
     @property
     def applied_ema_decay(self) -> float:
@@ -129,11 +139,12 @@ class TrainConfig:
             raise ConfigError(f"hash_hidden must be >= 0, got {self.hash_hidden}")
         if self.loader_workers < -1:
             raise ConfigError(f"loader_workers must be -1 (auto) or >= 0, got {self.loader_workers}")
-        for name in ("batch_size", "checkpoint_every", "log_every", "feature_views", "memory_budget_mb"):
+        for name in ("batch_size", "log_every", "feature_views", "memory_budget_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.iterations is not None and self.iterations <= 0:
-            raise ConfigError(f"iterations must be a positive integer, got {self.iterations}")
+        for name in ("iterations", "checkpoint_every"):  # None: derived once the mode is resolved
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 (the pairwise loss needs pairs)")
         low, high = self.augment_scale

@@ -44,14 +44,30 @@ def quantization_loss(codes: torch.Tensor) -> torch.Tensor:
     return (x.abs() + F.softplus(-2.0 * x.abs()) - math.log(2.0)).mean()
 
 
-def adversarial_loss(domain_logits: torch.Tensor, is_source: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the discriminator, source = 1, target = 0 (the GRL makes it adversarial)."""
-    return F.binary_cross_entropy_with_logits(domain_logits, is_source.to(domain_logits.dtype))
+def adversarial_loss(
+    domain_logits: torch.Tensor, is_source: torch.Tensor, class_logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary cross-entropy of the discriminator, source = 1, target = 0 (the GRL makes it adversarial).
+
+    With ``class_logits``, each row weighs ``1 + exp(-entropy)`` of the classifier's (detached) prediction,
+    normalised within each domain so the domains weigh the same (CDAN+E, Long et al., NeurIPS 2018): the rows the
+    classifier is sure of lead the alignment, the uncertain ones, whose class conditioning is mostly noise, less.
+    """
+    target = is_source.to(domain_logits.dtype)
+    if class_logits is None:
+        return F.binary_cross_entropy_with_logits(domain_logits, target)
+    log_p = F.log_softmax(class_logits.detach(), dim=1)
+    weight = 1.0 + torch.exp((log_p.exp() * log_p).sum(dim=1))
+    per_row = F.binary_cross_entropy_with_logits(domain_logits, target, reduction="none")
+    domains = [rows for rows in (target > 0.5, target <= 0.5) if rows.any()]
+    return torch.stack([(weight[rows] * per_row[rows]).sum() / weight[rows].sum() for rows in domains]).mean()
 
 
-def classification_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the semantic-preservation classifier on labelled source codes."""
-    return F.cross_entropy(class_logits, labels)
+def classification_loss(class_logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of the semantic-preservation classifier on labelled source codes; ``smoothing`` spreads that
+    share of each label over all classes (label smoothing), which keeps the classifier from the over-confidence that
+    the target's entropy term would otherwise inherit (SHOT, Liang et al. ICML 2020)."""
+    return F.cross_entropy(class_logits, labels, label_smoothing=smoothing)
 
 
 def min_entropy_loss(class_logits: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,10 @@ class LossWeights:
     cluster: float = 0.0
     # The discriminator reads each code times the classifier's class probabilities (CDAN; model.network.Heads).
     conditional_adversary: bool = False
+    # Rows weigh 1 + exp(-entropy) of the classifier in the adversarial loss (CDAN+E; model.losses.adversarial_loss).
+    entropy_weighted_adversary: bool = False
+    # Label smoothing of the source classification loss.
+    label_smoothing: float = 0.0
     entropy_ramp: bool = True
     balance_pairs: bool = True
 
@@ -53,7 +57,12 @@ class LossWeights:
 
     @property
     def needs_classifier(self) -> bool:
-        return self.classification > 0 or self._reads_target_classes or self.conditions_adversary
+        return (
+            self.classification > 0
+            or self._reads_target_classes
+            or self.conditions_adversary
+            or (self.entropy_weighted_adversary and self.needs_discriminator)
+        )
 
     @property
     def conditions_adversary(self) -> bool:
@@ -144,12 +153,15 @@ def compute_objective(
             raise ConfigError("the adversarial loss needs a network built with a discriminator")
         is_source = torch.zeros_like(out.domain_logits)
         is_source[:n_source] = 1.0
-        terms["adversarial"] = adversarial_loss(out.domain_logits, is_source)
+        weighting = out.class_logits if weights.entropy_weighted_adversary else None
+        terms["adversarial"] = adversarial_loss(out.domain_logits, is_source, weighting)
         total = total + weights.adversarial * terms["adversarial"]
     if weights.needs_classifier:
         if out.class_logits is None:
             raise ConfigError("the classification and entropy losses need a network built with a classifier")
-        terms["classification"] = classification_loss(out.class_logits[:n_source], source_labels)
+        terms["classification"] = classification_loss(
+            out.class_logits[:n_source], source_labels, weights.label_smoothing
+        )
         total = total + weights.classification * terms["classification"]
         target_logits = out.class_logits[n_source:]
         scale = ramp if weights.entropy_ramp else 1.0

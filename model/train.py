@@ -449,7 +449,7 @@ class Trainer:
                     if self.step % self.config.log_every == 0 or self.step == total:
                         self.history.append({"step": float(self.step), **values})
                         bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
-                    if self.group.is_main and self.step % self.config.checkpoint_every == 0 and self.step < total:
+                    if self.group.is_main and self.step % self.config.checkpoint_interval == 0 and self.step < total:
                         save_checkpoint(self.paths.checkpoint, self.state())
                         if on_checkpoint is not None:
                             on_checkpoint(self.step)

@@ -7,7 +7,7 @@ from typing import Any
 from model.config import TrainConfig
 from model.objective import method_weights
 from scripts.bench import GRID
-from scripts.bench_knobs import DEFAULT, KNOBS, SWEEP_WEIGHTS, report, specs
+from scripts.bench_knobs import DEFAULT, FROZEN_DEFAULT, KNOBS, SWEEP_WEIGHTS, report, specs
 
 TASKS = ["photo-cartoon", "photo-sketch"]
 
@@ -65,3 +65,22 @@ def test_the_report_reads_validation_only_and_gives_each_change_against_the_defa
     assert rows[DEFAULT].endswith("| 0.6000 | 0.6000 | 0.6000 |  | 4 |")
     assert rows["lr=0.003"].endswith("| 0.5000 | 0.5000 | 0.5000 | -0.1000 | 4 |")
     assert "iterations=600" not in rows
+
+
+def test_changes_around_today_s_frozen_default_are_measured_against_it() -> None:
+    planned = {spec.variant.split("+", 1)[-1]: spec for spec in specs(TASKS, [0], done=set())}
+    today = planned[FROZEN_DEFAULT]
+    assert today.weights == method_weights("metah", "frozen")  # the product's preset, and its schedule
+    assert dict(today.config) == {"iterations": 3600, "lr": 3e-3}
+    assert planned[f"{FROZEN_DEFAULT},entropy_weighted_adversary"].weights.entropy_weighted_adversary
+    base = next(spec.variant for spec in planned.values() if "+" not in spec.variant)
+    lines = [_line(base, task, seed, 0.6) for task in TASKS for seed in (0, 1)]
+    lines += [_line(f"{base}+{FROZEN_DEFAULT}", task, seed, 0.7) for task in TASKS for seed in (0, 1)]
+    lines += [
+        _line(f"{base}+{FROZEN_DEFAULT},label_smoothing=0.1", task, seed, 0.65) for task in TASKS for seed in (0, 1)
+    ]
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line for line in report(lines, TASKS).splitlines() if line.startswith("| ")
+    }
+    assert rows[FROZEN_DEFAULT].endswith("| 0.7000 | +0.1000 | 4 |")  # against the sweep's base
+    assert rows[f"{FROZEN_DEFAULT},label_smoothing=0.1"].endswith("| 0.6500 | -0.0500 | 4 |")  # against today's

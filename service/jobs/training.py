@@ -32,7 +32,7 @@ from urllib.parse import quote
 from sqlalchemy import select
 
 from model.checkpoint import load_checkpoint
-from model.config import MODE_SCHEDULES, TrainConfig
+from model.config import TrainConfig
 from model.errors import CheckpointError, ConfigError, DataError
 from model.train import RunPaths, TrainResult, train
 from service.jobs import activation, queue
@@ -47,11 +47,6 @@ log = logging.getLogger(__name__)
 KIND = "train"
 RUNS = "training"  # data_dir/training/job-<id>: a job's run folder
 _RUN_FOLDER = re.compile(r"job-(\d+)")
-CHECKPOINTS_PER_RUN = 10
-MAX_CHECKPOINT_EVERY = 200  # model.config.TrainConfig's default
-# A job that leaves its length to the mode (known only once the run resolves it) checkpoints as often as the
-# shortest mode's run needs for CHECKPOINTS_PER_RUN: at least that many whichever mode it gets.
-SHORTEST_DEFAULT = min(schedule.iterations for schedule in MODE_SCHEDULES.values())
 MAX_FOLDER_NAME = 200  # bytes; file systems allow 255
 
 
@@ -259,7 +254,6 @@ def job_config(params: dict[str, Any], settings: Settings) -> TrainConfig:
         mode=str(params.get("mode", "auto")),  # jobs queued before the field existed
         iterations=iterations,
         feature_cache=str(settings.data_dir / "feature-cache"),  # shared by every job on the same images
-        checkpoint_every=max(1, min(MAX_CHECKPOINT_EVERY, (iterations or SHORTEST_DEFAULT) // CHECKPOINTS_PER_RUN)),
     )
 
 

@@ -17,7 +17,7 @@ from model.losses import (
     quantization_loss,
 )
 from model.network import NetOutput
-from model.objective import METHODS, compute_objective, method_weights
+from model.objective import METHODS, LossWeights, compute_objective, method_weights
 
 
 def softplus(x: float) -> float:
@@ -161,3 +161,41 @@ def test_class_confusion_is_zero_for_sure_rows_and_largest_for_uniform_ones() ->
     assert logits.grad is not None
     stepped = (logits - 1.0 * logits.grad).detach()
     assert class_confusion_loss(stepped).item() < class_confusion_loss(logits.detach()).item()
+
+
+def test_entropy_weighted_adversary_weighs_sure_rows_more_and_each_domain_half() -> None:
+    # rows: two source (one sure, one uniform), one target; per-row BCE known by hand
+    logits = torch.tensor([0.0, 2.0, -1.0])
+    is_source = torch.tensor([1.0, 1.0, 0.0])
+    classes = torch.tensor([[100.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    sure, unsure = 2.0, 1.0 + 0.5  # 1 + exp(-0) and 1 + exp(-log 2)
+    source = (sure * math.log(2) + unsure * softplus(-2.0)) / (sure + unsure)
+    expected = (source + softplus(-1.0)) / 2
+    assert adversarial_loss(logits, is_source, classes).item() == pytest.approx(expected, abs=1e-5)
+    # equal weights give back the plain loss for equal domain sizes, and the classifier gets no gradient from it
+    even = torch.zeros(4, 3, requires_grad=True)
+    two_each = torch.tensor([0.3, -0.2, 1.0, 0.5])
+    plain = adversarial_loss(two_each, torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    weighted = adversarial_loss(two_each, torch.tensor([1.0, 1.0, 0.0, 0.0]), even)
+    assert weighted.item() == pytest.approx(plain.item(), abs=1e-6)
+    assert not weighted.requires_grad
+
+
+def test_label_smoothing_spreads_a_share_of_the_label() -> None:
+    logits = torch.tensor([[2.0, 0.0]])
+    log_p = torch.log_softmax(logits, dim=1)[0]
+    expected = -(0.95 * log_p[0] + 0.05 * log_p[1]).item()  # 0.1 spread over 2 classes
+    assert classification_loss(logits, torch.tensor([0]), 0.1).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_entropy_weighted_adversary_needs_and_reads_the_classifier() -> None:
+    weights = LossWeights(adversarial=1.0, entropy_weighted_adversary=True)
+    assert weights.needs_classifier
+    assert not LossWeights(entropy_weighted_adversary=True).needs_classifier  # no adversary, nothing to weigh
+    # the two source rows differ in certainty (the sure one weighs more); each domain's weights are normalised
+    classes = torch.tensor([[9.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    out = NetOutput(torch.zeros(4, 8), class_logits=classes, domain_logits=torch.tensor([0.3, -0.2, 1.0, 0.5]))
+    labels = torch.tensor([0, 1])
+    _, plain = compute_objective(out, labels, LossWeights(adversarial=1.0), ramp=1.0)
+    _, weighted = compute_objective(out, labels, weights, ramp=1.0)
+    assert plain["adversarial"] != pytest.approx(weighted["adversarial"], abs=1e-4)

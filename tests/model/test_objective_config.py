@@ -85,6 +85,8 @@ def test_objective_refuses_a_network_without_the_needed_head() -> None:
         ({"backbone": "vgg"}, "unknown backbone"),
         ({"iterations": 0}, "iterations"),
         ({"batch_size": 1}, "batch_size"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"checkpoint_every": -5}, "checkpoint_every"),
         ({"device": "tpu"}, "device"),
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"ema_decay": -0.5}, "ema_decay"),
@@ -149,10 +151,22 @@ def test_default_config_is_the_documented_recipe() -> None:
         "pseudo_threshold": 0.9,
         "cluster": 0.0,
         "conditional_adversary": False,
+        "entropy_weighted_adversary": False,
+        "label_smoothing": 0.0,
         "entropy_ramp": True,
         "balance_pairs": True,
     }
     assert (config.feature_views, config.feature_grey, config.feature_drawing) == (2, 0.0, 0.5)
+
+
+def test_checkpoints_come_ten_times_a_run_once_its_length_is_known_unless_asked_for() -> None:
+    assert TrainConfig(mode="finetune").checkpoint_interval == 120  # 1,200 steps
+    assert TrainConfig(mode="frozen").checkpoint_interval == 200  # 3,600 steps: capped at 200
+    assert TrainConfig(mode="frozen", iterations=30).checkpoint_interval == 3
+    assert TrainConfig(mode="frozen", iterations=5).checkpoint_interval == 1
+    assert TrainConfig(mode="frozen", checkpoint_every=7).checkpoint_interval == 7
+    with pytest.raises(ConfigError, match="unresolved mode"):
+        _ = TrainConfig().checkpoint_interval  # auto: the length is not known yet
 
 
 def test_the_weight_average_never_spans_more_than_a_sixth_of_a_short_run() -> None:

@@ -51,11 +51,13 @@ def test_class_folder_names_are_distinct_and_safe() -> None:
 
 def test_a_job_without_a_length_takes_the_mode_s_and_checkpoints_ten_times(library: Library) -> None:
     unset = training.job_config({**TRAINING, "iterations": None}, library.settings)
-    # the run resolves 3600 frozen / 1200 finetune: ten checkpoints or more either way, as for an explicit 1200
-    assert (unset.iterations, unset.checkpoint_every) == (None, 120)
+    # the checkpoint interval follows the length the run resolves: 3600 frozen / 1200 finetune
+    assert (unset.iterations, unset.checkpoint_every) == (None, None)
+    assert unset.override(mode="frozen").checkpoint_interval == 200
+    assert unset.override(mode="finetune").checkpoint_interval == 120
     assert unset.feature_cache == str(library.settings.data_dir / "feature-cache")
     short = training.job_config({**TRAINING, "iterations": 30}, library.settings)
-    assert (short.iterations, short.checkpoint_every) == (30, 3)
+    assert (short.iterations, short.override(mode="frozen").checkpoint_interval) == (30, 3)
     legacy = training.job_config(TRAINING, library.settings)  # queued before the field was optional
     assert (legacy.iterations, legacy.mode) == (None, "auto")
 
