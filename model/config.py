@@ -126,6 +126,7 @@ class TrainConfig:
         from model.backbones import backbone_names  # local: keep config importable without torchvision
 
         method_weights(self.method)
+        self.weights.validated()
         check_bits(self.bits)
         if self.backbone != "auto" and self.backbone not in backbone_names():
             raise ConfigError(

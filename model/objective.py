@@ -7,6 +7,7 @@ and pseudo-labelled target pairs, options off by default).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -79,6 +80,23 @@ class LossWeights:
 
     def to_dict(self) -> dict[str, float | bool]:
         return asdict(self)
+
+    def validated(self) -> LossWeights:
+        """Return self if every weight is a finite number ``>= 0`` and the shares are below 1 (else ConfigError)."""
+        for name, value in self.to_dict().items():
+            if name in _SWITCHES:
+                if not isinstance(value, bool):
+                    raise ConfigError(f"loss_weights.{name} must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ConfigError(f"loss_weights.{name} must be a finite number >= 0, got {value!r}")
+        if self.label_smoothing >= 1:
+            raise ConfigError(f"loss_weights.label_smoothing must be below 1, got {self.label_smoothing}")
+        if not 0 < self.pseudo_threshold <= 1:
+            raise ConfigError(f"loss_weights.pseudo_threshold must be in (0, 1], got {self.pseudo_threshold}")
+        return self
+
+
+_SWITCHES = frozenset(name for name, kind in LossWeights.__annotations__.items() if kind in ("bool", bool))
 
 
 # Training the whole network (LeNet on digits): each method's best point of its grid, by validation MAP@all on

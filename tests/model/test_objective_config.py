@@ -86,6 +86,13 @@ def test_objective_refuses_a_network_without_the_needed_head() -> None:
         ({"iterations": 0}, "iterations"),
         ({"batch_size": 1}, "batch_size"),
         ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"loss_weights": LossWeights(entropy=-1.0)}, "loss_weights.entropy must be a finite number >= 0"),
+        ({"loss_weights": LossWeights(adversarial=float("nan"))}, "loss_weights.adversarial"),
+        ({"loss_weights": LossWeights(pairwise=float("inf"))}, "loss_weights.pairwise"),
+        ({"loss_weights": LossWeights(label_smoothing=1.0)}, "label_smoothing must be below 1"),
+        ({"loss_weights": LossWeights(pseudo_threshold=0.0)}, "pseudo_threshold"),
+        ({"loss_weights": LossWeights(entropy="lots")}, "loss_weights.entropy"),  # type: ignore[arg-type]
+        ({"loss_weights": LossWeights(conditional_adversary=1)}, "true or false"),  # type: ignore[arg-type]
         ({"checkpoint_every": -5}, "checkpoint_every"),
         ({"device": "tpu"}, "device"),
         ({"ema_decay": 1.0}, "ema_decay"),
@@ -109,11 +116,14 @@ def test_config_files_json_and_toml(tmp_path: Path) -> None:
     (tmp_path / "d.json").write_text("{not json")
     (tmp_path / "e.json").write_text(json.dumps({"augment_scale": [0.8, 1.25]}))
     (tmp_path / "f.json").write_text(json.dumps({"augment_scale": [0.8, "big"]}))
+    (tmp_path / "g.json").write_text(json.dumps({"loss_weights": {"entropy": "lots"}}))
     assert load_config_file(tmp_path / "a.json").weights.entropy == 0.2
     assert load_config_file(tmp_path / "b.toml").method == "tah"
     assert load_config_file(tmp_path / "e.json").augment_scale == (0.8, 1.25)
     with pytest.raises(ConfigError, match="augment_scale must be two numbers"):
         load_config_file(tmp_path / "f.json")
+    with pytest.raises(ConfigError, match=r"loss_weights\.entropy must be a finite number"):
+        load_config_file(tmp_path / "g.json").validated()
     with pytest.raises(ConfigError, match="unknown configuration key"):
         load_config_file(tmp_path / "c.json")
     with pytest.raises(ConfigError, match="not valid"):
