@@ -208,3 +208,35 @@ def test_train_help_states_each_mode_s_default_length() -> None:
     (iterations,) = [action for action in train._actions if "--iterations" in action.option_strings]
     frozen, finetune = MODE_SCHEDULES["frozen"].iterations, MODE_SCHEDULES["finetune"].iterations
     assert iterations.help == f"steps (default: {frozen} frozen, {finetune} finetune)"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "is not valid json"),
+        ('{"bitz": 32}', "unknown configuration key(s): bitz"),
+        ('{"loss_weights": {"entropy": -1}}', "loss_weights.entropy must be a finite number >= 0"),
+        ('{"loss_weights": {"adversarial": "lots"}}', "loss_weights.adversarial must be a finite number"),
+        ('{"loss_weights": {"label_smoothing": 1.5}}', "label_smoothing must be below 1"),
+        ('{"loss_weights": {"warp": 9}}', "invalid loss_weights"),
+        ("[1, 2]", "must hold an object"),
+    ],
+)
+def test_a_broken_config_file_is_a_clear_error_before_any_output(
+    digits: DigitFolders, tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "config.json").write_text(text)
+    done = _metah(
+        "train",
+        "--source",
+        str(digits.source),
+        "--target",
+        str(digits.target),
+        "--out",
+        str(tmp_path / "r"),
+        "--config",
+        str(tmp_path / "config.json"),
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()
