@@ -109,6 +109,11 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "frozen-default,label_smoothing=0.1": ({**_FROZEN_SCHEDULE}, {"adversarial": 3.0, "label_smoothing": 0.1}),
     "frozen-default,batch_size=128": ({**_FROZEN_SCHEDULE, "batch_size": 128}, {"adversarial": 3.0}),
+    "frozen-default,iterations=4800": ({**_FROZEN_SCHEDULE, "iterations": 4800}, {"adversarial": 3.0}),
+    "frozen-default,feature_views=3": ({**_FROZEN_SCHEDULE, "feature_views": 3}, {"adversarial": 3.0}),
+    "frozen-default,cluster=0.3": ({**_FROZEN_SCHEDULE}, {"adversarial": 3.0, "cluster": 0.3}),
+    "frozen-default,cluster=1": ({**_FROZEN_SCHEDULE}, {"adversarial": 3.0, "cluster": 1.0}),
+    "frozen-default,confusion=1": ({**_FROZEN_SCHEDULE}, {"adversarial": 3.0, "confusion": 1.0}),
 }
 
 
