@@ -18,7 +18,7 @@ Writes ``OUT.json`` and ``OUT.md``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -74,6 +74,20 @@ def extract(folder: Path, out: Path) -> tuple[str, int]:
     return folder.name, len(files.paths)
 
 
+def features_by_domain(
+    extract_domain: Callable[[Path, Path], tuple[str, int]], pacs: Path, work: Path, processes: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every domain's arrays from ``work/<domain>.npz``, written first by ``extract_domain(folder, npz)`` (in
+    ``processes`` spawned processes) for the domains not there yet."""
+    work.mkdir(parents=True, exist_ok=True)
+    todo = [domain for domain in DOMAINS if not (work / f"{domain}.npz").exists()]
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        folders, outs = [pacs / d for d in todo], [work / f"{d}.npz" for d in todo]
+        for domain, count in pool.map(extract_domain, folders, outs):
+            print(f"features: {domain} ({count} images)", flush=True)
+    return {domain: dict(np.load(work / f"{domain}.npz")) for domain in DOMAINS}
+
+
 def probe(
     train: np.ndarray, labels: np.ndarray, tests: dict[str, tuple[np.ndarray, np.ndarray]], *, steps: int = 300
 ) -> dict[str, float]:
@@ -120,13 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/retrieval-lite0-blocks/probe"))
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    todo = [domain for domain in DOMAINS if not (args.work / f"{domain}.npz").exists()]
-    with ProcessPoolExecutor(args.processes, mp_context=get_context("spawn")) as pool:
-        folders, outs = [args.pacs / d for d in todo], [args.work / f"{d}.npz" for d in todo]
-        for domain, count in pool.map(extract, folders, outs):
-            print(f"features: {domain} ({count} images)", flush=True)
-    data = {domain: np.load(args.work / f"{domain}.npz") for domain in DOMAINS}
+    data = features_by_domain(extract, args.pacs, args.work, args.processes)
     results: dict[str, Any] = {
         "machine": machine(),
         "command": "python -m scripts.probe_features " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +33,10 @@ from model.normalize import Normalize
 from model.preprocess import decode_image
 from scripts.bench import split_target, task_files
 from scripts.bench_knobs import FROZEN_DEFAULT, SWEEP_WEIGHTS
+from scripts.probe_features import features_by_domain
 from workbench.machine import machine
 from workbench.output import write_results
 
-DOMAINS = ("photo", "cartoon", "sketch")
 TASKS = ("photo-cartoon", "photo-sketch")
 SEEDS = (0, 1)
 VARIANT = f"{SWEEP_WEIGHTS}+{FROZEN_DEFAULT}"  # the knob sweep's run of today's frozen default
@@ -125,13 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/retrieval-flip/probe"))
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args(argv)
-    args.features.mkdir(parents=True, exist_ok=True)
-    todo = [domain for domain in DOMAINS if not (args.features / f"{domain}.npz").exists()]
-    with ProcessPoolExecutor(args.processes, mp_context=get_context("spawn")) as pool:
-        folders, outs = [args.pacs / d for d in todo], [args.features / f"{d}.npz" for d in todo]
-        for domain, count in pool.map(extract, folders, outs):
-            print(f"features: {domain} ({count} images, plain and mirrored)", flush=True)
-    data = {domain: dict(np.load(args.features / f"{domain}.npz")) for domain in DOMAINS}
+    data = features_by_domain(extract, args.pacs, args.features, args.processes)
     runs = [
         {"task": task, "seed": seed, **score(task, seed, data, args.work.resolve(), args.pacs.resolve())}
         for task in TASKS
