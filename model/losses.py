@@ -56,8 +56,7 @@ def adversarial_loss(
     target = is_source.to(domain_logits.dtype)
     if class_logits is None:
         return F.binary_cross_entropy_with_logits(domain_logits, target)
-    log_p = F.log_softmax(class_logits.detach(), dim=1)
-    weight = 1.0 + torch.exp((log_p.exp() * log_p).sum(dim=1))
+    weight = certainty_weights(class_logits.detach())
     per_row = F.binary_cross_entropy_with_logits(domain_logits, target, reduction="none")
     domains = [rows for rows in (target > 0.5, target <= 0.5) if rows.any()]
     return torch.stack([(weight[rows] * per_row[rows]).sum() / weight[rows].sum() for rows in domains]).mean()
@@ -75,8 +74,19 @@ def min_entropy_loss(class_logits: torch.Tensor) -> torch.Tensor:
 
     Minimising it pushes each target code towards one class region of the code space.
     """
+    return row_entropy(class_logits).mean()
+
+
+def row_entropy(class_logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row's softmax: ``[N, C]`` → ``[N]``."""
     log_p = F.log_softmax(class_logits, dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1).mean()
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def certainty_weights(class_logits: torch.Tensor) -> torch.Tensor:
+    """``1 + exp(-entropy)`` of each row's softmax, in ``[1 + 1/C, 2]``: how much a row counts when the sure rows
+    should count more (CDAN+E's adversary, minimum class confusion). ``[N, C]`` → ``[N]``."""
+    return 1.0 + torch.exp(-row_entropy(class_logits))
 
 
 def diversity_loss(class_logits: torch.Tensor) -> torch.Tensor:
@@ -101,8 +111,7 @@ def class_confusion_loss(class_logits: torch.Tensor, temperature: float = 2.5) -
     """
     n, classes = class_logits.shape
     p = F.softmax(class_logits / temperature, dim=1)
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1)
-    weight = 1.0 + torch.exp(-entropy)
+    weight = certainty_weights(class_logits / temperature)
     weight = (n * weight / weight.sum()).unsqueeze(1)
     confusion = (p * weight).t() @ p  # [C, C]
     confusion = confusion / confusion.sum(dim=1, keepdim=True).clamp_min(1e-12)

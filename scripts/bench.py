@@ -283,7 +283,8 @@ def _digit_images(name: str, work: Path, pacs: Path) -> tuple[torch.Tensor, torc
     return decode_files(files.source, (32, 32)).images, decode_files(files.target, (32, 32), what="target").images
 
 
-def _signs(values: torch.Tensor) -> np.ndarray:
+def signs(values: torch.Tensor) -> np.ndarray:
+    """The binary codes (±1) of relaxed or projected values, as the exported encoder takes their sign."""
     return torch.where(values > 0, 1.0, -1.0).numpy()
 
 
@@ -299,7 +300,7 @@ def _codes(spec: RunSpec, run_dir: Path, settings: Settings) -> tuple[np.ndarray
     )
     projection = restore_network(run_dir / "checkpoint.pt").net.heads.hash.projection().eval()
     with torch.no_grad():
-        source_codes, target_codes = _signs(projection(source_features)), _signs(projection(target_features))
+        source_codes, target_codes = signs(projection(source_features)), signs(projection(target_features))
     split = split_target(spec.task, files.target, spec.seed, settings.work)
     sample = split.test[: settings.artefact_check]
     loaded = load_encoder(run_dir / "model.pt")

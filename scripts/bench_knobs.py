@@ -43,6 +43,14 @@ SWEEP_SCHEDULE: dict[str, Any] = {"iterations": 1200, "lr": 1e-3}
 SWEEP_WEIGHTS = "p10-q0.8-a1-c1-e0.3-d0.3-cdan"
 # The frozen schedule since 2026-12-04 (model.config.MODE_SCHEDULES), likewise explicit.
 _FROZEN_SCHEDULE: dict[str, Any] = {"lr": 3e-3, "iterations": 3600}
+
+
+def _around_today(settings: dict[str, Any] | None = None, **weights: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A change around the frozen default of 2026-12-04: its schedule and adversarial weight 3, then ``settings``
+    (TrainConfig) and ``weights`` (loss weights) on top."""
+    return {**_FROZEN_SCHEDULE, **(settings or {})}, {"adversarial": 3.0, **weights}
+
+
 # name -> (TrainConfig settings, loss-weight changes): one step away from the default in each direction that a
 # reader would ask about (a wider head, shorter and longer runs, batch, learning rate, each MeTAH weight). The
 # backbone's batch-norm statistics re-estimated on the task's images (adapt_batch_norm, ~8 minutes a run) are in the
@@ -101,19 +109,17 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"entropy": 1.0, "diversity": 1.0},
     ),
     # around the frozen default of 2026-12-04 (that schedule, adversarial 3): the classifier's confidence weighting
-    # the adversary (CDAN+E), label smoothing of the source classifier, a larger batch
-    FROZEN_DEFAULT: ({**_FROZEN_SCHEDULE}, {"adversarial": 3.0}),
-    "frozen-default,entropy_weighted_adversary": (
-        {**_FROZEN_SCHEDULE},
-        {"adversarial": 3.0, "entropy_weighted_adversary": True},
-    ),
-    "frozen-default,label_smoothing=0.1": ({**_FROZEN_SCHEDULE}, {"adversarial": 3.0, "label_smoothing": 0.1}),
-    "frozen-default,batch_size=128": ({**_FROZEN_SCHEDULE, "batch_size": 128}, {"adversarial": 3.0}),
-    "frozen-default,iterations=4800": ({**_FROZEN_SCHEDULE, "iterations": 4800}, {"adversarial": 3.0}),
-    "frozen-default,feature_views=3": ({**_FROZEN_SCHEDULE, "feature_views": 3}, {"adversarial": 3.0}),
-    "frozen-default,cluster=0.3": ({**_FROZEN_SCHEDULE}, {"adversarial": 3.0, "cluster": 0.3}),
-    "frozen-default,cluster=1": ({**_FROZEN_SCHEDULE}, {"adversarial": 3.0, "cluster": 1.0}),
-    "frozen-default,confusion=1": ({**_FROZEN_SCHEDULE}, {"adversarial": 3.0, "confusion": 1.0}),
+    # the adversary (CDAN+E), label smoothing of the source classifier, a larger batch, a longer run, a third view,
+    # cluster pseudo-labels, minimum class confusion
+    FROZEN_DEFAULT: _around_today(),
+    "frozen-default,entropy_weighted_adversary": _around_today(entropy_weighted_adversary=True),
+    "frozen-default,label_smoothing=0.1": _around_today(label_smoothing=0.1),
+    "frozen-default,batch_size=128": _around_today({"batch_size": 128}),
+    "frozen-default,iterations=4800": _around_today({"iterations": 4800}),
+    "frozen-default,feature_views=3": _around_today({"feature_views": 3}),
+    "frozen-default,cluster=0.3": _around_today(cluster=0.3),
+    "frozen-default,cluster=1": _around_today(cluster=1.0),
+    "frozen-default,confusion=1": _around_today(confusion=1.0),
 }
 
 

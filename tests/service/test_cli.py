@@ -32,6 +32,11 @@ def _metah(
     )
 
 
+def _train(source: Path, target: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``metah train --source SOURCE --target TARGET --out OUT ARGS`` in a subprocess."""
+    return _metah("train", "--source", str(source), "--target", str(target), "--out", str(out), *args)
+
+
 @pytest.fixture(scope="module")
 def cli_run(digits: DigitFolders, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run"
@@ -106,16 +111,7 @@ def test_export_from_checkpoint_gives_the_same_codes(cli_run: Path, tmp_path: Pa
 def test_usage_errors_exit_2_without_traceback(
     digits: DigitFolders, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    done = _metah(
-        "train",
-        "--source",
-        str(digits.source),
-        "--target",
-        str(digits.target),
-        "--out",
-        str(tmp_path / "r"),
-        *args,
-    )
+    done = _train(digits.source, digits.target, tmp_path / "r", *args)
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
@@ -123,15 +119,7 @@ def test_usage_errors_exit_2_without_traceback(
 
 
 def test_missing_folders_and_corrupt_checkpoint_are_clear_errors(digits: DigitFolders, tmp_path: Path) -> None:
-    done = _metah(
-        "train",
-        "--source",
-        str(tmp_path / "nope"),
-        "--target",
-        str(digits.target),
-        "--out",
-        str(tmp_path / "r"),
-    )
+    done = _train(tmp_path / "nope", digits.target, tmp_path / "r")
     assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
     (tmp_path / "bad.pt").write_bytes(os.urandom(256))
     done = _metah("export", "--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "m.pt"))
@@ -149,17 +137,7 @@ def test_missing_folders_and_corrupt_checkpoint_are_clear_errors(digits: DigitFo
 
 
 def test_unknown_method_is_an_argparse_usage_error(digits: DigitFolders, tmp_path: Path) -> None:
-    done = _metah(
-        "train",
-        "--source",
-        str(digits.source),
-        "--target",
-        str(digits.target),
-        "--out",
-        str(tmp_path),
-        "--method",
-        "dann",
-    )
+    done = _train(digits.source, digits.target, tmp_path, "--method", "dann")
     assert done.returncode == 2 and "invalid choice" in done.stderr
 
 
@@ -226,17 +204,7 @@ def test_a_broken_config_file_is_a_clear_error_before_any_output(
     digits: DigitFolders, tmp_path: Path, text: str, message: str
 ) -> None:
     (tmp_path / "config.json").write_text(text)
-    done = _metah(
-        "train",
-        "--source",
-        str(digits.source),
-        "--target",
-        str(digits.target),
-        "--out",
-        str(tmp_path / "r"),
-        "--config",
-        str(tmp_path / "config.json"),
-    )
+    done = _train(digits.source, digits.target, tmp_path / "r", "--config", str(tmp_path / "config.json"))
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "r").exists()
