@@ -38,9 +38,10 @@ import statistics
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from functools import cache
+from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -288,13 +289,26 @@ def signs(values: torch.Tensor) -> np.ndarray:
     return torch.where(values > 0, 1.0, -1.0).numpy()
 
 
+def run_mode(spec: RunSpec) -> str:
+    """The run's training mode: its task family's, unless the spec's config names one (``scripts.bench_gpu``)."""
+    return str(dict(spec.config).get("mode", TASKS[spec.task].mode))
+
+
 def _codes(spec: RunSpec, run_dir: Path, settings: Settings) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Codes of every source and target image, the way the exported artefact computes them, plus a check."""
     files = _files(spec.task, settings.work, settings.pacs)
-    if TASKS[spec.task].mode == "finetune":
+    if run_mode(spec) == "finetune" and TASKS[spec.task].family == "digits":
         loaded = load_encoder(run_dir / "model.pt")  # the artefact itself
         source_images, target_images = _digit_images(spec.task, settings.work, settings.pacs)
         return encode_images(loaded.module, source_images), encode_images(loaded.module, target_images), {}
+    if run_mode(spec) == "finetune":  # photos, backbone trained: no feature cache to score from, the artefact does
+        device = "cuda" if settings.device != "cpu" and torch.cuda.is_available() else "cpu"
+        loaded = load_encoder(run_dir / "model.pt", device)
+        source_codes, target_codes = (
+            encode_files(loaded.module, file_set, loaded.input_size, device=device)
+            for file_set in (files.source, files.target)
+        )
+        return source_codes, target_codes, {}  # the artefact's own codes: nothing to check them against
     source_features, target_features = _photo_features(
         spec.task, settings.work, settings.pacs, settings.cache, settings.photo_backbone
     )
@@ -327,21 +341,21 @@ def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
     task = TASKS[spec.task]
     files = _files(spec.task, settings.work, settings.pacs)
     split = split_target(spec.task, files.target, spec.seed, settings.work)
-    overrides: dict[str, Any] = {"iterations": settings.iterations} if settings.iterations else {}
-    overrides.update(spec.config)
-    config = TrainConfig(
-        method=spec.method,
-        bits=spec.bits,
-        seed=spec.seed,
-        backbone=settings.backbone(spec.task),
-        mode=task.mode,
-        feature_cache=str(settings.cache),
-        loss_weights=spec.weights,
-        eval_queries=100,
-        loader_workers=0,
-        device=settings.device,
-        **overrides,
-    )
+    fields: dict[str, Any] = {
+        "method": spec.method,
+        "bits": spec.bits,
+        "seed": spec.seed,
+        "backbone": settings.backbone(spec.task),
+        "mode": task.mode,
+        "feature_cache": str(settings.cache),
+        "loss_weights": spec.weights,
+        "eval_queries": 100,
+        "loader_workers": 0,
+        "device": settings.device,
+    }
+    if settings.iterations:
+        fields["iterations"] = settings.iterations
+    config = TrainConfig(**{**fields, **dict(spec.config)})  # the spec's own settings win
     run_dir = settings.run_dir(spec.key)
     started = time.perf_counter()
     result = train(config, files.source_dir, split.train_dir, run_dir, show_progress=False)
@@ -499,20 +513,24 @@ def whole_plan(args: argparse.Namespace, choice: Choice) -> list[RunSpec]:
     return specs
 
 
-def execute(specs: Sequence[RunSpec], settings: Settings, processes: int, out: Path) -> None:
-    """Run the specs in ``processes`` worker processes; append each run's lines as it finishes."""
+def execute(
+    specs: Sequence[RunSpec], settings: Settings, processes: int, out: Path, budget: float | None = None
+) -> list[RunSpec]:
+    """Run the specs in ``processes`` worker processes, in order; append each run's lines as it finishes.
+
+    With ``budget`` (seconds from now), a run is started only while the longest run finished so far would still
+    end inside it (a lent GPU's time is counted): returns the specs left unstarted.
+    """
     if not specs:
-        return
+        return []
     for task, seed in sorted({(spec.task, spec.seed) for spec in specs}):  # before the workers read them
         split_target(task, _files(task, settings.work, settings.pacs).target, seed, settings.work)
     started = time.perf_counter()
+    longest = 0.0
+    left: list[RunSpec] = []
     with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
-        pending: dict[Future[list[dict[str, Any]]], RunSpec] = {}
         queue: Iterator[RunSpec] = iter(specs)
-        for spec in queue:
-            pending[pool.submit(one_run, spec, settings)] = spec
-            if len(pending) >= processes * 2:
-                break
+        pending = {pool.submit(one_run, spec, settings): spec for spec in islice(queue, processes)}
         finished = 0
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -522,14 +540,20 @@ def execute(specs: Sequence[RunSpec], settings: Settings, processes: int, out: P
                 with (out / "runs.jsonl").open("a") as fh:
                     fh.writelines(json.dumps(record) + "\n" for record in records)
                 finished += 1
+                longest = max(longest, records[0]["run_seconds"])
                 print(  # validation only: test scores are read by the report, not while choosing
                     f"[{finished}/{len(specs)} {time.perf_counter() - started:.0f}s] {spec.key}: validation "
                     f"{records[0]['map_all']:.4f} ({records[0]['train_seconds']:.0f}s)",
                     flush=True,
                 )
                 following = next(queue, None)
-                if following is not None:
-                    pending[pool.submit(one_run, following, settings)] = following
+                if following is None:
+                    continue
+                if budget is not None and time.perf_counter() - started + longest > budget:
+                    left += [following, *queue]
+                    continue
+                pending[pool.submit(one_run, following, settings)] = following
+    return left
 
 
 # ----------------------------------------------------------------------------------------------------------------

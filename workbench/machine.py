@@ -10,8 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from index.threads import available_cpus
-
 VERSIONED = {"torch": "torch", "faiss": "faiss", "numpy": "numpy", "PIL": "pillow", "httpx": "httpx"}
 
 
@@ -25,11 +23,12 @@ def cpu_name() -> str:
 
 def git_commit() -> str:
     """The checked-out commit (12 hex digits), ``-dirty`` when tracked files outside ``benchmarks/`` differ from
-    it (a benchmark writes its raw lines there while it runs); ``unknown`` outside a git checkout."""
+    it (a benchmark writes its raw lines there while it runs). Outside a git checkout (a copy of the tree on a lent
+    GPU machine), the commit the copy was made from as ``METAH_GIT_COMMIT`` names it, else ``unknown``."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("METAH_GIT_COMMIT", "unknown")
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)benchmarks"],
         capture_output=True,
@@ -42,6 +41,8 @@ def machine(**extra: Any) -> dict[str, Any]:
     """The commit, CPU, cores, memory, load, niceness and the versions of the libraries the benchmark imported
     (torch, faiss, numpy, Pillow, httpx), plus the GPU when torch sees one; ``extra`` adds benchmark-specific
     entries."""
+    from index.threads import available_cpus  # local: index imports faiss, which a GPU image may not have
+
     info: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "commit": git_commit(),
