@@ -332,6 +332,31 @@ def _metrics(query: np.ndarray, query_labels: np.ndarray, db: np.ndarray, db_lab
     return {key: float(getattr(result, key)) for key in METRICS}
 
 
+def run_config(spec: RunSpec, settings: Settings) -> TrainConfig:
+    """The run's TrainConfig: the benchmark's settings for its task, then the spec's own (``config``) on top."""
+    fields: dict[str, Any] = {
+        "method": spec.method,
+        "bits": spec.bits,
+        "seed": spec.seed,
+        "backbone": settings.backbone(spec.task),
+        "mode": TASKS[spec.task].mode,
+        "feature_cache": str(settings.cache),
+        "loss_weights": spec.weights,
+        "eval_queries": 100,
+        "loader_workers": 0,
+        "device": settings.device,
+    }
+    if settings.iterations:
+        fields["iterations"] = settings.iterations
+    return TrainConfig(**{**fields, **dict(spec.config)})
+
+
+def may_start(elapsed: float, longest: float, budget: float | None) -> bool:
+    """Whether another run may start ``elapsed`` seconds into a ``budget`` (none: always), the longest finished run
+    having taken ``longest`` seconds."""
+    return budget is None or elapsed + longest <= budget
+
+
 def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
     """Train one configuration and return one record per query split (validation, test)."""
     begun = time.perf_counter()
@@ -341,21 +366,7 @@ def one_run(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
     task = TASKS[spec.task]
     files = _files(spec.task, settings.work, settings.pacs)
     split = split_target(spec.task, files.target, spec.seed, settings.work)
-    fields: dict[str, Any] = {
-        "method": spec.method,
-        "bits": spec.bits,
-        "seed": spec.seed,
-        "backbone": settings.backbone(spec.task),
-        "mode": task.mode,
-        "feature_cache": str(settings.cache),
-        "loss_weights": spec.weights,
-        "eval_queries": 100,
-        "loader_workers": 0,
-        "device": settings.device,
-    }
-    if settings.iterations:
-        fields["iterations"] = settings.iterations
-    config = TrainConfig(**{**fields, **dict(spec.config)})  # the spec's own settings win
+    config = run_config(spec, settings)
     run_dir = settings.run_dir(spec.key)
     started = time.perf_counter()
     result = train(config, files.source_dir, split.train_dir, run_dir, show_progress=False)
@@ -549,7 +560,7 @@ def execute(
                 following = next(queue, None)
                 if following is None:
                     continue
-                if budget is not None and time.perf_counter() - started + longest > budget:
+                if not may_start(time.perf_counter() - started, longest, budget):
                     left += [following, *queue]
                     continue
                 pending[pool.submit(one_run, following, settings)] = following

@@ -89,6 +89,7 @@ def test_a_benchmark_writing_its_raw_lines_does_not_make_its_commit_dirty(
     (tmp_path / "model").mkdir()
     (tmp_path / "benchmarks" / "runs.jsonl").write_text("{}\n")
     (tmp_path / "model" / "net.py").write_text("x = 1\n")
+    monkeypatch.delenv("METAH_GIT_COMMIT", raising=False)
     git("init", "-q")
     git("add", ".")
     git("commit", "-q", "-m", "first")
@@ -99,6 +100,18 @@ def test_a_benchmark_writing_its_raw_lines_does_not_make_its_commit_dirty(
     assert git_commit() == clean
     (tmp_path / "model" / "net.py").write_text("x = 2\n")
     assert git_commit() == f"{clean}-dirty"
+
+
+def test_a_copy_of_the_tree_names_its_commit_whatever_git_metadata_it_carries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no checkout here
+    monkeypatch.delenv("METAH_GIT_COMMIT", raising=False)
+    assert git_commit() == "unknown"
+    monkeypatch.setenv("METAH_GIT_COMMIT", "3c3a966ee0fd")
+    assert git_commit() == "3c3a966ee0fd"
+    monkeypatch.chdir(Path(__file__).parent)  # inside this repository's checkout: the named commit still wins
+    assert git_commit() == "3c3a966ee0fd"
 
 
 def test_datasets_live_outside_the_installed_package() -> None:

@@ -23,12 +23,18 @@ def cpu_name() -> str:
 
 def git_commit() -> str:
     """The checked-out commit (12 hex digits), ``-dirty`` when tracked files outside ``benchmarks/`` differ from
-    it (a benchmark writes its raw lines there while it runs). Outside a git checkout (a copy of the tree on a lent
-    GPU machine), the commit the copy was made from as ``METAH_GIT_COMMIT`` names it, else ``unknown``."""
+    it (a benchmark writes its raw lines there while it runs); ``unknown`` outside a git checkout.
+
+    ``METAH_GIT_COMMIT``, when set, is the answer: a copy of the tree on a lent GPU machine names the commit it was
+    made from (that copy's git metadata, if any, can be older than its files).
+    """
+    named = os.environ.get("METAH_GIT_COMMIT")
+    if named:
+        return named
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("METAH_GIT_COMMIT", "unknown")
+        return "unknown"
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)benchmarks"],
         capture_output=True,
