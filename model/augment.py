@@ -1,8 +1,10 @@
-"""Random geometric augmentation applied to whole training batches on the training device."""
+"""Random augmentation on the training device: geometric for digits, photo views (crop, flip, colour) for photos."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,91 @@ def _crop_box(height: int, width: int, scale: tuple[float, float], generator: to
     return 0, 0, height, width
 
 
+@dataclass(frozen=True)
+class PhotoView:
+    """The random choices of one :func:`photo_augment` view: crop box, flip, jitter factors, grey, drawing."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+    brightness: float
+    contrast: float
+    saturation: float
+    grey: bool = False
+    drawing: str | None = None  # "lines" or "cartoon"
+
+
+def draw_photo_view(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    *,
+    scale: tuple[float, float] = (0.5, 1.0),
+    jitter: float = 0.3,
+    grey: float = 0.0,
+    drawing: float = 0.0,
+) -> PhotoView:
+    """Draw one view's choices from ``generator`` (see :func:`photo_augment` for the arguments); the order of the
+    draws is part of the cached views' identity (``model.features.AUGMENT_VERSION``)."""
+    top, left, h, w = _crop_box(height, width, scale, generator)
+    flip = float(torch.rand((), generator=generator)) < 0.5
+    brightness, contrast, saturation = (_uniform(generator, 1 - jitter, 1 + jitter) for _ in range(3))
+    greyed = grey > 0.0 and float(torch.rand((), generator=generator)) < grey
+    drawn = None
+    if drawing > 0.0 and float(torch.rand((), generator=generator)) < drawing:
+        drawn = "lines" if float(torch.rand((), generator=generator)) < 0.5 else "cartoon"
+    return PhotoView(top, left, h, w, flip, brightness, contrast, saturation, greyed, drawn)
+
+
+def apply_photo_views(images: torch.Tensor, views: Sequence[PhotoView]) -> torch.Tensor:
+    """Render one view per image, equal to :func:`photo_augment` image by image: on a GPU the whole batch at once
+    (:func:`render_views`), on a CPU one image at a time, where each image's data stays in cache (rendering 128
+    views at 224×224 together took 1.7× as long there; ``benchmarks/augment``).
+
+    Shape:
+        ``[N, 3, H, W]`` float in ``[0, 1]`` and ``N`` views → same.
+    """
+    if images.device.type == "cpu":
+        return torch.cat([render_views(images[i : i + 1], [view]) for i, view in enumerate(views)])
+    return render_views(images, views)
+
+
+def render_views(images: torch.Tensor, views: Sequence[PhotoView]) -> torch.Tensor:
+    """Render one view per image at once: each crop resized (and flipped) on its own, then brightness, contrast,
+    saturation and clamp for the whole batch (a dozen operations per batch rather than per image); greyscale and
+    drawings per image.
+
+    Shape:
+        ``[N, 3, H, W]`` float in ``[0, 1]`` and ``N`` views → same.
+    """
+    n, _, height, width = images.shape
+    out = torch.empty_like(images)
+    for i, view in enumerate(views):
+        crop = images[i : i + 1, :, view.top : view.top + view.height, view.left : view.left + view.width]
+        resized = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
+        out[i : i + 1] = resized.flip(-1) if view.flip else resized
+
+    def factor(name: str) -> torch.Tensor:
+        values = torch.tensor([getattr(view, name) for view in views], dtype=images.dtype)
+        # one view: a CPU scalar, which a GPU operation reads without a copy to the device
+        return values.view(()) if n == 1 else values.to(images.device).view(n, 1, 1, 1)
+
+    out = out * factor("brightness")
+    grey_level = _luminance(out).unsqueeze(1)
+    mean = grey_level.mean(dim=(2, 3), keepdim=True)
+    out = (out - mean) * factor("contrast") + mean
+    out = grey_level + (out - grey_level) * factor("saturation")
+    out = out.clamp_(0.0, 1.0)
+    for i, view in enumerate(views):
+        if view.grey:
+            out[i] = _luminance(out[i]).expand(3, -1, -1)
+        if view.drawing is not None:
+            out[i] = line_drawing(out[i]) if view.drawing == "lines" else flat_cartoon(out[i])
+    return out
+
+
 def photo_augment(
     image: torch.Tensor,
     generator: torch.Generator,
@@ -82,26 +169,14 @@ def photo_augment(
         ``[3, H, W]`` → same, values in ``[0, 1]``.
     """
     _, height, width = image.shape
-    top, left, h, w = _crop_box(height, width, scale, generator)
-    crop = image[:, top : top + h, left : left + w].unsqueeze(0)
-    out = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False).squeeze(0)
-    if float(torch.rand((), generator=generator)) < 0.5:
-        out = out.flip(-1)
-    out = out * _uniform(generator, 1 - jitter, 1 + jitter)  # brightness
-    grey_level = _luminance(out).unsqueeze(0)
-    out = (out - grey_level.mean()) * _uniform(generator, 1 - jitter, 1 + jitter) + grey_level.mean()  # contrast
-    out = grey_level + (out - grey_level) * _uniform(generator, 1 - jitter, 1 + jitter)  # saturation
-    out = out.clamp_(0.0, 1.0)
-    if grey > 0.0 and float(torch.rand((), generator=generator)) < grey:
-        out = _luminance(out).expand(3, -1, -1).clone()
-    if drawing > 0.0 and float(torch.rand((), generator=generator)) < drawing:
-        out = line_drawing(out) if float(torch.rand((), generator=generator)) < 0.5 else flat_cartoon(out)
-    return out
+    view = draw_photo_view(height, width, generator, scale=scale, jitter=jitter, grey=grey, drawing=drawing)
+    return render_views(image.unsqueeze(0), [view]).squeeze(0)
 
 
 def _luminance(image: torch.Tensor) -> torch.Tensor:
-    """ITU-R BT.601 luma of an RGB ``[3, H, W]`` image: ``[H, W]``."""
-    return 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
+    """ITU-R BT.601 luma of RGB images, channels in dimension −3: ``[..., 3, H, W]`` → ``[..., H, W]``."""
+    red, green, blue = image.unbind(-3)
+    return 0.299 * red + 0.587 * green + 0.114 * blue
 
 
 def _blur(planes: torch.Tensor, sigma: float) -> torch.Tensor:

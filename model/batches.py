@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from model.augment import photo_augment, random_affine
+from model.augment import apply_photo_views, draw_photo_view, photo_augment, random_affine
 from model.data import FileSet, ImageSet
 from model.errors import DataError
 from model.features import FeatureTable, single_thread
@@ -80,8 +80,8 @@ def augment_one(image: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
 class InMemoryImages:
     """Decoded uint8 images on the training device.
 
-    ``affine`` augments the whole batch at once with the global RNG (the digit recipe); ``photo`` augments each
-    image with a seed drawn from the sampler.
+    ``affine`` augments the whole batch at once with the global RNG (the digit recipe); ``photo`` draws each
+    image's view from a seed drawn from the sampler and renders the batch's views together.
     """
 
     def __init__(
@@ -107,9 +107,11 @@ class InMemoryImages:
         batch = to_model_input(torch.cat(images))
         if self.augment == "affine":
             batch = random_affine(batch, scale=self.scale)
-        elif self.augment == "photo":
+        elif self.augment == "photo":  # each image's view drawn from its own seed, as augment_one draws it
+            height, width = batch.shape[-2:]
             seeds = sampler.integers(SEED_RANGE, batch.shape[0]).tolist()
-            batch = torch.stack([augment_one(image, "photo", seed) for image, seed in zip(batch, seeds, strict=True)])
+            views = [draw_photo_view(height, width, torch.Generator().manual_seed(seed)) for seed in seeds]
+            batch = apply_photo_views(batch, views)
         return batch, self.source_labels[draw.source.to(self.device)]
 
 
