@@ -1,7 +1,7 @@
 """What the finetune mode's photo augmentation costs per training step: one batch of views rendered image by image
 (``photo_augment`` on each image: how ``InMemoryImages`` rendered every batch before, and still does on a CPU)
-against the same views rendered together (``model.augment.render_views``: what it does on a GPU now; the two are
-equal to the bit), and, on a GPU, one EfficientNet-Lite0 training step (forward and backward in bfloat16, as the
+against the same views rendered together (``model.augment.render_views``: what it does on a GPU now; equal to
+the bit on a CPU, within float rounding on a GPU), and, on a GPU, one EfficientNet-Lite0 training step (forward and backward in bfloat16, as the
 finetune mode trains) for scale.
 
 Each figure is the median of ``--repeats`` timed calls after two warm-ups, on one torch thread on a CPU and
@@ -14,6 +14,7 @@ synchronised on a GPU; every device that is present is measured in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -57,9 +58,10 @@ def augmentation(device: torch.device, batch: int, size: int, repeats: int) -> d
     def together() -> torch.Tensor:
         return render_views(images, [draw_photo_view(size, size, g) for g in generators()])
 
-    if not torch.equal(one_by_one(), together()):
-        raise AssertionError(f"batched views differ from image-by-image views on {device}")
-    result = {"image_by_image_ms": median_ms(one_by_one, device, repeats)}
+    difference = float((one_by_one() - together()).abs().max())
+    if difference > 1e-5:
+        raise AssertionError(f"batched views differ from image-by-image views on {device} by {difference}")
+    result = {"max_abs_difference": difference, "image_by_image_ms": median_ms(one_by_one, device, repeats)}
     result["batched_ms"] = median_ms(together, device, repeats)
     result["speedup"] = result["image_by_image_ms"] / result["batched_ms"]
     return result
@@ -86,7 +88,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="EfficientNet-Lite0's input size")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/augment/results"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite OUT.md from OUT.json")
     args = parser.parse_args()
+    if args.report_only:
+        args.out.with_suffix(".md").write_text(report(json.loads(args.out.with_suffix(".json").read_text())))
+        return
     torch.set_num_threads(1)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     measured: dict[str, Any] = {}
@@ -117,16 +123,20 @@ def report(results: dict[str, Any]) -> str:
         "# Photo augmentation per training step: image by image against batched",
         "",
         f"{generated_by(results)} torch {results['machine']['torch']}. One step's {results['batch']} views at "
-        f"{results['size']}×{results['size']} (random resized crop, flip, colour jitter; equal to the bit either "
-        f"way), median of {results['repeats']} timed calls; CPU on one torch thread.",
+        f"{results['size']}×{results['size']} (random resized crop, flip, colour jitter), median of "
+        f"{results['repeats']} timed calls; CPU on one torch thread. *Largest difference*: between the two "
+        "renderings of the same views, pixel values in [0, 1] (0: equal to the bit). The product renders together "
+        "on a GPU and image by image on a CPU (`model.augment.apply_photo_views`).",
         "",
-        "| device | image by image (ms) | batched (ms) | speed-up | Lite0 training step, bf16 (ms) |",
-        "|---|---:|---:|---:|---:|",
+        "| device | image by image (ms) | together (ms) | speed-up | largest difference | Lite0 training step, "
+        "bf16 (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for device, m in results["devices"].items():
         step = f"{m['training_step_ms']:.1f}" if "training_step_ms" in m else ""
         lines.append(
-            f"| {device} | {m['image_by_image_ms']:.1f} | {m['batched_ms']:.1f} | {m['speedup']:.1f}× | {step} |"
+            f"| {device} | {m['image_by_image_ms']:.1f} | {m['batched_ms']:.1f} | {m['speedup']:.1f}× | "
+            f"{m['max_abs_difference']:.1e} | {step} |"
         )
     return "\n".join(lines) + "\n"
 

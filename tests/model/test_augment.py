@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from model.augment import flat_cartoon, line_drawing, photo_augment
+from model.augment import apply_photo_views, draw_photo_view, flat_cartoon, line_drawing, photo_augment, render_views
 from model.preprocess import decode_image
 
 PHOTO = sorted((Path(__file__).resolve().parents[2] / "data" / "pacs" / "photo" / "giraffe").iterdir())[0]
@@ -65,3 +65,20 @@ def test_line_art_is_dark_on_edges_and_white_elsewhere() -> None:
     cartoon = flat_cartoon(square)
     assert float(cartoon[:, 32, 16].max()) == 0.0  # black outline on the edge
     assert torch.allclose(cartoon[:, 32, 32], torch.full((3,), 1 / 6))  # flat colour, quantised to sixths
+
+
+def test_a_batch_rendered_at_once_equals_each_image_rendered_alone() -> None:
+    photos = [
+        torch.from_numpy(decode_image(path.read_bytes(), (96, 96))).permute(2, 0, 1).float().div(255.0)
+        for path in sorted(PHOTO.parent.iterdir())[:6]
+    ]
+    images = torch.stack(photos)
+    for options in ({}, {"grey": 0.5}, {"drawing": 0.5}, {"grey": 0.5, "drawing": 0.5}):
+        alone = torch.stack(
+            [photo_augment(p, torch.Generator().manual_seed(40 + i), **options) for i, p in enumerate(photos)]
+        )
+        views = [draw_photo_view(96, 96, torch.Generator().manual_seed(40 + i), **options) for i in range(6)]
+        assert torch.equal(render_views(images, views), alone)  # the training path on a GPU
+        assert torch.equal(apply_photo_views(images, views), alone)  # on a CPU: image by image
+    assert {view.flip for view in views} == {True, False}  # both ways are exercised
+    assert len({(view.top, view.left, view.height, view.width) for view in views}) == 6
