@@ -1,8 +1,8 @@
 """What the finetune mode's photo augmentation costs per training step: one batch of views rendered image by image
 (``photo_augment`` on each image: how ``InMemoryImages`` rendered every batch before, and still does on a CPU)
 against the same views rendered together (``model.augment.render_views``: what it does on a GPU now; equal to
-the bit on a CPU, within float rounding on a GPU), and, on a GPU, one EfficientNet-Lite0 training step (forward and backward in bfloat16, as the
-finetune mode trains) for scale.
+the bit on a CPU, within float rounding on a GPU), and, on a GPU, one EfficientNet-Lite0 training step (forward
+and backward in bfloat16, as the finetune mode trains) for scale.
 
 Each figure is the median of ``--repeats`` timed calls after two warm-ups, on one torch thread on a CPU and
 synchronised on a GPU; every device that is present is measured in the same run.
