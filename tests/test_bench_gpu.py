@@ -3,14 +3,17 @@ budget stops new runs, and how it reports (the runs themselves need a GPU: they 
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from model.objective import method_weights
-from scripts.bench import GRID, RunSpec, Settings, may_start, run_config, run_mode
+from scripts.bench import GRID, RunSpec, Settings, may_start, one_run, run_config, run_mode
 from scripts.bench_gpu import GPU_TASKS, VARIANT, report, specs
 
 SETTINGS = Settings(Path("work"), Path("pacs"), Path("cache"), None, "auto", 1, 0)
+SHIPPED_PACS = Path(__file__).resolve().parents[1] / "data" / "pacs"
 
 
 def test_metah_runs_first_then_tah_then_source_only_each_with_the_product_finetune_preset() -> None:
@@ -99,3 +102,25 @@ def test_the_report_pairs_each_seed_with_the_same_seed_s_frozen_run_and_reads_th
     assert "| 0.6600 ± 0.0000 | 0.6600 ± 0.0000 |  |  | 1 |" in tah
     assert ("| photo-sketch", "tah") not in rows and ("| photo-cartoon", "source_only") not in rows
     assert "27 steps of 64 source + 64 target images" in text and "**36.3 s** on cuda:0" in text
+
+
+def test_a_photo_finetune_run_is_scored_with_its_exported_artefact(tmp_path: Path) -> None:
+    pacs = tmp_path / "pacs"  # three photos and three cartoons of each class from the shipped subset
+    for domain in ("photo", "cartoon"):
+        for folder in sorted((SHIPPED_PACS / domain).iterdir()):
+            (pacs / domain / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:3]:
+                shutil.copy(image, pacs / domain / folder.name / image.name)
+    settings = Settings(tmp_path / "work", pacs, tmp_path / "cache", 2, "cpu", 1, 0)
+    spec = replace(specs(["metah"], [0], done=set())[0], config=(("mode", "finetune"), ("batch_size", 4)))
+    validation, test = one_run(spec, settings)
+    assert (validation["split"], test["split"]) == ("validation", "test")
+    assert test["mode"] == "finetune" and test["iterations"] == 2 and test["device"] == "cpu"
+    assert test["artefact_check"] == {}  # the codes are the artefact's own
+    assert all(
+        0.0 < record[key]["map_all"] <= 1.0
+        for record in (validation, test)
+        for key in ("target_vs_source", "target_vs_target")
+    )
+    assert (settings.run_dir(spec.key) / "model.pt").is_file()
+    assert not (tmp_path / "cache").exists()  # finetune runs read images, not cached features
