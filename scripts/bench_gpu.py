@@ -141,7 +141,8 @@ def report(runs: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any]], fr
             if frozen_by_seed and sorted(frozen_by_seed) == seeds:
                 cells.append(_fmt([frozen_by_seed[s] for s in seeds]))
                 diff = paired_difference([by_seed[s] for s in seeds], [frozen_by_seed[s] for s in seeds])
-                paired = f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]"
+                if len(seeds) > 1:  # one seed has no interval
+                    paired = f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]"
             else:
                 cells.append("")
             processes = sorted({int(r.get("processes", 1)) for r in rows["test"]})

@@ -89,6 +89,10 @@ def test_the_report_pairs_each_seed_with_the_same_seed_s_frozen_run_and_reads_th
     variant = next(iter(GRID["frozen"]["metah"]))
     frozen = _frozen(variant, range(3), {"photo-cartoon": [0.75, 0.76, 0.77], "photo-sketch": [0.6, 0.6, 0.6]})
     frozen.append(_line("photo-cartoon", "metah", 0, "test", 0.1, "another-variant"))  # not the choice: never read
+    runs += [_line("photo-sketch", "tah", 0, split, 0.7) for split in ("validation", "test")]
+    tah_variant = next(iter(GRID["frozen"]["tah"]))
+    frozen += [_line(t, "tah", s, "validation", 0.5, tah_variant) for t in GPU_TASKS for s in (0, 1)]
+    frozen.append(_line("photo-sketch", "tah", 0, "test", 0.55, tah_variant))
     timing = [
         {**_line("photo-sketch", "metah", 0, "test", 0.0), "iterations": 27, "batch_size": 64, "wall_seconds": 36.3}
     ]
@@ -100,7 +104,8 @@ def test_the_report_pairs_each_seed_with_the_same_seed_s_frozen_run_and_reads_th
     assert "| 0.6000 ± 0.0000 | +0.2100" in rows["| photo-sketch", "metah"]
     tah = rows["| photo-cartoon", "tah"]  # no frozen TAH line: no comparison, rather than a wrong one
     assert "| 0.6600 ± 0.0000 | 0.6600 ± 0.0000 |  |  | 1 |" in tah
-    assert ("| photo-sketch", "tah") not in rows and ("| photo-cartoon", "source_only") not in rows
+    assert "| 0.7000 ± 0.0000 | 0.5500 ± 0.0000 |  | 1 |" in rows["| photo-sketch", "tah"]  # one seed: no interval
+    assert ("| photo-cartoon", "source_only") not in rows
     assert "27 steps of 64 source + 64 target images" in text and "**36.3 s** on cuda:0" in text
 
 
