@@ -120,6 +120,14 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "frozen-default,cluster=0.3": _around_today(cluster=0.3),
     "frozen-default,cluster=1": _around_today(cluster=1.0),
     "frozen-default,confusion=1": _around_today(confusion=1.0),
+    # the finetune preset's weights (model.objective.METHODS), which scored 0.84 on cartoons with the backbone
+    # fine-tuned on a GPU (benchmarks/retrieval-gpu): do they carry over to frozen features?
+    "frozen-default,finetune-weights": _around_today(
+        pairwise=1.0, quantization=0.1, adversarial=1.0, diversity=0.1, conditional_adversary=False
+    ),
+    "frozen-default,finetune-weights,cdan": _around_today(
+        pairwise=1.0, quantization=0.1, adversarial=1.0, diversity=0.1, conditional_adversary=True
+    ),
 }
 
 

@@ -73,6 +73,8 @@ def test_changes_around_today_s_frozen_default_are_measured_against_it() -> None
     assert today.weights == method_weights("metah", "frozen")  # the product's preset, and its schedule
     assert dict(today.config) == {"iterations": 3600, "lr": 3e-3}
     assert planned[f"{FROZEN_DEFAULT},entropy_weighted_adversary"].weights.entropy_weighted_adversary
+    assert planned[f"{FROZEN_DEFAULT},finetune-weights"].weights == method_weights("metah", "finetune")
+    assert dict(planned[f"{FROZEN_DEFAULT},finetune-weights"].config) == {"iterations": 3600, "lr": 3e-3}
     base = next(spec.variant for spec in planned.values() if "+" not in spec.variant)
     lines = [_line(base, task, seed, 0.6) for task in TASKS for seed in (0, 1)]
     lines += [_line(f"{base}+{FROZEN_DEFAULT}", task, seed, 0.7) for task in TASKS for seed in (0, 1)]
