@@ -61,7 +61,7 @@ from model.metrics import evaluate_retrieval
 from model.objective import LossWeights, method_weights
 from model.preprocess import to_model_input
 from model.train import feature_cache_for, train
-from scripts.bench_stats import cosine_map, describe_run, mean_std, paired_difference
+from scripts.bench_stats import cosine_map, describe_run, format_mean_std, mean_std, paired_difference
 from workbench.datasets import load_digits, write_image_folder
 
 METHODS = ("source_only", "tah", "metah")
@@ -269,6 +269,10 @@ class Settings:
         """The task's split for ``seed`` under this benchmark's protocol."""
         return split_target(task, _files(task, self.work, self.pacs).target, seed, self.work, self.split_protocol)
 
+    def scoring_device(self) -> str:
+        """Where an exported artefact encodes the benchmark's images: the run's GPU when it has one, else the CPU."""
+        return "cuda" if self.device != "cpu" and torch.cuda.is_available() else "cpu"
+
     def backbone(self, task: str) -> str:
         return "lenet" if TASKS[task].family == "digits" else self.photo_backbone
 
@@ -323,7 +327,7 @@ def _codes(spec: RunSpec, run_dir: Path, settings: Settings) -> tuple[np.ndarray
         source_images, target_images = _digit_images(spec.task, settings.work, settings.pacs)
         return encode_images(loaded.module, source_images), encode_images(loaded.module, target_images), {}
     if run_mode(spec) == "finetune":  # photos, backbone trained: no feature cache to score from, the artefact does
-        device = "cuda" if settings.device != "cpu" and torch.cuda.is_available() else "cpu"
+        device = settings.scoring_device()
         loaded = load_encoder(run_dir / "model.pt", device)
         source_codes, target_codes = (
             encode_files(loaded.module, file_set, loaded.input_size, device=device)
@@ -609,11 +613,6 @@ COMPARISONS = (  # (A, B): "A beats B" when the paired interval of A − B lies 
 )
 
 
-def _fmt(values: Sequence[float]) -> str:
-    mean, std = mean_std(values)
-    return f"{mean:.4f} ± {std:.4f}"
-
-
 def _protocol_sentence(runs: Sequence[dict[str, Any]]) -> str:
     protocols = sorted({int(r.get("split_protocol", 1)) for r in runs})
     if protocols == [2]:
@@ -732,7 +731,7 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
                 "|---:|---|---|---|---|---:|---:|",
             ]
             for (bits, label), members in sorted(cells.items()):
-                shown = [_fmt([m[protocol][key] for m in members]) for key in METRICS]
+                shown = [format_mean_std([m[protocol][key] for m in members]) for key in METRICS]
                 seconds = statistics.fmean(m["train_seconds"] for m in members)
                 lines.append(f"| {bits} | {label} | {' | '.join(shown)} | {len(members)} | {seconds:.0f} |")
             lines.append("")
@@ -756,7 +755,8 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
                 )
         refs = [c["test"] for c in cosine if c["task"] == task]
         if refs:
-            lines += ["", f"No hashing (cosine similarity of the backbone's features): {_fmt(refs)} MAP@all."]
+            reference = format_mean_std(refs)
+            lines += ["", f"No hashing (cosine similarity of the backbone's features): {reference} MAP@all."]
     return "\n".join([*lines, *_stage_times(read_lines(out / "timing.jsonl"))]) + "\n"
 
 

@@ -45,7 +45,7 @@ from scripts.bench import (
     read_lines,
     time_training,
 )
-from scripts.bench_stats import describe_run, mean_std, paired_difference
+from scripts.bench_stats import describe_run, format_mean_std, paired_difference
 
 GPU_TASKS = ("photo-cartoon", "photo-sketch")
 VARIANT = "finetune-defaults"  # the product's finetune presets and schedule, untuned on these tasks
@@ -71,7 +71,7 @@ def smoke(settings: Settings, out: Path, steps: int) -> dict[str, Any]:
     config = TrainConfig(method="metah", mode="finetune", iterations=steps, device=settings.device, eval_queries=20)
     started = time.perf_counter()
     result = train(config, photos, photos, settings.work / "smoke", show_progress=False)
-    device = "cuda" if torch.cuda.is_available() and settings.device != "cpu" else "cpu"
+    device = settings.scoring_device()
     loaded = load_encoder(result.paths.model, device)
     files = list_labelled_folder(photos).take(torch.arange(64).numpy())
     codes = encode_files(loaded.module, files, loaded.input_size, device=device)
@@ -136,10 +136,10 @@ def report(runs: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any]], fr
             by_seed = {r["seed"]: r["map_all"] for r in rows["test"]}
             seeds = sorted(by_seed)
             frozen_by_seed = _frozen_test(frozen, task, method, seeds)
-            cells = [_fmt([r["map_all"] for r in rows[s]]) for s in ("validation", "test")]
+            cells = [format_mean_std([r["map_all"] for r in rows[s]]) for s in ("validation", "test")]
             paired = ""
             if frozen_by_seed and sorted(frozen_by_seed) == seeds:
-                cells.append(_fmt([frozen_by_seed[s] for s in seeds]))
+                cells.append(format_mean_std([frozen_by_seed[s] for s in seeds]))
                 diff = paired_difference([by_seed[s] for s in seeds], [frozen_by_seed[s] for s in seeds])
                 if len(seeds) > 1:  # one seed has no interval
                     paired = f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]"
@@ -159,11 +159,6 @@ def report(runs: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any]], fr
             f"**{t['wall_seconds']:.1f} s** on {t['device']} ({t['date']}, commit `{t['commit']}`, {t['machine']}).",
         ]
     return "\n".join(lines) + "\n"
-
-
-def _fmt(values: Sequence[float]) -> str:
-    mean, std = mean_std(values)
-    return f"{mean:.4f} ± {std:.4f}"
 
 
 def main() -> None:

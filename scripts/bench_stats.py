@@ -39,6 +39,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def format_mean_std(values: Sequence[float]) -> str:
+    """``mean ± sample std`` to four places, as the benchmark tables print them."""
+    mean, std = mean_std(values)
+    return f"{mean:.4f} ± {std:.4f}"
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     """Mean of ``a − b`` over paired seeds with its 95 % t confidence interval; ``holds`` when it excludes 0."""
     diffs = [x - y for x, y in zip(a, b, strict=True)]

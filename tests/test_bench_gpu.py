@@ -8,9 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+import torch
+
 from model.objective import method_weights
 from scripts.bench import GRID, RunSpec, Settings, may_start, one_run, run_config, run_mode
 from scripts.bench_gpu import GPU_TASKS, VARIANT, report, specs
+from scripts.bench_stats import format_mean_std
 
 SETTINGS = Settings(Path("work"), Path("pacs"), Path("cache"), None, "auto", 1, 0)
 SHIPPED_PACS = Path(__file__).resolve().parents[1] / "data" / "pacs"
@@ -41,6 +45,18 @@ def test_a_spec_s_own_settings_win_over_the_benchmark_s_task_settings() -> None:
     assert run_config(own, shorter).steps == 7
     digits = RunSpec("mnist-usps", "metah", 64, 0, "v", method_weights("metah"), "table")
     assert run_mode(digits) == "finetune" and run_config(digits, SETTINGS).backbone == "lenet"
+
+
+def test_tables_print_mean_and_sample_std_and_artefacts_encode_on_the_cpu_unless_a_gpu_is_asked_for_and_present(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert format_mean_std([0.5, 0.7]) == "0.6000 ± 0.1414"  # sample std (n − 1), not the population's 0.1
+    assert format_mean_std([0.25]) == "0.2500 ± 0.0000"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert replace(SETTINGS, device="cpu").scoring_device() == "cpu"
+    assert SETTINGS.scoring_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert SETTINGS.scoring_device() == "cpu"
 
 
 def test_no_run_starts_that_the_longest_finished_run_says_would_end_after_the_budget() -> None:
