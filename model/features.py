@@ -121,11 +121,11 @@ class _ViewsDataset(Dataset[_Item]):
             image = torch.from_numpy(decode_image(data, self.size)).permute(2, 0, 1)
         except DataError as exc:
             return _Item(position, key, None, 0, str(exc))
-        views = _draw_views(image, key, missing[0], self.views, self.cache.grey, self.cache.drawing)
+        views = draw_views(image, key, missing[0], self.views, self.cache.grey, self.cache.drawing)
         return _Item(position, key, views, missing[0])
 
 
-def _draw_views(image: torch.Tensor, key: str, first: int, views: int, grey: float, drawing: float) -> torch.Tensor:
+def draw_views(image: torch.Tensor, key: str, first: int, views: int, grey: float, drawing: float) -> torch.Tensor:
     """uint8 ``[views - first, 3, H, W]``: view 0 is the image itself, view v > 0 an augmentation seeded by
     ``(key, v)``, greyscale with probability ``grey``, redrawn as a drawing with probability ``drawing``."""
     plain = image.float().div(255.0)
