@@ -11,7 +11,9 @@ same start and with the same draws:
 
 * ``heads``: the heads alone (the control: what more steps give);
 * ``tail``: the heads and the head convolution with its batch norm's scale and shift (its statistics kept), at the
-  same learning rate.
+  same learning rate;
+* ``tail-0.1``: the same at a tenth of the heads' learning rate for the tail (the finetune mode's
+  ``backbone_lr_mult``).
 
 Each arm is scored on the validation queries only (the target's shared validation tenth against the photo
 database, codes of the plain view, as the exported encoder computes them); no test query is read.
@@ -57,7 +59,8 @@ from workbench.machine import machine
 from workbench.output import generated_by, write_results
 
 VIEWS = 2  # the frozen default's feature_views: the plain image and one augmented view
-ARMS = ("heads", "tail")
+# arm -> the tail's learning rate as a multiple of the heads' (None: the tail stays frozen)
+ARMS: dict[str, float | None] = {"heads": None, "tail": 1.0, "tail-0.1": 0.1}
 
 
 def lite0() -> EfficientNet:
@@ -123,16 +126,19 @@ def validation_map(heads: Heads, tail: Tail, data: dict[str, Any]) -> float:
 
 
 def continue_run(arm: str, checkpoint: Path, data: dict[str, Any], steps: int, lr: float, seed: int) -> dict[str, Any]:
-    """Train the checkpoint's (averaged) heads, and in the ``tail`` arm the tail too, for ``steps`` Adam steps at a
+    """Train the checkpoint's (averaged) heads, and in the ``tail`` arms the tail too, for ``steps`` Adam steps at a
     constant ``lr`` (the adversary's reversal stays at the run's final strength); score before and after."""
     torch.manual_seed(seed)  # the heads' dropout: the same in both arms
     restored = restore_network(checkpoint)
     heads, weights = restored.net.heads, restored.config.weights
     tail = Tail(lite0())
-    tail.requires_grad_(arm == "tail")
+    tail_mult = ARMS[arm]
+    tail.requires_grad_(tail_mult is not None)
     before = validation_map(heads, tail, data)
-    parameters = [*heads.parameters(), *(tail.parameters() if arm == "tail" else [])]
-    optimizer = torch.optim.Adam(parameters, lr=lr)
+    groups: list[dict[str, Any]] = [{"params": list(heads.parameters())}]
+    if tail_mult is not None:
+        groups.append({"params": list(tail.parameters()), "lr": lr * tail_mult})
+    optimizer = torch.optim.Adam(groups, lr=lr)
     sampler = BatchSampler(seed)
     source, target, labels = data["source"], data["target"], data["source_labels_tensor"]
     train_rows = torch.from_numpy(data["train"])
@@ -145,7 +151,7 @@ def continue_run(arm: str, checkpoint: Path, data: dict[str, Any], steps: int, l
         rows = train_rows[draw.target]
         views = sampler.integers(VIEWS, 2 * batch)
         taps = torch.cat([source[draw.source, views[:batch]], target[rows, views[batch:]]])
-        with torch.set_grad_enabled(arm == "tail"):
+        with torch.set_grad_enabled(tail_mult is not None):
             features = tail(taps)
         loss, _ = compute_objective(heads(features), labels[draw.source], weights, heads.grl.coeff)
         optimizer.zero_grad(set_to_none=True)
@@ -199,8 +205,9 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"{generated_by(results)} Each benchmark run of the frozen MeTAH default (split protocol 2, 64 bits) "
         f"continued for {results['steps']} steps at a constant learning rate {results['lr']:g}: the heads alone, "
-        "or the heads and the head convolution. **Validation** MAP@all (target validation queries against the "
-        "photo database); Δ: after minus the run's own score; mean ± sample std over the seeds.",
+        "or the heads and the head convolution (at the same rate, `tail`, or a tenth of it, `tail-0.1`). "
+        "**Validation** MAP@all (target validation queries against the photo database); Δ: after minus the run's "
+        "own score; mean ± sample std over the seeds.",
         "",
         "| task | arm | seeds | run's own | after | Δ | Δ per seed | s / step (1 thread) |",
         "|---|---|---:|---:|---:|---:|---|---:|",
