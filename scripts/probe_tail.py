@@ -110,18 +110,19 @@ class Tail(nn.Module):
         return features
 
 
-def validation_map(heads: Heads, tail: Tail, data: dict[str, Any]) -> float:
-    """MAP@all of the plain view's codes: validation queries against every source image."""
+def codes(heads: Heads, tail: Tail, taps: torch.Tensor) -> np.ndarray:
+    """±1 codes of the plain views (view 0 of ``[N, views, 320, 7, 7]`` taps), as the exported encoder computes them."""
     heads.eval()
     tail.eval()
     projection = heads.hash.projection()
     with torch.no_grad():
-        codes = [
-            signs(torch.cat([projection(tail(taps[start : start + 256, 0])) for start in range(0, len(taps), 256)]))
-            for taps in (data["source"], data["target"])
-        ]
-    queries = data["validation"]
-    metrics = evaluate_retrieval(codes[1][queries], data["target_labels"][queries], codes[0], data["source_labels"])
+        return signs(torch.cat([projection(tail(taps[start : start + 256, 0])) for start in range(0, len(taps), 256)]))
+
+
+def validation_map(heads: Heads, tail: Tail, data: dict[str, Any]) -> float:
+    """MAP@all of the plain views' codes: validation queries against every source image."""
+    source, target, queries = codes(heads, tail, data["source"]), codes(heads, tail, data["target"]), data["validation"]
+    metrics = evaluate_retrieval(target[queries], data["target_labels"][queries], source, data["source_labels"])
     return float(metrics.map_all)
 
 
