@@ -39,10 +39,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def format_mean_std(values: Sequence[float]) -> str:
-    """``mean ± sample std`` to four places, as the benchmark tables print them."""
+def format_mean_std(values: Sequence[float], *, signed: bool = False) -> str:
+    """``mean ± sample std`` to four places, as the benchmark tables print them; ``signed``: the mean with its sign
+    (a change)."""
     mean, std = mean_std(values)
-    return f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:{'+' if signed else ''}.4f} ± {std:.4f}"
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:

@@ -54,6 +54,7 @@ from model.normalize import Normalize
 from model.objective import compute_objective
 from model.preprocess import decode_image
 from scripts.bench import TASKS, Settings, product_choice, signs, task_files
+from scripts.bench_stats import format_mean_std
 from scripts.probe_features import features_by_domain
 from workbench.machine import machine
 from workbench.output import generated_by, write_results
@@ -194,12 +195,6 @@ def probe_run(task: str, seed: int, args: argparse.Namespace) -> list[dict[str, 
     ]
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:+.4f}"
-    return f"{statistics.mean(values):+.4f} ± {statistics.stdev(values):.4f}"
-
-
 def report(results: dict[str, Any]) -> str:
     lines = [
         "# Partial fine-tuning on the CPU: Lite0's head convolution trained after the frozen run",
@@ -219,7 +214,7 @@ def report(results: dict[str, Any]) -> str:
             deltas = [row["after"] - row["before"] for row in rows]
             lines.append(
                 f"| {task} | {arm} | {len(rows)} | {statistics.mean(r['before'] for r in rows):.4f} "
-                f"| {statistics.mean(r['after'] for r in rows):.4f} | {_mean_std(deltas)} "
+                f"| {statistics.mean(r['after'] for r in rows):.4f} | {format_mean_std(deltas, signed=True)} "
                 f"| {', '.join(f'{d:+.3f}' for d in deltas)} "
                 f"| {statistics.mean(r['seconds_per_step'] for r in rows):.3f} |"
             )
