@@ -1,0 +1,155 @@
+"""Where do the frozen photo models fail? MAP@all per class, and what ImageNet's own classifier makes of each class.
+
+For each PACS task and each method's frozen preset (:func:`scripts.bench.product_choice`), the benchmark's
+protocol-2 runs (``--work``, 5 seeds) encode every image the way the exported encoder does, from the head
+convolution's input cached by ``scripts.probe_tail`` (``--taps``; computed first when missing). The target's
+**validation** queries (the tenth every seed shares) are scored against the photo database class by class: MAP@all
+of the queries of each class, mean over the seeds. Next to it, EfficientNet-Lite0's ImageNet classifier (the
+backbone's pretrained 1,000-class head, which the frozen features were trained for) on the same images: the
+probability it puts on ImageNet's 118 dog breeds (classes 151–268), on the photos and on the target's validation
+queries — whether the frozen features recognise a class in the target domain at all.
+
+    .venv/bin/python -m scripts.probe_classes --pacs ../shared/data/pacs --work var/bench-split2 \\
+        --out benchmarks/retrieval-tail/classes
+
+Writes ``OUT.json`` and ``OUT.md``. No test query is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.models.efficientnet import EfficientNet
+
+from model.backbones import efficientnet_lite_imagenet
+from model.evaluate import shared_label_ids
+from model.factory import restore_network
+from model.metrics import evaluate_retrieval
+from scripts.bench import METHODS, TASKS, Settings, product_choice, task_files
+from scripts.probe_features import features_by_domain
+from scripts.probe_tail import Tail, codes, extract, lite0
+from workbench.machine import machine
+from workbench.output import generated_by, write_results
+
+DOG_BREEDS = slice(151, 269)  # ImageNet-1k's dog breeds, Chihuahua (151) to Mexican hairless (268)
+
+
+def dog_mass(taps: torch.Tensor) -> np.ndarray:
+    """The ImageNet classifier's probability on dog breeds for the plain view of each image (``[N]``)."""
+    tail = Tail(lite0()).eval()
+    imagenet = efficientnet_lite_imagenet("efficientnet_lite0")
+    classifier = imagenet.classifier if isinstance(imagenet, EfficientNet) else None
+    assert isinstance(classifier, torch.nn.Linear)
+    with torch.no_grad():
+        logits = torch.cat([classifier(tail(taps[start : start + 256, 0])) for start in range(0, len(taps), 256)])
+    return torch.softmax(logits, dim=1)[:, DOG_BREEDS].sum(1).numpy()
+
+
+def per_class_map(query: np.ndarray, query_labels: np.ndarray, db: np.ndarray, db_labels: np.ndarray) -> list[float]:
+    """MAP@all of each class's queries (NaN for a class without queries)."""
+    return [
+        float(evaluate_retrieval(query[query_labels == k], query_labels[query_labels == k], db, db_labels).map_all)
+        if np.any(query_labels == k)
+        else float("nan")
+        for k in range(int(db_labels.max()) + 1)
+    ]
+
+
+def probe_task(task: str, seeds: Sequence[int], args: argparse.Namespace) -> dict[str, Any]:
+    settings = Settings(args.work, args.pacs, args.work, None, "cpu", 1, 0, split_protocol=2)
+    files = task_files(task, args.work, args.pacs)
+    target_labels, source_labels = shared_label_ids(files.target, files.source)
+    source_taps, target_taps = (
+        torch.from_numpy(np.load(args.taps / f"{domain}.npz")["taps"])
+        for domain in (TASKS[task].source, TASKS[task].target)
+    )
+    validation = settings.split(task, seeds[0]).validation  # the same tenth for every seed (protocol 2)
+    queries = target_labels[validation]
+    tail = Tail(lite0())
+    choice = product_choice("frozen")
+    maps: dict[str, list[list[float]]] = {method: [] for method in METHODS}
+    for method in METHODS:
+        for seed in seeds:
+            run = settings.run_dir(f"{task}/{method}/64/{seed}/{choice['frozen', method]}")
+            heads = restore_network(run / "checkpoint.pt").net.heads
+            database, target = codes(heads, tail, source_taps), codes(heads, tail, target_taps)
+            maps[method].append(per_class_map(target[validation], queries, database, source_labels))
+    photo_mass, target_mass = dog_mass(source_taps), dog_mass(target_taps[validation])
+    classes = list(files.source.classes)
+    return {
+        "task": task,
+        "variants": {method: choice["frozen", method] for method in METHODS},
+        "classes": [
+            {
+                "class": name,
+                "queries": int(np.sum(queries == k)),
+                "query_share": float(np.mean(queries == k)),
+                "map": {method: statistics.mean(row[k] for row in maps[method]) for method in METHODS},
+                "dog_mass_photo": float(photo_mass[source_labels == k].mean()),
+                "dog_mass_target": float(target_mass[queries == k].mean()) if np.any(queries == k) else float("nan"),
+            }
+            for k, name in enumerate(classes)
+        ],
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [
+        "# Where the frozen photo models fail: validation MAP@all per class",
+        "",
+        f"{generated_by(results)} Each method's frozen preset, its benchmark runs under split protocol 2 (64 bits, "
+        f"seeds {', '.join(map(str, results['seeds']))}); the target's validation queries of each class against the "
+        "photo database, MAP@all averaged over the seeds. *Dog mass*: the probability Lite0's own ImageNet "
+        "classifier puts on ImageNet's 118 dog breeds, mean over the class's photos and its validation queries.",
+    ]
+    for task in results["tasks"]:
+        lines += [
+            "",
+            f"## {task['task']}",
+            "",
+            "| class | queries | "
+            + " | ".join(f"{method} MAP" for method in METHODS)
+            + " | dog mass: photos | target |",
+            "|---|---:|" + "---:|" * len(METHODS) + "---:|---:|",
+        ]
+        lines += [_row(row) for row in task["classes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _row(row: dict[str, Any]) -> str:
+    maps = " | ".join(f"{row['map'][method]:.3f}" for method in METHODS)
+    return (
+        f"| {row['class']} | {row['queries']} ({row['query_share']:.0%}) | {maps} "
+        f"| {row['dog_mass_photo']:.2f} | {row['dog_mass_target']:.2f} |"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pacs", type=Path, default=Path("../shared/data/pacs"))
+    parser.add_argument("--work", type=Path, default=Path("var/bench-split2"), help="scripts.bench's work folder")
+    parser.add_argument("--taps", type=Path, default=Path("var/probe-tail"))
+    parser.add_argument("--tasks", nargs="+", default=["photo-cartoon", "photo-sketch"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/retrieval-tail/classes"))
+    args = parser.parse_args(argv)
+    features_by_domain(extract, args.pacs, args.taps, args.processes)
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "command": "python -m scripts.probe_classes " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+        "seeds": args.seeds,
+        "tasks": [probe_task(task, args.seeds, args) for task in args.tasks],
+    }
+    write_results(args.out, results, report(results))
+
+
+if __name__ == "__main__":
+    main()
