@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,12 +27,11 @@ import torch
 from timm.models.efficientnet import EfficientNet
 
 from model.backbones import efficientnet_lite_imagenet
-from model.evaluate import shared_label_ids
 from model.factory import restore_network
 from model.metrics import evaluate_retrieval
-from scripts.bench import METHODS, TASKS, Settings, product_choice, task_files
+from scripts.bench import METHODS, product_choice
 from scripts.probe_features import features_by_domain
-from scripts.probe_tail import Tail, codes, extract, lite0
+from scripts.probe_tail import Tail, codes, extract, lite0, probe_parser, task_taps
 from workbench.machine import machine
 from workbench.output import generated_by, write_results
 
@@ -62,13 +60,9 @@ def per_class_map(query: np.ndarray, query_labels: np.ndarray, db: np.ndarray, d
 
 
 def probe_task(task: str, seeds: Sequence[int], args: argparse.Namespace) -> dict[str, Any]:
-    settings = Settings(args.work, args.pacs, args.work, None, "cpu", 1, 0, split_protocol=2)
-    files = task_files(task, args.work, args.pacs)
-    target_labels, source_labels = shared_label_ids(files.target, files.source)
-    source_taps, target_taps = (
-        torch.from_numpy(np.load(args.taps / f"{domain}.npz")["taps"])
-        for domain in (TASKS[task].source, TASKS[task].target)
-    )
+    taps = task_taps(task, args)
+    settings, source_taps, target_taps = taps.settings, taps.source, taps.target
+    source_labels, target_labels = taps.source_labels, taps.target_labels
     validation = settings.split(task, seeds[0]).validation  # the same tenth for every seed (protocol 2)
     queries = target_labels[validation]
     tail = Tail(lite0())
@@ -81,7 +75,7 @@ def probe_task(task: str, seeds: Sequence[int], args: argparse.Namespace) -> dic
             database, target = codes(heads, tail, source_taps), codes(heads, tail, target_taps)
             maps[method].append(per_class_map(target[validation], queries, database, source_labels))
     photo_mass, target_mass = dog_mass(source_taps), dog_mass(target_taps[validation])
-    classes = list(files.source.classes)
+    classes = taps.classes
     return {
         "task": task,
         "variants": {method: choice["frozen", method] for method in METHODS},
@@ -131,15 +125,7 @@ def _row(row: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pacs", type=Path, default=Path("../shared/data/pacs"))
-    parser.add_argument("--work", type=Path, default=Path("var/bench-split2"), help="scripts.bench's work folder")
-    parser.add_argument("--taps", type=Path, default=Path("var/probe-tail"))
-    parser.add_argument("--tasks", nargs="+", default=["photo-cartoon", "photo-sketch"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/retrieval-tail/classes"))
-    args = parser.parse_args(argv)
+    args = probe_parser(__doc__.split("\n\n")[0], "benchmarks/retrieval-tail/classes").parse_args(argv)
     features_by_domain(extract, args.pacs, args.taps, args.processes)
     torch.set_num_threads(1)
     results: dict[str, Any] = {

@@ -33,6 +33,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -163,25 +164,57 @@ def continue_run(arm: str, checkpoint: Path, data: dict[str, Any], steps: int, l
     return {"before": before, "after": validation_map(heads, tail, data), "seconds_per_step": seconds}
 
 
-def probe_run(task: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Both arms for one benchmark run (one task and seed), in this process on one thread."""
-    torch.set_num_threads(1)
+@dataclass(frozen=True)
+class TaskTaps:
+    """One task's cached taps (source and target, in the PACS folders' order) and labels, and the benchmark
+    settings (split protocol 2) its runs were made with."""
+
+    settings: Settings
+    source: torch.Tensor
+    target: torch.Tensor
+    source_labels: np.ndarray
+    target_labels: np.ndarray
+    classes: list[str]
+
+
+def task_taps(task: str, args: argparse.Namespace) -> TaskTaps:
     settings = Settings(args.work, args.pacs, args.work, None, "cpu", 1, 0, split_protocol=2)
     files = task_files(task, args.work, args.pacs)
-    split = settings.split(task, seed)
     target_labels, source_labels = shared_label_ids(files.target, files.source)
-    source_taps, target_taps = (
+    source, target = (
         torch.from_numpy(np.load(args.taps / f"{domain}.npz")["taps"])
         for domain in (TASKS[task].source, TASKS[task].target)
     )
-    if len(source_taps) != len(source_labels) or len(target_taps) != len(target_labels):
+    if len(source) != len(source_labels) or len(target) != len(target_labels):
         raise SystemExit(f"{task}: the cached taps do not match the PACS folders; delete {args.taps} and re-run")
+    return TaskTaps(settings, source, target, source_labels, target_labels, list(files.source.classes))
+
+
+def probe_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every probe of the frozen benchmark runs takes (``out``: the default report path)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--pacs", type=Path, default=Path("../shared/data/pacs"))
+    parser.add_argument("--work", type=Path, default=Path("var/bench-split2"), help="scripts.bench's work folder")
+    parser.add_argument("--taps", type=Path, default=Path("var/probe-tail"))
+    parser.add_argument("--tasks", nargs="+", default=["photo-cartoon", "photo-sketch"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(out))
+    return parser
+
+
+def probe_run(task: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Both arms for one benchmark run (one task and seed), in this process on one thread."""
+    torch.set_num_threads(1)
+    taps = task_taps(task, args)
+    settings = taps.settings
+    split = settings.split(task, seed)
     data = {
-        "source": source_taps,
-        "target": target_taps,
-        "source_labels": source_labels,
-        "source_labels_tensor": torch.from_numpy(source_labels).long(),
-        "target_labels": target_labels,
+        "source": taps.source,
+        "target": taps.target,
+        "source_labels": taps.source_labels,
+        "source_labels_tensor": torch.from_numpy(taps.source_labels).long(),
+        "target_labels": taps.target_labels,
         "validation": split.validation,
         "train": split.train,
     }
@@ -222,16 +255,9 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pacs", type=Path, default=Path("../shared/data/pacs"))
-    parser.add_argument("--work", type=Path, default=Path("var/bench-split2"), help="scripts.bench's work folder")
-    parser.add_argument("--taps", type=Path, default=Path("var/probe-tail"))
-    parser.add_argument("--tasks", nargs="+", default=["photo-cartoon", "photo-sketch"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = probe_parser(__doc__.split("\n\n")[0], "benchmarks/retrieval-tail/probe")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/retrieval-tail/probe"))
     args = parser.parse_args(argv)
     features_by_domain(extract, args.pacs, args.taps, args.processes)
     tasks = [task for task in args.tasks for _ in args.seeds]
