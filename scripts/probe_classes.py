@@ -24,14 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.models.efficientnet import EfficientNet
 
 from model.backbones import efficientnet_lite_imagenet
 from model.factory import restore_network
 from model.metrics import evaluate_retrieval
 from scripts.bench import METHODS, product_choice
 from scripts.probe_features import features_by_domain
-from scripts.probe_tail import Tail, codes, extract, lite0, probe_parser, task_taps
+from scripts.probe_tail import Tail, benchmark_settings, codes, efficientnet, extract, lite0, probe_parser, task_taps
 from workbench.machine import machine
 from workbench.output import generated_by, write_results
 
@@ -40,10 +39,8 @@ DOG_BREEDS = slice(151, 269)  # ImageNet-1k's dog breeds, Chihuahua (151) to Mex
 
 def dog_mass(taps: torch.Tensor) -> np.ndarray:
     """The ImageNet classifier's probability on dog breeds for the plain view of each image (``[N]``)."""
-    tail = Tail(lite0()).eval()
-    imagenet = efficientnet_lite_imagenet("efficientnet_lite0")
-    classifier = imagenet.classifier if isinstance(imagenet, EfficientNet) else None
-    assert isinstance(classifier, torch.nn.Linear)
+    imagenet = efficientnet(efficientnet_lite_imagenet("efficientnet_lite0"))
+    tail, classifier = Tail(imagenet).eval(), imagenet.classifier
     with torch.no_grad():
         logits = torch.cat([classifier(tail(taps[start : start + 256, 0])) for start in range(0, len(taps), 256)])
     return torch.softmax(logits, dim=1)[:, DOG_BREEDS].sum(1).numpy()
@@ -60,8 +57,8 @@ def per_class_map(query: np.ndarray, query_labels: np.ndarray, db: np.ndarray, d
 
 
 def probe_task(task: str, seeds: Sequence[int], args: argparse.Namespace) -> dict[str, Any]:
-    taps = task_taps(task, args)
-    settings, source_taps, target_taps = taps.settings, taps.source, taps.target
+    settings, taps = benchmark_settings(args), task_taps(task, args)
+    source_taps, target_taps = taps.source, taps.target
     source_labels, target_labels = taps.source_labels, taps.target_labels
     validation = settings.split(task, seeds[0]).validation  # the same tenth for every seed (protocol 2)
     queries = target_labels[validation]

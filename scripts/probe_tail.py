@@ -6,8 +6,8 @@ scores far higher on photo → cartoon (``benchmarks/retrieval-gpu``), and on tw
 train at all. This probe caches what enters that convolution (the last inverted-residual block's ``320 × 7 × 7``
 output, float16) for the plain image and one augmented view of every PACS photo, cartoon and sketch (the product's
 view recipe, :func:`model.features.draw_views`), then continues each benchmark run of the frozen MeTAH default
-(``scripts.bench --split-protocol 2``, whose checkpoints ``--work`` holds) for ``--steps`` steps, two arms from the
-same start and with the same draws:
+(``scripts.bench --split-protocol 2``, whose checkpoints ``--work`` holds) for ``--steps`` steps, three arms from
+the same start and with the same draws:
 
 * ``heads``: the heads alone (the control: what more steps give);
 * ``tail``: the heads and the head convolution with its batch norm's scale and shift (its statistics kept), at the
@@ -45,6 +45,7 @@ from torch import nn
 
 from model.backbones import build_backbone
 from model.batches import BatchSampler, draw_step
+from model.config import TrainConfig
 from model.data import list_labelled_folder
 from model.evaluate import shared_label_ids
 from model.factory import restore_network
@@ -54,28 +55,33 @@ from model.network import Heads
 from model.normalize import Normalize
 from model.objective import compute_objective
 from model.preprocess import decode_image
-from scripts.bench import TASKS, Settings, product_choice, signs, task_files
+from scripts.bench import TASKS, Settings, Split, product_choice, signs, task_files
 from scripts.bench_stats import format_mean_std
 from scripts.probe_features import features_by_domain
 from workbench.machine import machine
 from workbench.output import generated_by, write_results
 
-VIEWS = 2  # the frozen default's feature_views: the plain image and one augmented view
+# the frozen default's views (TrainConfig.feature_views: the plain image and one augmented view) and their recipe
+VIEW_RECIPE = TrainConfig()
+VIEWS = VIEW_RECIPE.feature_views
 # arm -> the tail's learning rate as a multiple of the heads' (None: the tail stays frozen)
 ARMS: dict[str, float | None] = {"heads": None, "tail": 1.0, "tail-0.1": 0.1}
 
 
-def lite0() -> EfficientNet:
-    module = build_backbone("efficientnet_lite0").module.eval()
+def efficientnet(module: nn.Module) -> EfficientNet:
     assert isinstance(module, EfficientNet)
     return module
+
+
+def lite0() -> EfficientNet:
+    return efficientnet(build_backbone("efficientnet_lite0").module.eval())
 
 
 def extract(folder: Path, out: Path) -> tuple[str, int]:
     """The head convolution's input for :data:`VIEWS` views of every image of one domain → ``out`` (npz)."""
     torch.set_num_threads(1)
     backbone = build_backbone("efficientnet_lite0")
-    module = lite0()
+    module = efficientnet(backbone.module.eval())
     normalize = Normalize(backbone.mean, backbone.std)
     files = list_labelled_folder(folder, what=folder.name)
     taps = np.zeros((len(files.paths), VIEWS, module.conv_head.in_channels, 7, 7), np.float16)
@@ -83,7 +89,9 @@ def extract(folder: Path, out: Path) -> tuple[str, int]:
         for row, path in enumerate(files.paths):
             data = path.read_bytes()
             image = torch.from_numpy(decode_image(data, backbone.input_size)).permute(2, 0, 1)
-            views = draw_views(image, content_key(data), 0, VIEWS, grey=0.0, drawing=0.5)
+            views = draw_views(
+                image, content_key(data), 0, VIEWS, grey=VIEW_RECIPE.feature_grey, drawing=VIEW_RECIPE.feature_drawing
+            )
             x = module.bn1(module.conv_stem(normalize(views.float().div(255.0))))
             taps[row] = module.blocks(x).numpy()
     np.savez(out, taps=taps, labels=files.labels.numpy())
@@ -112,6 +120,34 @@ class Tail(nn.Module):
         return features
 
 
+@dataclass(frozen=True)
+class TaskTaps:
+    """One task's cached taps (source and target, in the PACS folders' order), their labels and the classes."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    source_labels: np.ndarray
+    target_labels: np.ndarray
+    classes: list[str]
+
+
+def benchmark_settings(args: argparse.Namespace) -> Settings:
+    """The settings of the benchmark whose runs the probes read (its work folder, split protocol 2)."""
+    return Settings(args.work, args.pacs, args.work, None, "cpu", 1, 0, split_protocol=2)
+
+
+def task_taps(task: str, args: argparse.Namespace) -> TaskTaps:
+    files = task_files(task, args.work, args.pacs)
+    target_labels, source_labels = shared_label_ids(files.target, files.source)
+    source, target = (
+        torch.from_numpy(np.load(args.taps / f"{domain}.npz")["taps"])
+        for domain in (TASKS[task].source, TASKS[task].target)
+    )
+    if len(source) != len(source_labels) or len(target) != len(target_labels):
+        raise SystemExit(f"{task}: the cached taps do not match the PACS folders; delete {args.taps} and re-run")
+    return TaskTaps(source, target, source_labels, target_labels, list(files.source.classes))
+
+
 def codes(heads: Heads, tail: Tail, taps: torch.Tensor) -> np.ndarray:
     """±1 codes of the plain views (view 0 of ``[N, views, 320, 7, 7]`` taps), as the exported encoder computes them."""
     heads.eval()
@@ -121,30 +157,33 @@ def codes(heads: Heads, tail: Tail, taps: torch.Tensor) -> np.ndarray:
         return signs(torch.cat([projection(tail(taps[start : start + 256, 0])) for start in range(0, len(taps), 256)]))
 
 
-def validation_map(heads: Heads, tail: Tail, data: dict[str, Any]) -> float:
-    """MAP@all of the plain views' codes: validation queries against every source image."""
-    source, target, queries = codes(heads, tail, data["source"]), codes(heads, tail, data["target"]), data["validation"]
-    metrics = evaluate_retrieval(target[queries], data["target_labels"][queries], source, data["source_labels"])
+def validation_map(heads: Heads, tail: Tail, taps: TaskTaps, validation: np.ndarray) -> float:
+    """MAP@all of the plain views' codes: the ``validation`` target rows against every source image."""
+    source, target = codes(heads, tail, taps.source), codes(heads, tail, taps.target)
+    metrics = evaluate_retrieval(target[validation], taps.target_labels[validation], source, taps.source_labels)
     return float(metrics.map_all)
 
 
-def continue_run(arm: str, checkpoint: Path, data: dict[str, Any], steps: int, lr: float, seed: int) -> dict[str, Any]:
+def continue_run(
+    arm: str, checkpoint: Path, taps: TaskTaps, split: Split, steps: int, lr: float, seed: int
+) -> dict[str, Any]:
     """Train the checkpoint's (averaged) heads, and in the ``tail`` arms the tail too, for ``steps`` Adam steps at a
-    constant ``lr`` (the adversary's reversal stays at the run's final strength); score before and after."""
-    torch.manual_seed(seed)  # the heads' dropout: the same in both arms
+    constant ``lr`` on the source and the split's unlabelled target rows (the adversary's reversal stays at the
+    run's final strength); score the split's validation rows before and after."""
+    torch.manual_seed(seed)  # the heads' dropout: the same in every arm
     restored = restore_network(checkpoint)
     heads, weights = restored.net.heads, restored.config.weights
     tail = Tail(lite0())
     tail_mult = ARMS[arm]
     tail.requires_grad_(tail_mult is not None)
-    before = validation_map(heads, tail, data)
+    before = validation_map(heads, tail, taps, split.validation)
     groups: list[dict[str, Any]] = [{"params": list(heads.parameters())}]
     if tail_mult is not None:
         groups.append({"params": list(tail.parameters()), "lr": lr * tail_mult})
     optimizer = torch.optim.Adam(groups, lr=lr)
     sampler = BatchSampler(seed)
-    source, target, labels = data["source"], data["target"], data["source_labels_tensor"]
-    train_rows = torch.from_numpy(data["train"])
+    source, target, labels = taps.source, taps.target, torch.from_numpy(taps.source_labels).long()
+    train_rows = torch.from_numpy(split.train)
     batch = restored.config.batch_size
     started = time.perf_counter()
     for _ in range(steps):
@@ -153,41 +192,15 @@ def continue_run(arm: str, checkpoint: Path, data: dict[str, Any], steps: int, l
         draw = draw_step(sampler, len(source), len(train_rows), batch)
         rows = train_rows[draw.target]
         views = sampler.integers(VIEWS, 2 * batch)
-        taps = torch.cat([source[draw.source, views[:batch]], target[rows, views[batch:]]])
+        inputs = torch.cat([source[draw.source, views[:batch]], target[rows, views[batch:]]])
         with torch.set_grad_enabled(tail_mult is not None):
-            features = tail(taps)
+            features = tail(inputs)
         loss, _ = compute_objective(heads(features), labels[draw.source], weights, heads.grl.coeff)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     seconds = (time.perf_counter() - started) / steps
-    return {"before": before, "after": validation_map(heads, tail, data), "seconds_per_step": seconds}
-
-
-@dataclass(frozen=True)
-class TaskTaps:
-    """One task's cached taps (source and target, in the PACS folders' order) and labels, and the benchmark
-    settings (split protocol 2) its runs were made with."""
-
-    settings: Settings
-    source: torch.Tensor
-    target: torch.Tensor
-    source_labels: np.ndarray
-    target_labels: np.ndarray
-    classes: list[str]
-
-
-def task_taps(task: str, args: argparse.Namespace) -> TaskTaps:
-    settings = Settings(args.work, args.pacs, args.work, None, "cpu", 1, 0, split_protocol=2)
-    files = task_files(task, args.work, args.pacs)
-    target_labels, source_labels = shared_label_ids(files.target, files.source)
-    source, target = (
-        torch.from_numpy(np.load(args.taps / f"{domain}.npz")["taps"])
-        for domain in (TASKS[task].source, TASKS[task].target)
-    )
-    if len(source) != len(source_labels) or len(target) != len(target_labels):
-        raise SystemExit(f"{task}: the cached taps do not match the PACS folders; delete {args.taps} and re-run")
-    return TaskTaps(settings, source, target, source_labels, target_labels, list(files.source.classes))
+    return {"before": before, "after": validation_map(heads, tail, taps, split.validation), "seconds_per_step": seconds}
 
 
 def probe_parser(description: str, out: str) -> argparse.ArgumentParser:
@@ -204,26 +217,21 @@ def probe_parser(description: str, out: str) -> argparse.ArgumentParser:
 
 
 def probe_run(task: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Both arms for one benchmark run (one task and seed), in this process on one thread."""
+    """Every arm for one benchmark run (one task and seed), in this process on one thread."""
     torch.set_num_threads(1)
-    taps = task_taps(task, args)
-    settings = taps.settings
-    split = settings.split(task, seed)
-    data = {
-        "source": taps.source,
-        "target": taps.target,
-        "source_labels": taps.source_labels,
-        "source_labels_tensor": torch.from_numpy(taps.source_labels).long(),
-        "target_labels": taps.target_labels,
-        "validation": split.validation,
-        "train": split.train,
-    }
+    settings = benchmark_settings(args)
+    taps, split = task_taps(task, args), settings.split(task, seed)
     variant = product_choice("frozen")["frozen", "metah"]
     checkpoint = settings.run_dir(f"{task}/metah/64/{seed}/{variant}") / "checkpoint.pt"
     if not checkpoint.exists():
         raise SystemExit(f"no benchmark run at {checkpoint}: run scripts.bench --split-protocol 2 first")
     return [
-        {"task": task, "seed": seed, "arm": arm, **continue_run(arm, checkpoint, data, args.steps, args.lr, seed)}
+        {
+            "task": task,
+            "seed": seed,
+            "arm": arm,
+            **continue_run(arm, checkpoint, taps, split, args.steps, args.lr, seed),
+        }
         for arm in ARMS
     ]
 

@@ -20,7 +20,8 @@ from model.export import load_encoder
 from model.factory import restore_network
 from model.preprocess import decode_image
 from model.train import train
-from scripts.probe_tail import ARMS, Tail, codes, continue_run, extract, lite0, report
+from scripts.bench import Split
+from scripts.probe_tail import ARMS, Tail, TaskTaps, codes, continue_run, extract, lite0, report
 
 PACS = Path(__file__).resolve().parents[1] / "data" / "pacs"
 CLASSES = ("dog", "giraffe", "house")
@@ -56,24 +57,24 @@ def frozen_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     train(config, source, unlabelled, root / "run", show_progress=False)
     for folder in (source, target):
         extract(folder, root / f"{folder.name}.npz")
-    taps = {name: np.load(root / f"{name}.npz") for name in ("photo", "cartoon")}
+    arrays = {name: np.load(root / f"{name}.npz") for name in ("photo", "cartoon")}
     target_labels, source_labels = shared_label_ids(list_labelled_folder(target), list_labelled_folder(source))
-    data = {
-        "source": torch.from_numpy(taps["photo"]["taps"]),
-        "target": torch.from_numpy(taps["cartoon"]["taps"]),
-        "source_labels": source_labels,
-        "source_labels_tensor": torch.from_numpy(source_labels).long(),
-        "target_labels": target_labels,
-        "validation": np.arange(len(target_labels)),
-        "train": np.arange(len(target_labels)),
-    }
-    return {"root": root, "source": source, "target": target, "data": data}
+    taps = TaskTaps(
+        torch.from_numpy(arrays["photo"]["taps"]),
+        torch.from_numpy(arrays["cartoon"]["taps"]),
+        source_labels,
+        target_labels,
+        list(CLASSES),
+    )
+    every = np.arange(len(target_labels))
+    split = Split(validation=every, test=every, train=every, train_dir=unlabelled)
+    return {"root": root, "source": source, "target": target, "taps": taps, "split": split}
 
 
 def test_taps_hold_a_plain_and_an_augmented_view_and_the_tail_turns_them_into_the_backbone_s_features(
     frozen_run: dict[str, Any],
 ) -> None:
-    taps = frozen_run["data"]["source"]
+    taps = frozen_run["taps"].source
     assert taps.shape == (12, 2, 320, 7, 7) and taps.dtype == torch.float16
     assert float((taps[:, 0].float() - taps[:, 1].float()).abs().mean()) > 0.05  # view 1 is another picture
     restored = restore_network(frozen_run["root"] / "run" / "checkpoint.pt")
@@ -92,7 +93,7 @@ def _images(folder: Path) -> torch.Tensor:
 def test_the_probe_s_codes_are_the_exported_encoder_s(frozen_run: dict[str, Any]) -> None:
     root = frozen_run["root"]
     restored = restore_network(root / "run" / "checkpoint.pt")
-    probe = codes(restored.net.heads, Tail(lite0()), frozen_run["data"]["target"])
+    probe = codes(restored.net.heads, Tail(lite0()), frozen_run["taps"].target)
     loaded = load_encoder(root / "run" / "model.pt")
     artefact = encode_files(loaded.module, list_labelled_folder(frozen_run["target"]), loaded.input_size)
     assert probe.shape == artefact.shape == (9, 64)
@@ -111,10 +112,11 @@ def test_nothing_moves_at_a_zero_learning_rate_and_every_arm_starts_from_the_run
     frozen_run: dict[str, Any],
 ) -> None:
     checkpoint = frozen_run["root"] / "run" / "checkpoint.pt"
-    still = {arm: continue_run(arm, checkpoint, frozen_run["data"], steps=3, lr=0.0, seed=0) for arm in ARMS}
+    taps, split = frozen_run["taps"], frozen_run["split"]
+    still = {arm: continue_run(arm, checkpoint, taps, split, steps=3, lr=0.0, seed=0) for arm in ARMS}
     assert len({row["before"] for row in still.values()}) == 1
     assert all(row["after"] == row["before"] for row in still.values())
-    moved = continue_run("tail", checkpoint, frozen_run["data"], steps=3, lr=0.05, seed=0)
+    moved = continue_run("tail", checkpoint, taps, split, steps=3, lr=0.05, seed=0)
     assert moved["before"] == still["tail"]["before"] and moved["seconds_per_step"] > 0
 
 
