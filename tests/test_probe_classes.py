@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from scripts.bench import METHODS
-from scripts.probe_classes import dog_mass, per_class_map, report
+from scripts.probe_classes import dog_mass, oracle_recall, per_class_map, report
 from scripts.probe_tail import extract
 
 PACS = Path(__file__).resolve().parents[1] / "data" / "pacs"
@@ -22,6 +22,18 @@ def test_map_is_scored_class_by_class_and_a_class_without_queries_has_none() -> 
     queries = np.array([[1, 1], [1, 1], [1, 1]])  # all sit on class 0's codes
     maps = per_class_map(queries, np.array([0, 0, 1]), db, np.array([*db_labels[:3], 2]))
     assert maps[0] == 1.0 and maps[1] < 0.5 and math.isnan(maps[2])
+
+
+def test_the_oracle_reads_a_separable_class_and_not_one_with_shuffled_labels() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = np.repeat(np.arange(3), 40)
+    features = torch.randn(120, 64, generator=generator)  # enough dimensions to fit any labels it trains on
+    features[:, 0] += torch.from_numpy(labels == 0).float() * 6  # class 0 stands apart on one dimension
+    recall = oracle_recall(features, labels, classes=4)
+    assert recall[0] == 1.0 and math.isnan(recall[3])
+    assert max(recall[1], recall[2]) < 0.8  # classes 1 and 2 share one cloud
+    shuffled = np.random.default_rng(0).permutation(labels)
+    assert np.nanmean(oracle_recall(features, shuffled, classes=4)) < 0.6  # it reads held-out labels only
 
 
 def test_imagenet_s_classifier_puts_photo_dogs_on_dog_breeds_and_houses_not(tmp_path: Path) -> None:
@@ -43,6 +55,7 @@ def test_the_report_has_a_row_per_class_with_each_method_s_map() -> None:
         "map": {method: 0.25 for method in METHODS},
         "dog_mass_photo": 0.84,
         "dog_mass_target": 0.05,
+        "oracle_recall": 0.72,
     }
     machine = {"commit": "abc", "date": "2026-12-05", "cpu": "test"}
     results = {
@@ -53,4 +66,4 @@ def test_the_report_has_a_row_per_class_with_each_method_s_map() -> None:
     }
     text = report(results)
     assert "## photo-cartoon" in text
-    assert "| dog | 39 (17%) | 0.250 | 0.250 | 0.250 | 0.84 | 0.05 |" in text
+    assert "| dog | 39 (17%) | 0.250 | 0.250 | 0.250 | 0.84 | 0.05 | 0.72 |" in text
