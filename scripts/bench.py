@@ -532,11 +532,12 @@ def plan(stage: str, args: argparse.Namespace, done: set[str], choice: Choice) -
                 for method, variant in picked.items():
                     weights = GRID[mode][method][variant]
                     for bits in [64] if TASKS[task].held_out else args.bits:  # held-out shifts: 64 bits only
-                        seeds = args.seeds[:5] if bits == 64 else args.seeds[:3]
+                        seeds = args.seeds[: args.seeds_64] if bits == 64 else args.seeds[:3]
                         specs += [RunSpec(task, method, bits, s, variant, weights, stage) for s in seeds]
                 if "tah" in args.methods:
                     reference = GRID[mode]["tah"][TAH_REFERENCE]
-                    specs += [RunSpec(task, "tah", 64, s, TAH_REFERENCE, reference, stage) for s in args.seeds[:5]]
+                    seeds = args.seeds[: args.seeds_64]
+                    specs += [RunSpec(task, "tah", 64, s, TAH_REFERENCE, reference, stage) for s in seeds]
             elif stage == "ablation":  # on the held-out shifts too: no choice reads them
                 base = picked["metah"]
                 for name, change in ABLATIONS.items():
@@ -900,6 +901,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--bits", nargs="+", type=int, default=[16, 32, 64])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="64 bits: 5; others: 3")
+    parser.add_argument("--seeds-64", type=int, default=5, help="how many of --seeds the 64-bit table rows take")
     parser.add_argument("--tune-seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--iterations", type=int, default=None, help="override every run's steps (stated)")
     parser.add_argument("--processes", type=int, default=None, help="runs at once (default: CPU cores)")

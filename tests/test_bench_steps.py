@@ -133,3 +133,14 @@ def test_the_benchmark_report_lists_each_recorded_stage_time_and_skips_other_tim
         "| 2026-12-02 23:00 UTC | `abc` | digits | tune | 44 | default | 2 × 1 | 30.0 min | 1.50, 1.00, 0.50 |",
         "| 2026-12-02 23:00 UTC | `abc` | digits | all |  | 400 | 2 × 1 | 1.5 min | 1.50, 1.00, 0.50 |",
     ]
+
+
+def test_more_64_bit_seeds_add_table_rows_at_64_bits_only() -> None:
+    argv = ["--stage", "table", "--family", "photos", "--tasks", "photo-cartoon", "--bits", "32", "64"]
+    choice = product_choice("frozen")
+    five = plan("table", parse_args(argv), set(), choice)
+    twenty = plan("table", parse_args([*argv, "--seeds", *map(str, range(20)), "--seeds-64", "20"]), set(), choice)
+    assert {spec.key for spec in five} < {spec.key for spec in twenty}
+    added = [spec for spec in twenty if spec.key not in {s.key for s in five}]
+    assert {spec.bits for spec in added} == {64} and {spec.seed for spec in added} == set(range(5, 20))
+    assert len(added) == 15 * 4  # three methods' chosen points and TAH's reference weighting
