@@ -11,8 +11,9 @@ seeds); the tables report the test queries only. TAH is also reported at its ref
 (MNIST → MNIST-M, photo → art painting) are shifts no choice looked at: reported at 64 bits with the weights the
 other tasks chose, to show whether a default holds beyond the tasks it was chosen on.
 
-Seeds: 5 at 64 bits, 3 at 16 and 32 bits, 3 for each ablation (on every task, the held-out ones too); the tuning
-runs (64 bits, seeds 0 and 1, full length) are the first two seeds of the chosen weights' 64-bit cells.
+Seeds: 5 at 64 bits (``--seeds-64`` more, from a longer ``--seeds``), 3 at 16 and 32 bits, 3 for each ablation
+(on every task, the held-out ones too); the tuning runs (64 bits, seeds 0 and 1, full length) are the first two
+seeds of the chosen weights' 64-bit cells.
 
 Raw results: one JSON line per run and query split in ``OUT/runs.jsonl`` (``task``, ``method``, ``bits``,
 ``seed``, ``split``, ``variant``, ``map_all``, ``map_radius2``, ``precision_radius2``, both protocols, ``commit``,
