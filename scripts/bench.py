@@ -901,7 +901,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--bits", nargs="+", type=int, default=[16, 32, 64])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="64 bits: 5; others: 3")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="see --seeds-64; others: 3")
     parser.add_argument("--seeds-64", type=int, default=5, help="how many of --seeds the 64-bit table rows take")
     parser.add_argument("--tune-seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--iterations", type=int, default=None, help="override every run's steps (stated)")
