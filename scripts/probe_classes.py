@@ -34,7 +34,17 @@ from model.factory import restore_network
 from model.metrics import evaluate_retrieval
 from scripts.bench import METHODS, product_choice
 from scripts.probe_features import features_by_domain
-from scripts.probe_tail import Tail, benchmark_settings, codes, efficientnet, extract, lite0, probe_parser, task_taps
+from scripts.probe_tail import (
+    Tail,
+    benchmark_settings,
+    codes,
+    efficientnet,
+    extract,
+    lite0,
+    over_plain_views,
+    probe_parser,
+    task_taps,
+)
 from workbench.machine import machine
 from workbench.output import generated_by, write_results
 
@@ -47,8 +57,7 @@ def dog_mass(taps: torch.Tensor) -> np.ndarray:
     """The ImageNet classifier's probability on dog breeds for the plain view of each image (``[N]``)."""
     imagenet = efficientnet(efficientnet_lite_imagenet("efficientnet_lite0"))
     tail, classifier = Tail(imagenet).eval(), imagenet.classifier
-    with torch.no_grad():
-        logits = torch.cat([classifier(tail(taps[start : start + 256, 0])) for start in range(0, len(taps), 256)])
+    logits = over_plain_views(lambda views: classifier(tail(views)), taps)
     return torch.softmax(logits, dim=1)[:, DOG_BREEDS].sum(1).numpy()
 
 
@@ -90,8 +99,7 @@ def oracle_recall(features: torch.Tensor, labels: np.ndarray, classes: int, seed
 
 def standardised_features(tail: Tail, taps: torch.Tensor) -> torch.Tensor:
     """The frozen backbone's features of the plain views, each dimension standardised over these images."""
-    with torch.no_grad():
-        features = torch.cat([tail.eval()(taps[start : start + 256, 0]) for start in range(0, len(taps), 256)])
+    features = over_plain_views(tail.eval(), taps)
     return (features - features.mean(0)) / (features.std(0) + 1e-6)
 
 

@@ -31,7 +31,7 @@ import argparse
 import copy
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -148,13 +148,19 @@ def task_taps(task: str, args: argparse.Namespace) -> TaskTaps:
     return TaskTaps(source, target, source_labels, target_labels, list(files.source.classes))
 
 
+def over_plain_views(function: Callable[[torch.Tensor], torch.Tensor], taps: torch.Tensor) -> torch.Tensor:
+    """``function`` of the plain views (view 0 of ``[N, views, 320, 7, 7]`` taps), 256 at a time, without gradients;
+    the rows concatenated in the taps' order."""
+    with torch.no_grad():
+        return torch.cat([function(taps[start : start + 256, 0]) for start in range(0, len(taps), 256)])
+
+
 def codes(heads: Heads, tail: Tail, taps: torch.Tensor) -> np.ndarray:
-    """±1 codes of the plain views (view 0 of ``[N, views, 320, 7, 7]`` taps), as the exported encoder computes them."""
+    """±1 codes of the plain views, as the exported encoder computes them."""
     heads.eval()
     tail.eval()
     projection = heads.hash.projection()
-    with torch.no_grad():
-        return signs(torch.cat([projection(tail(taps[start : start + 256, 0])) for start in range(0, len(taps), 256)]))
+    return signs(over_plain_views(lambda views: projection(tail(views)), taps))
 
 
 def validation_map(heads: Heads, tail: Tail, taps: TaskTaps, validation: np.ndarray) -> float:
