@@ -1,4 +1,5 @@
-"""Cluster pseudo-labels for unlabelled target images (SHOT's self-supervised labelling, Liang et al., ICML 2020).
+"""The unlabelled target's own structure: cluster pseudo-labels (SHOT's self-supervised labelling, Liang et al.,
+ICML 2020) and each image's nearest neighbours (the ``neighbours`` term of :mod:`model.objective`).
 
 The classifier's soft answers weight a centroid per class in code space; each target code takes the class of its
 nearest centroid (cosine), and one more round recomputes the centroids from those hard labels. Unlike the
@@ -31,3 +32,23 @@ def centroid_labels(codes: torch.Tensor, class_logits: torch.Tensor, rounds: int
         labels = (points @ F.normalize(centroids, dim=1).T).argmax(dim=1)
         weights = F.one_hot(labels, weights.shape[1]).to(points.dtype)
     return labels
+
+
+def nearest_rows(features: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Each row's ``k`` nearest other rows of ``features`` ``[N, D]`` by cosine similarity, nearest first; int64
+    ``[N, k]``. Exhaustive (``N²·D`` multiply-adds, ``chunk`` rows at a time): seconds for ten thousand rows.
+
+    Raises:
+        ValueError: ``k`` not in ``[1, N - 1]``.
+    """
+    n = features.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be between 1 and {n - 1} (the other rows), got {k}")
+    points = F.normalize(features.float(), dim=1)
+    found = []
+    for start in range(0, n, chunk):
+        similarity = points[start : start + chunk] @ points.T
+        rows = torch.arange(similarity.shape[0])
+        similarity[rows, rows + start] = -torch.inf  # not its own neighbour
+        found.append(similarity.topk(k, dim=1).indices)
+    return torch.cat(found)

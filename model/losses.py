@@ -45,18 +45,20 @@ def quantization_loss(codes: torch.Tensor) -> torch.Tensor:
 
 
 def adversarial_loss(
-    domain_logits: torch.Tensor, is_source: torch.Tensor, class_logits: torch.Tensor | None = None
+    domain_logits: torch.Tensor, is_source: torch.Tensor, row_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Binary cross-entropy of the discriminator, source = 1, target = 0 (the GRL makes it adversarial).
 
-    With ``class_logits``, each row weighs ``1 + exp(-entropy)`` of the classifier's (detached) prediction,
-    normalised within each domain so the domains weigh the same (CDAN+E, Long et al., NeurIPS 2018): the rows the
-    classifier is sure of lead the alignment, the uncertain ones, whose class conditioning is mostly noise, less.
+    With ``row_weights`` (``[N]``, ``>= 0``, no gradient), each row's loss weighs its share of its domain's weight,
+    so the two domains still weigh the same: the classifier's certainty (:func:`certainty_weights`; CDAN+E, Long et
+    al., NeurIPS 2018) lets the rows the classifier is sure of lead the alignment; the target's estimated share of
+    a source row's class over the source's (importance-weighted alignment, Tachet des Combes et al., NeurIPS 2020)
+    aligns the target with a source of the target's class mix.
     """
     target = is_source.to(domain_logits.dtype)
-    if class_logits is None:
+    if row_weights is None:
         return F.binary_cross_entropy_with_logits(domain_logits, target)
-    weight = certainty_weights(class_logits.detach())
+    weight = row_weights.detach()
     per_row = F.binary_cross_entropy_with_logits(domain_logits, target, reduction="none")
     domains = [rows for rows in (target > 0.5, target <= 0.5) if rows.any()]
     return torch.stack([(weight[rows] * per_row[rows]).sum() / weight[rows].sum() for rows in domains]).mean()

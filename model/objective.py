@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from model.errors import ConfigError
 from model.losses import (
     adversarial_loss,
+    certainty_weights,
     class_confusion_loss,
     classification_loss,
     diversity_loss,
@@ -47,6 +48,12 @@ class LossWeights:
     conditional_adversary: bool = False
     # Rows weigh 1 + exp(-entropy) of the classifier in the adversarial loss (CDAN+E; model.losses.adversarial_loss).
     entropy_weighted_adversary: bool = False
+    # Source rows weigh the target's estimated share of their class over the source's in the adversarial loss
+    # (importance-weighted alignment under label shift, IWDAN; the estimate: model.train, frozen mode).
+    class_weighted_adversary: bool = False
+    # Each target row's class probabilities agree with those of one of its nearest target rows in the frozen
+    # features (SCAN's consistency, Van Gansbeke et al., ECCV 2020): keeps the target's own neighbourhoods together.
+    neighbours: float = 0.0
     # Label smoothing of the source classification loss.
     label_smoothing: float = 0.0
     entropy_ramp: bool = True
@@ -62,7 +69,7 @@ class LossWeights:
             self.classification > 0
             or self._reads_target_classes
             or self.conditions_adversary
-            or (self.entropy_weighted_adversary and self.needs_discriminator)
+            or ((self.entropy_weighted_adversary or self.class_weighted_adversary) and self.needs_discriminator)
         )
 
     @property
@@ -72,7 +79,10 @@ class LossWeights:
 
     @property
     def _reads_target_classes(self) -> bool:
-        return any(w > 0 for w in (self.entropy, self.diversity, self.confusion, self.pseudo_pairs, self.cluster))
+        return any(
+            w > 0
+            for w in (self.entropy, self.diversity, self.confusion, self.pseudo_pairs, self.cluster, self.neighbours)
+        )
 
     @property
     def needs_discriminator(self) -> bool:
@@ -142,12 +152,35 @@ def method_weights(method: str, mode: str = "finetune") -> LossWeights:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}") from None
 
 
+def _adversary_rows(
+    out: NetOutput,
+    domain_logits: torch.Tensor,
+    source_labels: torch.Tensor,
+    weights: LossWeights,
+    class_weights: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """Each row's weight in the adversarial loss (``[N]``, like ``domain_logits``), or None when they all weigh the
+    same."""
+    rows = None
+    if weights.entropy_weighted_adversary:
+        if out.class_logits is None:
+            raise ConfigError("the entropy-weighted adversary needs a network built with a classifier")
+        rows = certainty_weights(out.class_logits.detach())
+    if weights.class_weighted_adversary and class_weights is not None:
+        shift = torch.ones_like(domain_logits)
+        shift[: source_labels.shape[0]] = class_weights.to(shift)[source_labels]
+        rows = shift if rows is None else rows * shift
+    return rows
+
+
 def compute_objective(
     out: NetOutput,
     source_labels: torch.Tensor,
     weights: LossWeights,
     ramp: float,
     target_guess: torch.Tensor | None = None,
+    class_weights: torch.Tensor | None = None,
+    neighbour_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the loss terms for one shared forward pass over ``[source; target]``.
 
@@ -157,6 +190,10 @@ def compute_objective(
         weights: the method's loss weights.
         ramp: the GRL coefficient in ``[0, 1]``; scales the entropy weight when ``entropy_ramp``.
         target_guess: int64 pseudo-labels of the target rows for the ``cluster`` term (none yet: no term).
+        class_weights: ``[C]`` weight of a source row of each class in the adversarial loss when
+            ``class_weighted_adversary`` (none yet: every row weighs the same).
+        neighbour_logits: the classifier's logits of one nearest target row of each target row, for the
+            ``neighbours`` term (none: no term).
 
     Returns:
         the total loss (scalar tensor) and the unweighted value of every term, as floats.
@@ -173,8 +210,11 @@ def compute_objective(
             raise ConfigError("the adversarial loss needs a network built with a discriminator")
         is_source = torch.zeros_like(out.domain_logits)
         is_source[:n_source] = 1.0
-        weighting = out.class_logits if weights.entropy_weighted_adversary else None
-        terms["adversarial"] = adversarial_loss(out.domain_logits, is_source, weighting)
+        terms["adversarial"] = adversarial_loss(
+            out.domain_logits,
+            is_source,
+            _adversary_rows(out, out.domain_logits, source_labels, weights, class_weights),
+        )
         total = total + weights.adversarial * terms["adversarial"]
     if weights.needs_classifier:
         if out.class_logits is None:
@@ -203,6 +243,10 @@ def compute_objective(
                 balanced=weights.balance_pairs,
             )
             total = total + weights.pseudo_pairs * scale * terms["pseudo_pairs"]
+        if weights.neighbours > 0 and neighbour_logits is not None and target_logits.shape[0] > 0:
+            agreement = (F.softmax(target_logits, dim=1) * F.softmax(neighbour_logits, dim=1)).sum(dim=1)
+            terms["neighbours"] = -torch.log(agreement.clamp_min(1e-8)).mean()
+            total = total + weights.neighbours * scale * terms["neighbours"]
         if weights.cluster > 0 and target_guess is not None and target_logits.shape[0] > 0:
             terms["cluster"] = classification_loss(target_logits, target_guess)
             total = total + weights.cluster * terms["cluster"]

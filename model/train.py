@@ -41,7 +41,7 @@ from model.backbones import Backbone
 from model.batches import BatchSampler, CachedFeatures, InMemoryImages, StreamedImages, draw_step
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.choice import choose_backbone, choose_mode
-from model.clusters import centroid_labels
+from model.clusters import centroid_labels, nearest_rows
 from model.config import TrainConfig
 from model.data import (
     FileSet,
@@ -81,6 +81,10 @@ log = logging.getLogger(__name__)
 # then), refreshed every CLUSTER_EVERY steps.
 CLUSTER_START_SHARE = 0.25
 CLUSTER_EVERY = 100
+# The class-weighted adversary's cap on a class's weight (a class the source barely has).
+MAX_CLASS_WEIGHT = 10.0
+# The neighbours term (frozen mode): how many nearest target rows each target row may be paired with.
+NEIGHBOURS = 5
 
 StepCallback = Callable[[int, int], None]  # (steps done, total), after every step
 CheckpointCallback = Callable[[int], None]  # the step, once checkpoint.pt holds it (main process only)
@@ -325,6 +329,8 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.target_guess: torch.Tensor | None = None  # cluster pseudo-labels of the target rows
+        self.class_weights: torch.Tensor | None = None  # the adversary's weight of a source row of each class
+        self.target_neighbours: torch.Tensor | None = None  # [N, K] each target row's nearest target rows
         self.autocast = device.type == "cuda" and not self.frozen
 
     def _parameter_groups(self) -> list[dict[str, Any]]:
@@ -350,6 +356,7 @@ class Trainer:
             "average": None if self.average is None else self.average.state_dict(),
             "average_of": "heads" if self.frozen else "network",
             "target_guess": self.target_guess,
+            "class_weights": self.class_weights,
         }
 
     def load_state(self, saved: dict[str, Any]) -> None:
@@ -364,16 +371,18 @@ class Trainer:
         torch.set_rng_state(saved["torch_rng"])
         self.history = list(saved["history"])
         self.target_guess = saved.get("target_guess")
+        self.class_weights = saved.get("class_weights")
         if self.average is not None:
             if saved.get("average") is None:
                 raise CheckpointError("cannot resume: the checkpoint has no weight average (ema_decay was 0)")
             self.average.load_state_dict(saved["average"])
 
     # --- one step ----------------------------------------------------------------------------------
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The step's inputs, source labels, and the target rows' cluster pseudo-labels (when there are any)."""
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The step's inputs, source labels, the target rows' cluster pseudo-labels and a neighbour of each target row
+        (``neighbours`` term) when there are any."""
         inputs = self.data.inputs
-        guess = None
+        guess = neighbours = None
         if isinstance(inputs, StreamedImages):
             batch, labels = inputs.batch(self.config.batch_size)
         else:
@@ -382,15 +391,32 @@ class Trainer:
             batch, labels = inputs.batch(draw, self.sampler)
             if self.target_guess is not None and draw.target.numel():
                 guess = self.target_guess[draw.target].to(self.device)
+            if self.weights.neighbours > 0 and draw.target.numel() and isinstance(inputs, CachedFeatures):
+                neighbours = self._neighbour_rows(inputs, draw.target)
         batch, labels = batch.to(self.device, non_blocking=True), labels.to(self.device)
         if batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch, labels, guess
+        return batch, labels, guess, neighbours
 
-    def _refresh_guess(self) -> None:
-        """Recompute the target rows' cluster pseudo-labels when the schedule says so (``cluster`` weight only)."""
+    def _neighbour_rows(self, inputs: CachedFeatures, rows: torch.Tensor) -> torch.Tensor:
+        """A random view of one of the ``NEIGHBOURS`` nearest target rows of each of ``rows`` (cosine over the plain
+        views' frozen features, found at the first step)."""
+        target = inputs.target
+        assert target is not None  # a target is drawn
+        if self.target_neighbours is None:
+            self.target_neighbours = nearest_rows(torch.cat(list(target.plain())), NEIGHBOURS)
+        chosen = self.target_neighbours[rows, self.sampler.integers(NEIGHBOURS, len(rows))]
+        return target.gather(chosen, self.sampler.integers(target.views, len(rows))).to(self.device)
+
+    def _refresh_estimates(self) -> None:
+        """Recompute what the loss reads about the whole target set when the schedule says so: the rows' cluster
+        pseudo-labels (``cluster`` weight) and the adversary's class weights (``class_weighted_adversary``: the
+        classifier's mean class probabilities over the target over the source's class shares, at most
+        ``MAX_CLASS_WEIGHT``)."""
         start = int(self.config.steps * CLUSTER_START_SHARE)
-        if self.weights.cluster <= 0 or self.step < start or (self.step - start) % CLUSTER_EVERY:
+        weights = self.weights
+        wanted = weights.cluster > 0 or (weights.class_weighted_adversary and weights.needs_discriminator)
+        if not wanted or self.step < start or (self.step - start) % CLUSTER_EVERY:
             return
         inputs = self.data.inputs
         assert isinstance(inputs, CachedFeatures)  # checked by train()
@@ -400,21 +426,29 @@ class Trainer:
         heads.eval()
         with torch.no_grad():
             codes = torch.cat([heads.hash(batch.to(self.device)) for batch in inputs.target.plain()])
-            self.target_guess = centroid_labels(codes, heads.classifier(codes)).cpu()
+            logits = heads.classifier(codes)
+            if self.weights.cluster > 0:
+                self.target_guess = centroid_labels(codes, logits).cpu()
+            if self.weights.class_weighted_adversary:
+                classes = logits.shape[1]
+                source_share = torch.bincount(inputs.labels, minlength=classes).float() / len(inputs.labels)
+                mix = torch.softmax(logits, dim=1).mean(0).cpu()
+                self.class_weights = (mix / source_share.clamp_min(1e-12)).clamp(max=MAX_CLASS_WEIGHT)
         heads.train()
 
     def train_step(self) -> dict[str, float]:
         self.trainable.train()
         if self.frozen:
             self.net.backbone.eval()
-        self._refresh_guess()
-        images, labels, guess = self._batch()
+        self._refresh_estimates()
+        images, labels, guess, neighbours = self._batch()
         grl = self.net.heads.grl
         ramp = grl.coeff
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext():
             out = self.model(images)
         out = type(out)(*(None if value is None else value.float() for value in out))
-        loss, values = compute_objective(out, labels, self.weights, ramp, guess)
+        neighbour_logits = None if neighbours is None else self.model(neighbours).class_logits
+        loss, values = compute_objective(out, labels, self.weights, ramp, guess, self.class_weights, neighbour_logits)
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"loss became {values['loss']} at step {self.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -564,6 +598,10 @@ def train(
         config = mode.config
         if config.weights.cluster > 0 and config.mode != "frozen":
             raise ConfigError("the cluster loss needs the frozen mode (it labels every cached target feature)")
+        if config.weights.class_weighted_adversary and config.mode != "frozen":
+            raise ConfigError("the class-weighted adversary needs the frozen mode (it reads every cached target row)")
+        if config.weights.neighbours > 0 and config.mode != "frozen":
+            raise ConfigError("the neighbours term needs the frozen mode (it pairs cached target features)")
         choices = [chosen.reason, mode.reason]
         if group.is_main:
             for line in choices:

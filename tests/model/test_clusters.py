@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.clusters import centroid_labels
+from model.clusters import centroid_labels, nearest_rows
 
 
 def _two_clusters() -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,3 +36,13 @@ def test_one_round_and_bad_rounds() -> None:
     assert torch.equal(centroid_labels(codes, logits, rounds=1), truth)
     with pytest.raises(ValueError, match="rounds"):
         centroid_labels(codes, logits, rounds=0)
+
+
+def test_nearest_rows_are_the_most_similar_others_nearest_first_across_chunks() -> None:
+    angles = torch.tensor([0.0, 0.1, 0.3, 1.5, 1.6, 3.0])
+    points = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1) * torch.arange(1, 7)[:, None]  # lengths vary
+    found = nearest_rows(points, 2, chunk=4)
+    assert found.dtype == torch.int64
+    assert found.tolist() == [[1, 2], [0, 2], [1, 0], [4, 2], [3, 2], [4, 3]]  # never itself; cosine, not distance
+    with pytest.raises(ValueError, match="k must be between 1 and 5"):
+        nearest_rows(points, 6)

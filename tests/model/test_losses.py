@@ -9,6 +9,7 @@ import torch
 
 from model.losses import (
     adversarial_loss,
+    certainty_weights,
     class_confusion_loss,
     classification_loss,
     diversity_loss,
@@ -171,12 +172,12 @@ def test_entropy_weighted_adversary_weighs_sure_rows_more_and_each_domain_half()
     sure, unsure = 2.0, 1.0 + 0.5  # 1 + exp(-0) and 1 + exp(-log 2)
     source = (sure * math.log(2) + unsure * softplus(-2.0)) / (sure + unsure)
     expected = (source + softplus(-1.0)) / 2
-    assert adversarial_loss(logits, is_source, classes).item() == pytest.approx(expected, abs=1e-5)
+    assert adversarial_loss(logits, is_source, certainty_weights(classes)).item() == pytest.approx(expected, abs=1e-5)
     # equal weights give back the plain loss for equal domain sizes, and the classifier gets no gradient from it
     even = torch.zeros(4, 3, requires_grad=True)
     two_each = torch.tensor([0.3, -0.2, 1.0, 0.5])
     plain = adversarial_loss(two_each, torch.tensor([1.0, 1.0, 0.0, 0.0]))
-    weighted = adversarial_loss(two_each, torch.tensor([1.0, 1.0, 0.0, 0.0]), even)
+    weighted = adversarial_loss(two_each, torch.tensor([1.0, 1.0, 0.0, 0.0]), certainty_weights(even))
     assert weighted.item() == pytest.approx(plain.item(), abs=1e-6)
     assert not weighted.requires_grad
 
@@ -199,3 +200,17 @@ def test_the_entropy_weighted_adversary_needs_and_reads_the_classifier() -> None
     _, plain = compute_objective(out, labels, LossWeights(adversarial=1.0), ramp=1.0)
     _, weighted = compute_objective(out, labels, weights, ramp=1.0)
     assert plain["adversarial"] != pytest.approx(weighted["adversarial"], abs=1e-4)
+
+
+def test_the_class_weighted_adversary_weighs_source_rows_by_their_class_once_weights_exist() -> None:
+    weights = LossWeights(adversarial=1.0, class_weighted_adversary=True)
+    assert weights.needs_classifier  # its class weights come from the classifier's answers on the target
+    out = NetOutput(torch.zeros(4, 8), class_logits=torch.zeros(4, 2), domain_logits=torch.tensor([0.3, -0.2, 1, 0.5]))
+    labels = torch.tensor([0, 1])
+    _, plain = compute_objective(out, labels, LossWeights(adversarial=1.0), ramp=1.0)
+    _, unweighted = compute_objective(out, labels, weights, ramp=1.0)  # no estimate yet: plain
+    assert unweighted["adversarial"] == pytest.approx(plain["adversarial"], abs=1e-6)
+    _, weighted = compute_objective(out, labels, weights, ramp=1.0, class_weights=torch.tensor([3.0, 1.0]))
+    source = (3.0 * softplus(-0.3) + 1.0 * softplus(0.2)) / 4.0  # class 0's row weighs three times class 1's
+    expected = (source + (softplus(1.0) + softplus(0.5)) / 2) / 2
+    assert weighted["adversarial"] == pytest.approx(expected, abs=1e-5)

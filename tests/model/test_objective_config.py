@@ -162,6 +162,8 @@ def test_default_config_is_the_documented_recipe() -> None:
         "cluster": 0.0,
         "conditional_adversary": False,
         "entropy_weighted_adversary": False,
+        "class_weighted_adversary": False,
+        "neighbours": 0.0,
         "label_smoothing": 0.0,
         "entropy_ramp": True,
         "balance_pairs": True,
@@ -271,3 +273,21 @@ def test_the_cluster_term_is_the_target_rows_cross_entropy_against_their_guessed
 def test_a_conditional_adversary_needs_the_classifier_only_with_an_adversary() -> None:
     assert LossWeights(adversarial=1.0, conditional_adversary=True).needs_classifier
     assert not LossWeights(conditional_adversary=True).needs_classifier  # no adversary: nothing to condition
+
+
+def test_the_neighbours_term_is_how_little_each_target_row_agrees_with_its_neighbour() -> None:
+    out, labels = _output(4, 4), torch.tensor([0, 1, 2, 0])
+    weights = LossWeights(classification=1.0, neighbours=2.0)
+    assert weights.uses_target and weights.needs_classifier
+    _, before = compute_objective(out, labels, weights, ramp=0.5)  # no neighbours drawn: no term
+    assert "neighbours" not in before
+    sure = torch.full((4, 3), -20.0)
+    sure[:, 0] = 20.0
+    _, values = compute_objective(out, labels, weights, ramp=0.5, neighbour_logits=sure)
+    assert out.class_logits is not None
+    p = torch.softmax(out.class_logits[4:], dim=1)
+    assert values["neighbours"] == pytest.approx(float(-torch.log(p[:, 0]).mean()), rel=1e-5)
+    assert values["loss"] - before["loss"] == pytest.approx(2.0 * 0.5 * values["neighbours"], rel=1e-5)  # ramped
+    agreeing = NetOutput(out.codes, torch.cat([out.class_logits[:4], sure]), out.domain_logits)
+    _, agreed = compute_objective(agreeing, labels, weights, ramp=0.5, neighbour_logits=sure)
+    assert agreed["neighbours"] == pytest.approx(0.0, abs=1e-6)  # both sure of one class

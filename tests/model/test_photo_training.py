@@ -7,6 +7,7 @@ ImageNet weights, a few dozen images and steps per run.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -370,3 +371,37 @@ def test_a_frozen_run_with_adapted_batch_norm_exports_the_backbone_it_cached_fea
         from_features = torch.where(restored.net.heads.hash.projection()(features) > 0, 1.0, -1.0).numpy()
     loaded = load_encoder(tmp_path / "run" / "model.pt")
     assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        (LossWeights(classification=1.0, neighbours=0.3), "neighbours term needs the frozen mode"),
+        (LossWeights(adversarial=1.0, class_weighted_adversary=True), "class-weighted adversary needs the frozen"),
+    ],
+)
+def test_the_whole_target_terms_need_the_frozen_mode(
+    photos: dict[str, Path], tmp_path: Path, weights: LossWeights, message: str
+) -> None:
+    config = TrainConfig(mode="finetune", iterations=2, batch_size=4, loss_weights=weights)
+    with pytest.raises(ConfigError, match=message):
+        train(config, photos["source"], photos["target"], tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_frozen_run_pairs_target_neighbours_and_weighs_the_adversary_by_the_target_class_mix(
+    photos: dict[str, Path], tmp_path: Path
+) -> None:
+    weights = LossWeights(
+        pairwise=1.0, classification=1.0, adversarial=1.0, neighbours=0.3, class_weighted_adversary=True
+    )
+    config = FROZEN.override(feature_cache=str(tmp_path / "cache"), loss_weights=weights, iterations=40)
+    result = train(config, photos["source"], photos["target"], tmp_path / "run")
+    assert all("neighbours" in row for row in result.history)  # from the first step
+    assert all(math.isfinite(row["neighbours"]) and row["neighbours"] >= 0 for row in result.history)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    class_weights = saved["class_weights"]  # estimated from a quarter of the run on
+    assert class_weights.shape == (3,)
+    assert bool(torch.all(class_weights > 0)) and bool(torch.all(class_weights <= 10))
+    # the three classes are even in this source: the weights are the target's estimated shares times three
+    assert float(class_weights.sum()) == pytest.approx(3.0, rel=1e-4)
