@@ -97,10 +97,24 @@ TASKS: dict[str, Task] = {
 
 
 def _w(
-    p: float, q: float, a: float = 0.0, c: float = 0.0, e: float = 0.0, d: float = 0.0, k: bool = False
+    p: float,
+    q: float,
+    a: float = 0.0,
+    c: float = 0.0,
+    e: float = 0.0,
+    d: float = 0.0,
+    k: bool = False,
+    n: float = 0.0,
 ) -> LossWeights:
     return LossWeights(
-        pairwise=p, quantization=q, adversarial=a, classification=c, entropy=e, diversity=d, conditional_adversary=k
+        pairwise=p,
+        quantization=q,
+        adversarial=a,
+        classification=c,
+        entropy=e,
+        diversity=d,
+        conditional_adversary=k,
+        neighbours=n,
     )
 
 
@@ -130,6 +144,9 @@ GRID: dict[str, dict[str, dict[str, LossWeights]]] = {
             "p10-q0.8-a0.3": _w(10, 0.8, a=0.3),
             "p10-q0.8-a3": _w(10, 0.8, a=3),
             "p1-q0.1-a1": _w(1, 0.1, a=1),
+            # added with MeTAH's neighbours point below, so both keep the same number of points: a3 won at the
+            # grid's edge
+            "p10-q0.8-a10": _w(10, 0.8, a=10),
         },
         # MeTAH's frozen points have a class-conditional adversary (-cdan; the plain one matched classes wrongly, e.g.
         # cartoon dogs with photo persons): the previous grid's weights with it. The "unconditional" ablation and
@@ -139,6 +156,9 @@ GRID: dict[str, dict[str, dict[str, LossWeights]]] = {
             "p10-q0.8-a3-c1-e0.1-d0.1-cdan": _w(10, 0.8, a=3, c=1, e=0.1, d=0.1, k=True),
             "p10-q0.8-a1-c1-e0.3-d0.3-cdan": _w(10, 0.8, a=1, c=1, e=0.3, d=0.3, k=True),
             "p10-q0.8-a3-c1-e0.3-d0.3-cdan": _w(10, 0.8, a=3, c=1, e=0.3, d=0.3, k=True),
+            # the neighbours term (SCAN's consistency with the target's nearest rows) with a stronger diversity
+            # term, found by a MeTAH-only validation sweep (scripts/bench_knobs.py, benchmarks/retrieval-knobs)
+            "p10-q0.8-a3-c1-e0.3-d1-n0.3-cdan": _w(10, 0.8, a=3, c=1, e=0.3, d=1, k=True, n=0.3),
         },
     },
 }

@@ -138,6 +138,17 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # models lose (validation MAP 0.26 against 0.51 for source-only; benchmarks/retrieval-tail/classes.md)
     "frozen-default,diversity=1": _around_today(diversity=1.0),
     "frozen-default,diversity=3": _around_today(diversity=3.0),
+    # the same cartoon dogs sit among photo horses in the adapted codes although their frozen features keep them
+    # near each other (a cartoon dog's 5 nearest cartoons: 63 % dogs, its 20 nearest codes: 34 %): the neighbours
+    # term holds each target row to its nearest target rows, a stronger diversity term moves whole groups to the
+    # classes the target lacks; and the adversary weighing source rows by the target's estimated class mix (PACS's
+    # domains differ in their class shares: persons are 26 % of the photos, 4 % of the sketches)
+    "frozen-default,neighbours=0.1": _around_today(neighbours=0.1),
+    "frozen-default,neighbours=1": _around_today(neighbours=1.0),
+    "frozen-default,neighbours=0.3,diversity=1": _around_today(neighbours=0.3, diversity=1.0),
+    "frozen-default,neighbours=1,diversity=2": _around_today(neighbours=1.0, diversity=2.0),
+    "frozen-default,neighbours=1,diversity=3": _around_today(neighbours=1.0, diversity=3.0),
+    "frozen-default,class_weighted_adversary": _around_today(class_weighted_adversary=True),
 }
 
 
