@@ -398,14 +398,17 @@ class Trainer:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch, labels, guess, neighbours
 
-    def _neighbour_rows(self, inputs: CachedFeatures, rows: torch.Tensor) -> torch.Tensor:
+    def _neighbour_rows(self, inputs: CachedFeatures, rows: torch.Tensor) -> torch.Tensor | None:
         """A random view of one of the ``NEIGHBOURS`` nearest target rows of each of ``rows`` (cosine over the plain
-        views' frozen features, found at the first step)."""
+        views' frozen features, found at the first step; fewer when the target is smaller, none for one image)."""
         target = inputs.target
         assert target is not None  # a target is drawn
+        if len(target) < 2:
+            return None
         if self.target_neighbours is None:
-            self.target_neighbours = nearest_rows(torch.cat(list(target.plain())), NEIGHBOURS)
-        chosen = self.target_neighbours[rows, self.sampler.integers(NEIGHBOURS, len(rows))]
+            self.target_neighbours = nearest_rows(torch.cat(list(target.plain())), min(NEIGHBOURS, len(target) - 1))
+        found = self.target_neighbours.shape[1]
+        chosen = self.target_neighbours[rows, self.sampler.integers(found, len(rows))]
         return target.gather(chosen, self.sampler.integers(target.views, len(rows))).to(self.device)
 
     def _refresh_estimates(self) -> None:

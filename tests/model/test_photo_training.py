@@ -405,3 +405,17 @@ def test_a_frozen_run_pairs_target_neighbours_and_weighs_the_adversary_by_the_ta
     assert bool(torch.all(class_weights > 0)) and bool(torch.all(class_weights <= 10))
     # the three classes are even in this source: the weights are the target's estimated shares times three
     assert float(class_weights.sum()) == pytest.approx(3.0, rel=1e-4)
+
+
+def test_the_neighbours_term_takes_fewer_neighbours_from_a_small_target_and_none_from_one_image(
+    photos: dict[str, Path], tmp_path: Path
+) -> None:
+    weights = LossWeights(pairwise=1.0, classification=1.0, neighbours=0.3)
+    for count in (3, 1):
+        target = tmp_path / f"target{count}"
+        target.mkdir()
+        for path in sorted(photos["target"].iterdir())[:count]:
+            shutil.copyfile(path, target / path.name)
+        config = FROZEN.override(feature_cache=str(tmp_path / "cache"), loss_weights=weights, iterations=6)
+        result = train(config, photos["source"], target, tmp_path / f"run{count}")
+        assert all(("neighbours" in row) == (count > 1) for row in result.history)
