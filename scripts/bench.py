@@ -170,6 +170,7 @@ ABLATION_LABELS = {
     "no-adversary": "metah without the adversary",
     "entropy-unramped": "metah with the entropy unramped",
     "unconditional": "metah with a plain (not class-conditional) adversary",
+    "no-neighbours": "metah without the neighbours term",
 }
 ABLATIONS = {
     "no-classifier": lambda w: replace(w, classification=0.0),
@@ -177,6 +178,7 @@ ABLATIONS = {
     "no-adversary": lambda w: replace(w, adversarial=0.0),
     "entropy-unramped": lambda w: replace(w, entropy_ramp=False),
     "unconditional": lambda w: replace(w, conditional_adversary=False),  # where the chosen weights have one
+    "no-neighbours": lambda w: replace(w, neighbours=0.0),  # likewise
 }
 
 

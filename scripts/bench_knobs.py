@@ -108,7 +108,8 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"lr": 3e-3, "iterations": 3600},
         {"entropy": 1.0, "diversity": 1.0},
     ),
-    # around the frozen default of 2026-12-04 (that schedule, adversarial 3): the classifier's confidence weighting
+    # around the frozen default of 2026-12-04 (that schedule, adversarial 3; the product's MeTAH preset until the
+    # neighbours row below became it on 2026-12-05): the classifier's confidence weighting
     # the adversary (CDAN+E), label smoothing of the source classifier, a larger batch, a longer run, a third view,
     # cluster pseudo-labels, minimum class confusion
     FROZEN_DEFAULT: _around_today(),
@@ -191,7 +192,9 @@ def report(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
         "at lr 10⁻³ (`model.config.MODE_SCHEDULES` before 2026-12-04); the frozen default has been the "
         "`lr=0.003,iterations=3600` row since, chosen from the rows below it, and the benchmark's grid then chose "
         "a stronger adversary (a3; `benchmarks/retrieval/results.md`). The `frozen-default` rows are that default "
-        "(3,600 steps at 3·10⁻³, adversarial 3) and changes around it; their Δ is against the `frozen-default` row.",
+        "(3,600 steps at 3·10⁻³, adversarial 3) and changes around it; their Δ is against the `frozen-default` row. "
+        "Since 2026-12-05 the product's frozen MeTAH default is the `frozen-default,neighbours=0.3,diversity=1` row, "
+        "the point the benchmark's grid (`benchmarks/retrieval-split2/results.md`) then chose.",
         "",
         *provenance(runs),
         "",

@@ -70,8 +70,11 @@ def test_the_report_reads_validation_only_and_gives_each_change_against_the_defa
 def test_changes_around_today_s_frozen_default_are_measured_against_it() -> None:
     planned = {spec.variant.split("+", 1)[-1]: spec for spec in specs(TASKS, [0], done=set())}
     today = planned[FROZEN_DEFAULT]
-    assert today.weights == method_weights("metah", "frozen")  # the product's preset, and its schedule
-    assert dict(today.config) == {"iterations": 3600, "lr": 3e-3}
+    assert today.weights == GRID["frozen"]["metah"]["p10-q0.8-a3-c1-e0.3-d0.3-cdan"]  # the preset of 2026-12-04
+    assert dict(today.config) == {"iterations": 3600, "lr": 3e-3}  # and its schedule, still the product's
+    neighbours = planned[f"{FROZEN_DEFAULT},neighbours=0.3,diversity=1"]
+    assert neighbours.weights == method_weights("metah", "frozen")  # the preset since 2026-12-05
+    assert dict(neighbours.config) == {"iterations": 3600, "lr": 3e-3}
     assert planned[f"{FROZEN_DEFAULT},entropy_weighted_adversary"].weights.entropy_weighted_adversary
     assert planned[f"{FROZEN_DEFAULT},finetune-weights"].weights == method_weights("metah", "finetune")
     assert dict(planned[f"{FROZEN_DEFAULT},finetune-weights"].config) == {"iterations": 3600, "lr": 3e-3}
