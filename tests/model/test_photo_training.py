@@ -25,7 +25,7 @@ from model.distributed import ProcessGroup
 from model.errors import ConfigError
 from model.evaluate import encode_files
 from model.export import load_encoder
-from model.factory import restore_network
+from model.factory import RestoredRun, restore_network
 from model.features import FeatureCache, FeatureTable, adapt_batch_norm, extract_features
 from model.normalize import Normalize
 from model.objective import LossWeights
@@ -125,6 +125,21 @@ def test_frozen_run_records_its_choices_and_exports_one_artefact(
     assert metrics["evaluation"]["source_vs_source"]["map_all"] > 0.6
 
 
+# |projected value| below which a bit may come out either way: the cached features are float16, the artefact
+# computes in float32 from the pixels
+BORDERLINE = 1e-3
+
+
+def _assert_same_codes(codes: np.ndarray, restored: RestoredRun, features: torch.Tensor) -> None:
+    """``codes`` (the artefact's) are the signs of the run's projection of the cached ``features``, every bit but
+    the rare one within ``BORDERLINE`` of zero."""
+    with torch.no_grad():
+        projected = restored.net.heads.hash.projection()(features).numpy()
+    differ = codes != np.where(projected > 0, 1.0, -1.0)
+    assert not np.any(differ & (np.abs(projected) >= BORDERLINE))
+    assert differ.mean() < 0.01
+
+
 def test_the_artefact_computes_the_codes_the_run_scored(frozen_run: tuple[Path, Path], photos: dict[str, Path]) -> None:
     """Frozen runs score from cached features; the artefact (backbone + projection) must give the same codes."""
     out, cache_root = frozen_run
@@ -134,10 +149,8 @@ def test_the_artefact_computes_the_codes_the_run_scored(frozen_run: tuple[Path, 
     cache = FeatureCache(cache_root, "efficientnet_lite0", backbone)
     keys, _ = extract_features(files, backbone, cache, 1, device=torch.device("cpu"), workers=0)
     features = torch.cat(list(FeatureTable(cache, keys, 1, 2**30).plain()))
-    with torch.no_grad():
-        from_features = torch.where(restored.net.heads.hash.projection()(features) > 0, 1.0, -1.0).numpy()
     loaded = load_encoder(out / "model.pt")
-    assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
+    _assert_same_codes(encode_files(loaded.module, files, loaded.input_size), restored, features)
 
 
 def test_a_frozen_run_on_lite0_blocks_exports_an_artefact_that_computes_its_codes(
@@ -151,11 +164,9 @@ def test_a_frozen_run_on_lite0_blocks_exports_an_artefact_that_computes_its_code
     cache = FeatureCache(tmp_path / "cache", "efficientnet_lite0_blocks", restored.backbone)
     keys, _ = extract_features(files, restored.backbone, cache, 1, device=torch.device("cpu"), workers=0)
     features = torch.cat(list(FeatureTable(cache, keys, 1, 2**30).plain()))
-    with torch.no_grad():
-        from_features = torch.where(restored.net.heads.hash.projection()(features) > 0, 1.0, -1.0).numpy()
     loaded = load_encoder(tmp_path / "run" / "model.pt")
     assert loaded.metadata["backbone"] == "efficientnet_lite0_blocks"
-    assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
+    _assert_same_codes(encode_files(loaded.module, files, loaded.input_size), restored, features)
 
 
 def test_features_are_computed_in_the_backbones_cpu_passes(
@@ -367,10 +378,8 @@ def test_a_frozen_run_with_adapted_batch_norm_exports_the_backbone_it_cached_fea
     files = list_labelled_folder(photos["queries"])
     keys, _ = extract_features(files, restored.backbone, adapted, 1, device=torch.device("cpu"), workers=0)
     features = torch.cat(list(FeatureTable(adapted, keys, 1, 2**30).plain()))
-    with torch.no_grad():
-        from_features = torch.where(restored.net.heads.hash.projection()(features) > 0, 1.0, -1.0).numpy()
     loaded = load_encoder(tmp_path / "run" / "model.pt")
-    assert np.array_equal(encode_files(loaded.module, files, loaded.input_size), from_features)
+    _assert_same_codes(encode_files(loaded.module, files, loaded.input_size), restored, features)
 
 
 @pytest.mark.parametrize(
