@@ -156,8 +156,8 @@ def method_weights(method: str, mode: str = "finetune") -> LossWeights:
 
 
 def _adversary_rows(
-    out: NetOutput,
     domain_logits: torch.Tensor,
+    class_logits: torch.Tensor | None,
     source_labels: torch.Tensor,
     weights: LossWeights,
     class_weights: torch.Tensor | None,
@@ -166,9 +166,9 @@ def _adversary_rows(
     same."""
     rows = None
     if weights.entropy_weighted_adversary:
-        if out.class_logits is None:
+        if class_logits is None:
             raise ConfigError("the entropy-weighted adversary needs a network built with a classifier")
-        rows = certainty_weights(out.class_logits.detach())
+        rows = certainty_weights(class_logits.detach())
     if weights.class_weighted_adversary and class_weights is not None:
         shift = torch.ones_like(domain_logits)
         shift[: source_labels.shape[0]] = class_weights.to(shift)[source_labels]
@@ -216,7 +216,7 @@ def compute_objective(
         terms["adversarial"] = adversarial_loss(
             out.domain_logits,
             is_source,
-            _adversary_rows(out, out.domain_logits, source_labels, weights, class_weights),
+            _adversary_rows(out.domain_logits, out.class_logits, source_labels, weights, class_weights),
         )
         total = total + weights.adversarial * terms["adversarial"]
     if weights.needs_classifier:

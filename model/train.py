@@ -430,9 +430,9 @@ class Trainer:
         with torch.no_grad():
             codes = torch.cat([heads.hash(batch.to(self.device)) for batch in inputs.target.plain()])
             logits = heads.classifier(codes)
-            if self.weights.cluster > 0:
+            if weights.cluster > 0:
                 self.target_guess = centroid_labels(codes, logits).cpu()
-            if self.weights.class_weighted_adversary:
+            if weights.class_weighted_adversary:
                 classes = logits.shape[1]
                 source_share = torch.bincount(inputs.labels, minlength=classes).float() / len(inputs.labels)
                 mix = torch.softmax(logits, dim=1).mean(0).cpu()
@@ -599,12 +599,18 @@ def train(
         backbone = load_backbone(chosen.config)
         mode = choose_mode(chosen.config, backbone, device)
         config = mode.config
-        if config.weights.cluster > 0 and config.mode != "frozen":
-            raise ConfigError("the cluster loss needs the frozen mode (it labels every cached target feature)")
-        if config.weights.class_weighted_adversary and config.mode != "frozen":
-            raise ConfigError("the class-weighted adversary needs the frozen mode (it reads every cached target row)")
-        if config.weights.neighbours > 0 and config.mode != "frozen":
-            raise ConfigError("the neighbours term needs the frozen mode (it pairs cached target features)")
+        frozen_only = (
+            (config.weights.cluster > 0, "the cluster loss", "it labels every cached target feature"),
+            (
+                config.weights.class_weighted_adversary,
+                "the class-weighted adversary",
+                "it reads every cached target row",
+            ),
+            (config.weights.neighbours > 0, "the neighbours term", "it pairs cached target features"),
+        )
+        for used, what, why in frozen_only:
+            if used and config.mode != "frozen":
+                raise ConfigError(f"{what} needs the frozen mode ({why})")
         choices = [chosen.reason, mode.reason]
         if group.is_main:
             for line in choices:
