@@ -1,5 +1,6 @@
 """The unlabelled target's own structure: cluster pseudo-labels (SHOT's self-supervised labelling, Liang et al.,
-ICML 2020) and each image's nearest neighbours (the ``neighbours`` term of :mod:`model.objective`).
+ICML 2020), each image's nearest neighbours (the ``neighbours`` term of :mod:`model.objective`) and the target's
+class mix (the ``estimated_mix`` option of its diversity term).
 
 The classifier's soft answers weight a centroid per class in code space; each target code takes the class of its
 nearest centroid (cosine), and one more round recomputes the centroids from those hard labels. Unlike the
@@ -52,3 +53,33 @@ def nearest_rows(features: torch.Tensor, k: int, chunk: int = 1024) -> torch.Ten
         similarity[rows, rows + start] = -torch.inf  # not its own neighbour
         found.append(similarity.topk(k, dim=1).indices)
     return torch.cat(found)
+
+
+def estimate_class_mix(
+    probabilities: torch.Tensor, source_share: torch.Tensor, iterations: int = 100, floor: float = 1e-3
+) -> torch.Tensor:
+    """The target's class shares ``[C]`` by expectation–maximisation over a classifier's target probabilities
+    ``[N, C]`` that were learned under the source's shares ``source_share`` ``[C]`` (Saerens, Latinne and
+    Decaestecker, Neural Computation 2002): each row's probabilities are re-weighted by the current estimate over
+    the source's share and renormalised; their mean is the next estimate. Starts from the source's shares. Every
+    estimate is mixed with ``floor`` of each class (``floor + (1 − C·floor) · mean``), so no class is ever ruled out.
+
+    Raises:
+        ValueError: shapes that disagree, no rows, or a ``floor`` outside ``[0, 1 / C)``.
+    """
+    if probabilities.dim() != 2 or probabilities.shape[0] == 0 or source_share.shape != probabilities.shape[1:]:
+        raise ValueError(
+            f"need probabilities [N>0, C] and source shares [C], got {tuple(probabilities.shape)} and "
+            f"{tuple(source_share.shape)}"
+        )
+    classes = probabilities.shape[1]
+    if not 0 <= floor < 1 / classes:
+        raise ValueError(f"floor must be in [0, 1/{classes}), got {floor}")
+    prior = source_share.float().clamp_min(1e-12)
+    prior = prior / prior.sum()
+    mix = prior
+    for _ in range(iterations):
+        adjusted = probabilities.float() * (mix / prior)
+        adjusted = adjusted / adjusted.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        mix = floor + (1 - classes * floor) * adjusted.mean(dim=0)
+    return mix

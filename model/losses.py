@@ -91,16 +91,23 @@ def certainty_weights(class_logits: torch.Tensor) -> torch.Tensor:
     return 1.0 + torch.exp(-row_entropy(class_logits))
 
 
-def diversity_loss(class_logits: torch.Tensor) -> torch.Tensor:
+def diversity_loss(class_logits: torch.Tensor, mix: torch.Tensor | None = None) -> torch.Tensor:
     """Negative entropy of the batch's *mean* class distribution; minimising it spreads the predictions over the
     classes, the counterweight to :func:`min_entropy_loss` that keeps target codes from collapsing onto a few
-    classes (the "diversity" half of information maximisation, SHOT, Liang et al. ICML 2020).
+    classes (the "diversity" half of information maximisation, SHOT, Liang et al. ICML 2020). With ``mix`` (the
+    target's estimated class shares, ``[C]``) it is the mean's KL divergence from ``mix`` minus ``log C``: the
+    same value and gradient as without it when ``mix`` is uniform, and a pull toward ``mix`` instead of toward
+    equal shares when the target's classes are not balanced.
 
     Shape:
-        class_logits ``[N, C]`` → scalar in ``[-log C, 0]``.
+        class_logits ``[N, C]`` → scalar, ``≥ -log C`` (``[-log C, 0]`` without ``mix``).
     """
     mean = F.softmax(class_logits, dim=1).mean(dim=0)
-    return (mean * torch.log(mean.clamp_min(1e-12))).sum()
+    negative_entropy = (mean * torch.log(mean.clamp_min(1e-12))).sum()
+    if mix is None:
+        return negative_entropy
+    classes = class_logits.shape[1]
+    return negative_entropy - (mean * torch.log(mix.to(mean).clamp_min(1e-12) * classes)).sum()
 
 
 def class_confusion_loss(class_logits: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:

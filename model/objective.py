@@ -54,6 +54,10 @@ class LossWeights:
     # Each target row's class probabilities agree with those of one of its nearest target rows in the frozen
     # features (SCAN's consistency, Van Gansbeke et al., ECCV 2020): keeps the target's own neighbourhoods together.
     neighbours: float = 0.0
+    # The diversity term pulls the target's predicted class mix toward the mix estimated from the classifier's own
+    # target probabilities (EM under label shift, model.clusters.estimate_class_mix; frozen mode, refreshed during
+    # the run) instead of toward equal shares: PACS's sketches are 2 % houses and 4 % persons.
+    estimated_mix: bool = False
     # Label smoothing of the source classification loss.
     label_smoothing: float = 0.0
     entropy_ramp: bool = True
@@ -184,6 +188,7 @@ def compute_objective(
     target_guess: torch.Tensor | None = None,
     class_weights: torch.Tensor | None = None,
     neighbour_logits: torch.Tensor | None = None,
+    target_mix: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the loss terms for one shared forward pass over ``[source; target]``.
 
@@ -197,6 +202,8 @@ def compute_objective(
             ``class_weighted_adversary`` (none yet: every row weighs the same).
         neighbour_logits: the classifier's logits of one nearest target row of each target row, for the
             ``neighbours`` term (none: no term).
+        target_mix: ``[C]`` the target's estimated class shares, the diversity term's aim when ``estimated_mix``
+            (none yet: equal shares).
 
     Returns:
         the total loss (scalar tensor) and the unweighted value of every term, as floats.
@@ -232,7 +239,7 @@ def compute_objective(
             terms["entropy"] = min_entropy_loss(target_logits)
             total = total + weights.entropy * scale * terms["entropy"]
         if weights.diversity > 0 and target_logits.shape[0] > 0:
-            terms["diversity"] = diversity_loss(target_logits)
+            terms["diversity"] = diversity_loss(target_logits, target_mix if weights.estimated_mix else None)
             total = total + weights.diversity * scale * terms["diversity"]
         if weights.confusion > 0 and target_logits.shape[0] > 0:
             terms["confusion"] = class_confusion_loss(target_logits)

@@ -41,7 +41,7 @@ from model.backbones import Backbone
 from model.batches import BatchSampler, CachedFeatures, InMemoryImages, StreamedImages, draw_step
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.choice import choose_backbone, choose_mode
-from model.clusters import centroid_labels, nearest_rows
+from model.clusters import centroid_labels, estimate_class_mix, nearest_rows
 from model.config import TrainConfig
 from model.data import (
     FileSet,
@@ -330,6 +330,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.target_guess: torch.Tensor | None = None  # cluster pseudo-labels of the target rows
         self.class_weights: torch.Tensor | None = None  # the adversary's weight of a source row of each class
+        self.target_mix: torch.Tensor | None = None  # the target's estimated class shares (estimated_mix)
         self.target_neighbours: torch.Tensor | None = None  # [N, K] each target row's nearest target rows
         self.autocast = device.type == "cuda" and not self.frozen
 
@@ -357,6 +358,7 @@ class Trainer:
             "average_of": "heads" if self.frozen else "network",
             "target_guess": self.target_guess,
             "class_weights": self.class_weights,
+            "target_mix": self.target_mix,
         }
 
     def load_state(self, saved: dict[str, Any]) -> None:
@@ -372,6 +374,7 @@ class Trainer:
         self.history = list(saved["history"])
         self.target_guess = saved.get("target_guess")
         self.class_weights = saved.get("class_weights")
+        self.target_mix = saved.get("target_mix")
         if self.average is not None:
             if saved.get("average") is None:
                 raise CheckpointError("cannot resume: the checkpoint has no weight average (ema_decay was 0)")
@@ -413,12 +416,16 @@ class Trainer:
 
     def _refresh_estimates(self) -> None:
         """Recompute what the loss reads about the whole target set when the schedule says so: the rows' cluster
-        pseudo-labels (``cluster`` weight) and the adversary's class weights (``class_weighted_adversary``: the
+        pseudo-labels (``cluster`` weight), the adversary's class weights (``class_weighted_adversary``: the
         classifier's mean class probabilities over the target over the source's class shares, at most
-        ``MAX_CLASS_WEIGHT``)."""
+        ``MAX_CLASS_WEIGHT``) and the target's class mix the diversity term aims at (``estimated_mix``)."""
         start = int(self.config.steps * CLUSTER_START_SHARE)
         weights = self.weights
-        wanted = weights.cluster > 0 or (weights.class_weighted_adversary and weights.needs_discriminator)
+        wanted = (
+            weights.cluster > 0
+            or (weights.class_weighted_adversary and weights.needs_discriminator)
+            or (weights.estimated_mix and weights.diversity > 0)
+        )
         if not wanted or self.step < start or (self.step - start) % CLUSTER_EVERY:
             return
         inputs = self.data.inputs
@@ -432,11 +439,13 @@ class Trainer:
             logits = heads.classifier(codes)
             if weights.cluster > 0:
                 self.target_guess = centroid_labels(codes, logits).cpu()
+            probabilities = torch.softmax(logits, dim=1).cpu()
+            source_share = torch.bincount(inputs.labels, minlength=logits.shape[1]).float() / len(inputs.labels)
             if weights.class_weighted_adversary:
-                classes = logits.shape[1]
-                source_share = torch.bincount(inputs.labels, minlength=classes).float() / len(inputs.labels)
-                mix = torch.softmax(logits, dim=1).mean(0).cpu()
+                mix = probabilities.mean(0)
                 self.class_weights = (mix / source_share.clamp_min(1e-12)).clamp(max=MAX_CLASS_WEIGHT)
+            if weights.estimated_mix:
+                self.target_mix = estimate_class_mix(probabilities, source_share)
         heads.train()
 
     def train_step(self) -> dict[str, float]:
@@ -451,7 +460,9 @@ class Trainer:
             out = self.model(images)
         out = type(out)(*(None if value is None else value.float() for value in out))
         neighbour_logits = None if neighbours is None else self.model(neighbours).class_logits
-        loss, values = compute_objective(out, labels, self.weights, ramp, guess, self.class_weights, neighbour_logits)
+        loss, values = compute_objective(
+            out, labels, self.weights, ramp, guess, self.class_weights, neighbour_logits, self.target_mix
+        )
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"loss became {values['loss']} at step {self.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -607,6 +618,7 @@ def train(
                 "it reads every cached target row",
             ),
             (config.weights.neighbours > 0, "the neighbours term", "it pairs cached target features"),
+            (config.weights.estimated_mix, "the estimated class mix", "it reads every cached target row"),
         )
         for used, what, why in frozen_only:
             if used and config.mode != "frozen":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from model.config import TrainConfig
@@ -37,6 +38,15 @@ def test_runs_already_in_the_raw_file_are_not_planned_again() -> None:
     assert len(specs(TASKS, [0], done={first[0].key})) == len(first) - 1
 
 
+def test_only_the_named_changes_are_planned() -> None:
+    names = [f"{FROZEN_DEFAULT},neighbours=0.3", f"{FROZEN_DEFAULT},neighbours=0.3,diversity=1,estimated_mix"]
+    planned = specs(TASKS, [0, 1, 2], done=set(), names=names)
+    assert len(planned) == 2 * len(TASKS) * 3
+    assert {spec.variant.split("+", 1)[1] for spec in planned} == set(names)
+    mixed = next(spec for spec in planned if spec.variant.endswith("estimated_mix"))
+    assert mixed.weights == replace(method_weights("metah", "frozen"), estimated_mix=True)
+
+
 def _line(variant: str, task: str, seed: int, value: float, split: str = "validation") -> dict[str, Any]:
     return {
         "variant": variant,
@@ -57,13 +67,14 @@ def _line(variant: str, task: str, seed: int, value: float, split: str = "valida
 def test_the_report_reads_validation_only_and_gives_each_change_against_the_default() -> None:
     base = next(spec.variant for spec in specs(TASKS, [0], done=set()) if "+" not in spec.variant)
     lines = [_line(base, task, seed, 0.6) for task in TASKS for seed in (0, 1)]
-    lines += [_line(f"{base}+lr=0.003", task, seed, 0.5) for task in TASKS for seed in (0, 1)]
+    lines += [_line(f"{base}+lr=0.003", task, seed, 0.5 + 0.1 * seed) for task in TASKS for seed in (0, 1)]
     lines += [_line(f"{base}+lr=0.003", task, 0, 0.99, split="test") for task in TASKS]  # never read
     lines += [_line(f"{base}+iterations=600", "photo-cartoon", 0, 0.9)]  # one task only: no row
     text = report(lines, TASKS)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert rows[DEFAULT].endswith("| 0.6000 | 0.6000 | 0.6000 |  | 4 |")
-    assert rows["lr=0.003"].endswith("| 0.5000 | 0.5000 | 0.5000 | -0.1000 | 4 |")
+    assert rows[DEFAULT].endswith("| 0.6000 ± 0.0000 | 0.6000 ± 0.0000 | 0.6000 |  | 4 |")
+    # each task's mean ± sample std over its seeds (0.5 and 0.6: std 0.0707)
+    assert rows["lr=0.003"].endswith("| 0.5500 ± 0.0707 | 0.5500 ± 0.0707 | 0.5500 | -0.0500 | 4 |")
     assert "iterations=600" not in rows
 
 

@@ -117,6 +117,26 @@ def test_diversity_is_the_negative_entropy_of_the_mean_prediction() -> None:
     assert diversity_loss(stepped).item() < diversity_loss(logits.detach()).item()
 
 
+def test_diversity_toward_an_estimated_mix_is_smallest_at_that_mix_and_plain_when_it_is_uniform() -> None:
+    logits = torch.tensor([[3.0, 0.0, 0.0], [2.0, 0.5, 0.0], [0.0, 1.0, 0.2]])
+    uniform = torch.full((3,), 1 / 3)
+    assert diversity_loss(logits, uniform).item() == pytest.approx(diversity_loss(logits).item(), abs=1e-6)
+    mix = torch.tensor([0.7, 0.2, 0.1])
+    at_mix = mix.log().expand(4, 3)  # every row predicts the mix: the mean is the mix, KL 0
+    assert diversity_loss(at_mix, mix).item() == pytest.approx(-math.log(3), abs=1e-6)
+    assert diversity_loss(torch.zeros(4, 3), mix).item() > -math.log(3)  # equal shares are no longer the aim
+    # a gradient step moves the batch's mean class distribution toward the mix
+    moving = logits.clone().requires_grad_(True)
+    diversity_loss(moving, mix).backward()
+    assert moving.grad is not None
+    stepped = logits - 0.5 * moving.grad
+
+    def gap(rows: torch.Tensor) -> float:
+        return float((torch.softmax(rows, 1).mean(0) - mix).abs().sum())
+
+    assert gap(stepped) < gap(logits)
+
+
 # Four 2-bit codes, labels [0, 0, 1, 1]: two similar pairs (each counted in both orders), four dissimilar ones.
 #   similar    (0,1): d² = 4, z = 1/5    (2,3): d² = 8, z = 1/9
 #   dissimilar (0,2): d² = 8, z = 1/9    (0,3): d² = 0, z = 1    (1,2), (1,3): d² = 4, z = 1/5

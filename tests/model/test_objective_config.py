@@ -164,6 +164,7 @@ def test_default_config_is_the_documented_recipe() -> None:
         "entropy_weighted_adversary": False,
         "class_weighted_adversary": False,
         "neighbours": 0.0,
+        "estimated_mix": False,
         "label_smoothing": 0.0,
         "entropy_ramp": True,
         "balance_pairs": True,
@@ -291,3 +292,20 @@ def test_the_neighbours_term_is_how_little_each_target_row_agrees_with_its_neigh
     agreeing = NetOutput(out.codes, torch.cat([out.class_logits[:4], sure]), out.domain_logits)
     _, agreed = compute_objective(agreeing, labels, weights, ramp=0.5, neighbour_logits=sure)
     assert agreed["neighbours"] == pytest.approx(0.0, abs=1e-6)  # both sure of one class
+
+
+def test_the_diversity_term_aims_at_the_estimated_mix_only_when_asked_and_once_there_is_one() -> None:
+    out, labels = _output(4, 4), torch.tensor([0, 1, 2, 0])
+    mix = torch.tensor([0.8, 0.15, 0.05])
+    plain = LossWeights(classification=1.0, diversity=1.0)
+    _, uniform = compute_objective(out, labels, plain, ramp=1.0)
+    _, ignored = compute_objective(out, labels, plain, ramp=1.0, target_mix=mix)  # not asked for: equal shares
+    assert ignored["diversity"] == pytest.approx(uniform["diversity"], rel=1e-6)
+    mixed = replace(plain, estimated_mix=True)
+    _, before = compute_objective(out, labels, mixed, ramp=1.0)  # no estimate yet: equal shares
+    assert before["diversity"] == pytest.approx(uniform["diversity"], rel=1e-6)
+    _, values = compute_objective(out, labels, mixed, ramp=1.0, target_mix=mix)
+    assert out.class_logits is not None
+    mean = torch.softmax(out.class_logits[4:], dim=1).mean(dim=0)
+    expected = float((mean * torch.log(mean / mix)).sum()) - float(torch.log(torch.tensor(3.0)))
+    assert values["diversity"] == pytest.approx(expected, rel=1e-5)

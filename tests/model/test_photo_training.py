@@ -387,6 +387,7 @@ def test_a_frozen_run_with_adapted_batch_norm_exports_the_backbone_it_cached_fea
     [
         (LossWeights(classification=1.0, neighbours=0.3), "neighbours term needs the frozen mode"),
         (LossWeights(adversarial=1.0, class_weighted_adversary=True), "class-weighted adversary needs the frozen"),
+        (LossWeights(classification=1.0, diversity=1.0, estimated_mix=True), "estimated class mix needs the frozen"),
     ],
 )
 def test_the_whole_target_terms_need_the_frozen_mode(
@@ -398,11 +399,17 @@ def test_the_whole_target_terms_need_the_frozen_mode(
     assert not (tmp_path / "run").exists()
 
 
-def test_a_frozen_run_pairs_target_neighbours_and_weighs_the_adversary_by_the_target_class_mix(
+def test_a_frozen_run_pairs_target_neighbours_and_estimates_the_target_class_mix(
     photos: dict[str, Path], tmp_path: Path
 ) -> None:
     weights = LossWeights(
-        pairwise=1.0, classification=1.0, adversarial=1.0, neighbours=0.3, class_weighted_adversary=True
+        pairwise=1.0,
+        classification=1.0,
+        adversarial=1.0,
+        neighbours=0.3,
+        class_weighted_adversary=True,
+        diversity=1.0,
+        estimated_mix=True,
     )
     config = FROZEN.override(feature_cache=str(tmp_path / "cache"), loss_weights=weights, iterations=40)
     result = train(config, photos["source"], photos["target"], tmp_path / "run")
@@ -414,6 +421,9 @@ def test_a_frozen_run_pairs_target_neighbours_and_weighs_the_adversary_by_the_ta
     assert bool(torch.all(class_weights > 0)) and bool(torch.all(class_weights <= 10))
     # the three classes are even in this source: the weights are the target's estimated shares times three
     assert float(class_weights.sum()) == pytest.approx(3.0, rel=1e-4)
+    mix = saved["target_mix"]  # the diversity term's aim, estimated on the same schedule
+    assert mix.shape == (3,) and float(mix.sum()) == pytest.approx(1.0, abs=1e-5) and bool(torch.all(mix > 0))
+    assert all(math.isfinite(row["diversity"]) and row["diversity"] >= -math.log(3) - 1e-5 for row in result.history)
 
 
 def test_the_neighbours_term_takes_fewer_neighbours_from_a_small_target_and_none_from_one_image(
