@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import tomllib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,11 @@ class TrainConfig:
     augment_scale: tuple[float, float] = (0.85, 1.15)  # zoom range of the random affine (> 1 enlarges)
     ema_decay: float = 0.995  # decay of the weights' exponential moving average (exported); 0: the last iterate
     loss_weights: LossWeights | None = None
+    # The unlabelled target's class shares when they are known (say, counted on a sample someone labelled): class
+    # name -> share (any scale; every source class named). The diversity term then pulls the target's predicted
+    # class mix toward them instead of toward equal shares (model.objective), which files a group of sketches among
+    # the houses and persons PACS's sketches hardly have (docs/photos-tried.md).
+    target_class_mix: dict[str, float] | None = None
     checkpoint_every: int | None = None  # None: CHECKPOINTS_PER_RUN per run, at most MAX_CHECKPOINT_EVERY apart
     log_every: int = 10
     device: str = "auto"
@@ -160,9 +167,42 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.target_class_mix is not None:
+            self._check_class_mix(self.target_class_mix)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         return self
+
+    def _check_class_mix(self, mix: object) -> None:
+        if not isinstance(mix, dict) or not mix:
+            raise ConfigError(f"target_class_mix must map class names to shares, got {mix!r}")
+        for name, share in mix.items():
+            if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < math.inf:
+                raise ConfigError(f"target_class_mix[{name!r}] must be a finite number >= 0, got {share!r}")
+        if sum(mix.values()) <= 0:
+            raise ConfigError("target_class_mix must give at least one class a share above 0")
+        if self.weights.estimated_mix:
+            raise ConfigError("target_class_mix and loss_weights.estimated_mix both set the diversity term's aim")
+        if self.weights.diversity <= 0:
+            raise ConfigError(
+                "target_class_mix is the diversity term's aim: it needs loss_weights.diversity > 0 (metah's)"
+            )
+
+    def class_mix(self, classes: Sequence[str]) -> list[float] | None:
+        """``target_class_mix`` as shares in ``classes``' order, summing to 1 (None when unset); ConfigError unless
+        it names exactly those classes."""
+        if self.target_class_mix is None:
+            return None
+        self._check_class_mix(self.target_class_mix)
+        missing = [name for name in classes if name not in self.target_class_mix]
+        unknown = sorted(set(self.target_class_mix) - set(classes))
+        if missing or unknown:
+            raise ConfigError(
+                "target_class_mix must name every source class and no other: "
+                f"missing {', '.join(missing) or 'none'}; not a source class: {', '.join(map(str, unknown)) or 'none'}"
+            )
+        total = sum(self.target_class_mix.values())
+        return [self.target_class_mix[name] / total for name in classes]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -202,8 +202,8 @@ def compute_objective(
             ``class_weighted_adversary`` (none yet: every row weighs the same).
         neighbour_logits: the classifier's logits of one nearest target row of each target row, for the
             ``neighbours`` term (none: no term).
-        target_mix: ``[C]`` the target's estimated class shares, the diversity term's aim when ``estimated_mix``
-            (none yet: equal shares).
+        target_mix: ``[C]`` the target's class shares, the diversity term's aim: given by the user
+            (``TrainConfig.target_class_mix``) or estimated (``estimated_mix``); none: equal shares.
 
     Returns:
         the total loss (scalar tensor) and the unweighted value of every term, as floats.
@@ -239,7 +239,7 @@ def compute_objective(
             terms["entropy"] = min_entropy_loss(target_logits)
             total = total + weights.entropy * scale * terms["entropy"]
         if weights.diversity > 0 and target_logits.shape[0] > 0:
-            terms["diversity"] = diversity_loss(target_logits, target_mix if weights.estimated_mix else None)
+            terms["diversity"] = diversity_loss(target_logits, target_mix)
             total = total + weights.diversity * scale * terms["diversity"]
         if weights.confusion > 0 and target_logits.shape[0] > 0:
             terms["confusion"] = class_confusion_loss(target_logits)

@@ -330,7 +330,9 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.target_guess: torch.Tensor | None = None  # cluster pseudo-labels of the target rows
         self.class_weights: torch.Tensor | None = None  # the adversary's weight of a source row of each class
-        self.target_mix: torch.Tensor | None = None  # the target's estimated class shares (estimated_mix)
+        # the diversity term's aim: the target's class shares as the user gave them, or as estimated (estimated_mix)
+        given = config.class_mix(data.source.classes)
+        self.target_mix: torch.Tensor | None = None if given is None else torch.tensor(given)
         self.target_neighbours: torch.Tensor | None = None  # [N, K] each target row's nearest target rows
         self.autocast = device.type == "cuda" and not self.frozen
 
@@ -623,6 +625,7 @@ def train(
         for used, what, why in frozen_only:
             if used and config.mode != "frozen":
                 raise ConfigError(f"{what} needs the frozen mode ({why})")
+        config.class_mix(source.classes)  # a given class mix names the source's classes (before any work)
         choices = [chosen.reason, mode.reason]
         if group.is_main:
             for line in choices:

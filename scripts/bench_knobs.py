@@ -14,7 +14,8 @@ validation queries (``benchmarks/retrieval-knobs-split2``)::
     .venv/bin/python -m scripts.bench_knobs --pacs ../shared/data/pacs --split-protocol 2 --work var/bench-split2 \\
         --seeds 0 1 2 3 4 5 --out benchmarks/retrieval-knobs-split2 --knobs frozen-default,neighbours=0.3,diversity=1 \\
         frozen-default,neighbours=0.3 frozen-default,neighbours=0.3,diversity=0.5 \\
-        frozen-default,neighbours=0.3,diversity=1,estimated_mix
+        frozen-default,neighbours=0.3,diversity=1,estimated_mix \\
+        frozen-default,neighbours=0.3,diversity=1,true_target_mix
 
 Raw lines (one per run and query split, as ``scripts.bench`` writes them, with ``config`` holding the changed
 settings) go to ``OUT/runs.jsonl``; ``OUT/results.md`` is rebuilt from them. Resumable.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,16 @@ from scripts.bench import (
     execute,
     provenance,
     read_lines,
+    task_files,
     warm_feature_cache,
 )
 from scripts.bench_stats import format_mean_std
 
 DEFAULT = "default"
+# A knob's TrainConfig.target_class_mix that stands for the task's true target class mix, every target image's label
+# counted (specs resolves it per task): an oracle no adaptation has, to measure how much the diversity term's pull
+# toward equal shares costs on a target whose classes are not balanced.
+TRUE_TARGET_MIX = "the task's true target class mix"
 FROZEN_DEFAULT = "frozen-default"
 # The schedule every change starts from (a change may set its own): the frozen default when the sweep was built,
 # kept explicit so that a re-run measures what the committed lines measured (model.config.MODE_SCHEDULES moved on).
@@ -168,6 +174,11 @@ KNOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "frozen-default,neighbours=0.3,diversity=1,estimated_mix": _around_today(
         neighbours=0.3, diversity=1.0, estimated_mix=True
     ),
+    # the estimate collapsed (EM on the classifier's own, over-confident target probabilities); the true mix is the
+    # ceiling of that idea, and what a user who knows their images' class mix can give (target_class_mix)
+    "frozen-default,neighbours=0.3,diversity=1,true_target_mix": _around_today(
+        {"target_class_mix": TRUE_TARGET_MIX}, neighbours=0.3, diversity=1.0
+    ),
 }
 
 
@@ -177,9 +188,21 @@ def _variant(prefix: str, name: str) -> str:
 
 
 def specs(
-    tasks: Sequence[str], seeds: Sequence[int], done: set[str], names: Sequence[str] | None = None
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    done: set[str],
+    names: Sequence[str] | None = None,
+    true_mix: Callable[[str], dict[str, float]] | None = None,
 ) -> list[RunSpec]:
-    """The runs still to do: every change in ``names`` (default: all of :data:`KNOBS`) on every task and seed."""
+    """The runs still to do: every change in ``names`` (default: all of :data:`KNOBS`) on every task and seed;
+    ``true_mix(task)`` gives the task's target class mix where a change asks for :data:`TRUE_TARGET_MIX` (without
+    it the marker stays, and such a run would stop at its config's check)."""
+
+    def resolved(config: dict[str, Any], task: str) -> dict[str, Any]:
+        if config.get("target_class_mix") != TRUE_TARGET_MIX or true_mix is None:
+            return config
+        return {**config, "target_class_mix": true_mix(task)}
+
     base, prefix = GRID["frozen"]["metah"][SWEEP_WEIGHTS], SWEEP_WEIGHTS
     planned = [
         RunSpec(
@@ -190,7 +213,7 @@ def specs(
             _variant(prefix, name),
             replace(base, **weight_changes),
             "knobs",
-            tuple(sorted({**SWEEP_SCHEDULE, **config}.items())),
+            tuple(sorted({**SWEEP_SCHEDULE, **resolved(config, task)}.items())),
         )
         for name, (config, weight_changes) in KNOBS.items()
         if names is None or name in names
@@ -240,6 +263,13 @@ def report(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _true_mix(task: str, settings: Settings) -> dict[str, float]:
+    """Each class's share of the task's whole target domain (its labels counted)."""
+    target = task_files(task, settings.work, settings.pacs).target
+    counts = target.labels.bincount(minlength=len(target.classes)).tolist()
+    return {name: count / len(target) for name, count in zip(target.classes, counts, strict=True)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="the benchmark's tuning seeds")
@@ -268,7 +298,7 @@ def main() -> None:
         processes = args.processes or os.cpu_count() or 1
         warm_feature_cache(tasks, settings, processes)
         done = {r["key"] for r in read_lines(args.out / "runs.jsonl")}
-        todo = specs(tasks, args.seeds, done, args.knobs)
+        todo = specs(tasks, args.seeds, done, args.knobs, lambda task: _true_mix(task, settings))
         print(f"knobs: {len(todo)} run(s) on {processes} process(es)", flush=True)
         execute(todo, settings, processes, args.out)
     (args.out / "results.md").write_text(report(read_lines(args.out / "runs.jsonl"), tasks))

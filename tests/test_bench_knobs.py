@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from model.config import TrainConfig
+from model.errors import ConfigError
 from model.objective import method_weights
 from scripts.bench import GRID
-from scripts.bench_knobs import DEFAULT, FROZEN_DEFAULT, KNOBS, SWEEP_WEIGHTS, report, specs
+from scripts.bench_knobs import DEFAULT, FROZEN_DEFAULT, KNOBS, SWEEP_WEIGHTS, TRUE_TARGET_MIX, report, specs
 
 TASKS = ["photo-cartoon", "photo-sketch"]
 
@@ -45,6 +48,18 @@ def test_only_the_named_changes_are_planned() -> None:
     assert {spec.variant.split("+", 1)[1] for spec in planned} == set(names)
     mixed = next(spec for spec in planned if spec.variant.endswith("estimated_mix"))
     assert mixed.weights == replace(method_weights("metah", "frozen"), estimated_mix=True)
+
+
+def test_the_true_target_mix_is_each_task_s_own_and_must_be_supplied() -> None:
+    name = f"{FROZEN_DEFAULT},neighbours=0.3,diversity=1,true_target_mix"
+    mixes = {"photo-cartoon": {"dog": 0.6, "cat": 0.4}, "photo-sketch": {"dog": 0.1, "cat": 0.9}}
+    planned = specs(TASKS, [0], done=set(), names=[name], true_mix=mixes.__getitem__)
+    assert {spec.task: dict(spec.config)["target_class_mix"] for spec in planned} == mixes
+    assert all(spec.weights == method_weights("metah", "frozen") for spec in planned)
+    unresolved = specs(TASKS, [0], done=set(), names=[name])  # no mixes given: the marker, which no run accepts
+    assert all(dict(spec.config)["target_class_mix"] == TRUE_TARGET_MIX for spec in unresolved)
+    with pytest.raises(ConfigError, match="target_class_mix must map class names"):
+        TrainConfig(**dict(unresolved[0].config)).validated()
 
 
 def _line(variant: str, task: str, seed: int, value: float, split: str = "validation") -> dict[str, Any]:

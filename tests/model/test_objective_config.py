@@ -102,11 +102,34 @@ def test_objective_refuses_a_network_without_the_needed_head() -> None:
         ({"hash_dropout": 1.0}, "hash_dropout"),
         ({"augment_scale": (1.2, 0.8)}, "augment_scale"),
         ({"augment_scale": (0.0, 1.0)}, "augment_scale"),
+        ({"target_class_mix": {}}, "target_class_mix must map class names"),
+        ({"target_class_mix": [0.5, 0.5]}, "target_class_mix must map class names"),
+        ({"target_class_mix": {"dog": -1.0, "cat": 2.0}}, r"target_class_mix\['dog'\] must be a finite number"),
+        ({"target_class_mix": {"dog": float("nan")}}, r"target_class_mix\['dog'\] must be a finite number"),
+        ({"target_class_mix": {"dog": float("inf")}}, r"target_class_mix\['dog'\] must be a finite number"),
+        ({"target_class_mix": {"dog": "most"}}, r"target_class_mix\['dog'\] must be a finite number"),
+        ({"target_class_mix": {"dog": True}}, r"target_class_mix\['dog'\] must be a finite number"),
+        ({"target_class_mix": {"dog": 0, "cat": 0.0}}, "at least one class a share above 0"),
+        ({"target_class_mix": {"dog": 1.0}, "method": "tah"}, r"needs loss_weights\.diversity > 0"),
+        (
+            {"target_class_mix": {"dog": 1.0}, "loss_weights": LossWeights(diversity=1.0, estimated_mix=True)},
+            "both set the diversity term's aim",
+        ),
     ],
 )
 def test_invalid_settings_are_config_errors(change: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainConfig().override(**change).validated()
+
+
+def test_a_target_class_mix_is_read_in_the_source_s_class_order_and_must_name_each_class() -> None:
+    config = TrainConfig(target_class_mix={"house": 1, "dog": 2.0, "cat": 1.0}).validated()
+    assert config.class_mix(["cat", "dog", "house"]) == [0.25, 0.5, 0.25]
+    assert TrainConfig().class_mix(["cat", "dog"]) is None
+    with pytest.raises(ConfigError, match="missing cat; not a source class: none"):
+        TrainConfig(target_class_mix={"dog": 1.0}).class_mix(["cat", "dog"])
+    with pytest.raises(ConfigError, match="missing none; not a source class: bird"):
+        TrainConfig(target_class_mix={"dog": 1.0, "cat": 1.0, "bird": 1.0}).class_mix(["cat", "dog"])
 
 
 def test_config_files_json_and_toml(tmp_path: Path) -> None:
@@ -117,9 +140,11 @@ def test_config_files_json_and_toml(tmp_path: Path) -> None:
     (tmp_path / "e.json").write_text(json.dumps({"augment_scale": [0.8, 1.25]}))
     (tmp_path / "f.json").write_text(json.dumps({"augment_scale": [0.8, "big"]}))
     (tmp_path / "g.json").write_text(json.dumps({"loss_weights": {"entropy": "lots"}}))
+    (tmp_path / "h.toml").write_text("[target_class_mix]\ndog = 3\nhouse = 0.5\n")
     assert load_config_file(tmp_path / "a.json").weights.entropy == 0.2
     assert load_config_file(tmp_path / "b.toml").method == "tah"
     assert load_config_file(tmp_path / "e.json").augment_scale == (0.8, 1.25)
+    assert load_config_file(tmp_path / "h.toml").validated().target_class_mix == {"dog": 3, "house": 0.5}
     with pytest.raises(ConfigError, match="augment_scale must be two numbers"):
         load_config_file(tmp_path / "f.json")
     with pytest.raises(ConfigError, match=r"loss_weights\.entropy must be a finite number"):
@@ -294,17 +319,14 @@ def test_the_neighbours_term_is_how_little_each_target_row_agrees_with_its_neigh
     assert agreed["neighbours"] == pytest.approx(0.0, abs=1e-6)  # both sure of one class
 
 
-def test_the_diversity_term_aims_at_the_estimated_mix_only_when_asked_and_once_there_is_one() -> None:
+def test_the_diversity_term_aims_at_a_class_mix_once_there_is_one() -> None:
     out, labels = _output(4, 4), torch.tensor([0, 1, 2, 0])
     mix = torch.tensor([0.8, 0.15, 0.05])
-    plain = LossWeights(classification=1.0, diversity=1.0)
-    _, uniform = compute_objective(out, labels, plain, ramp=1.0)
-    _, ignored = compute_objective(out, labels, plain, ramp=1.0, target_mix=mix)  # not asked for: equal shares
-    assert ignored["diversity"] == pytest.approx(uniform["diversity"], rel=1e-6)
-    mixed = replace(plain, estimated_mix=True)
-    _, before = compute_objective(out, labels, mixed, ramp=1.0)  # no estimate yet: equal shares
-    assert before["diversity"] == pytest.approx(uniform["diversity"], rel=1e-6)
-    _, values = compute_objective(out, labels, mixed, ramp=1.0, target_mix=mix)
+    weights = LossWeights(classification=1.0, diversity=1.0)
+    _, uniform = compute_objective(out, labels, weights, ramp=1.0)  # none given or estimated yet: equal shares
+    _, equal = compute_objective(out, labels, weights, ramp=1.0, target_mix=torch.full((3,), 1 / 3))
+    assert equal["diversity"] == pytest.approx(uniform["diversity"], rel=1e-6)
+    _, values = compute_objective(out, labels, weights, ramp=1.0, target_mix=mix)
     assert out.class_logits is not None
     mean = torch.softmax(out.class_logits[4:], dim=1).mean(dim=0)
     expected = float((mean * torch.log(mean / mix)).sum()) - float(torch.log(torch.tensor(3.0)))

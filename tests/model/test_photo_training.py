@@ -426,6 +426,28 @@ def test_a_frozen_run_pairs_target_neighbours_and_estimates_the_target_class_mix
     assert all(math.isfinite(row["diversity"]) and row["diversity"] >= -math.log(3) - 1e-5 for row in result.history)
 
 
+def test_a_given_target_class_mix_is_the_diversity_term_s_aim_and_must_name_the_source_classes(
+    photos: dict[str, Path], tmp_path: Path
+) -> None:
+    classes = sorted(path.name for path in photos["source"].iterdir())
+    weights = LossWeights(pairwise=1.0, classification=1.0, diversity=1.0)
+    wrong = FROZEN.override(loss_weights=weights, iterations=4, target_class_mix={classes[0]: 1.0, "unicorn": 1.0})
+    with pytest.raises(ConfigError, match="must name every source class"):
+        train(wrong, photos["source"], photos["target"], tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()  # refused before any work
+    mix = {name: float(i + 1) for i, name in enumerate(classes)}
+    config = FROZEN.override(
+        feature_cache=str(tmp_path / "cache"), loss_weights=weights, iterations=6, target_class_mix=mix
+    )
+    result = train(config, photos["source"], photos["target"], tmp_path / "run")
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    shares = torch.tensor([mix[name] for name in saved["classes"]]) / sum(mix.values())
+    assert torch.allclose(saved["target_mix"], shares)  # kept as given, never re-estimated
+    # the diversity term is the batch mean's KL from the mix minus log C, so never below -log C
+    assert all(row["diversity"] >= -math.log(len(classes)) - 1e-5 for row in result.history)
+    assert saved["config"]["target_class_mix"] == mix
+
+
 def test_the_neighbours_term_takes_fewer_neighbours_from_a_small_target_and_none_from_one_image(
     photos: dict[str, Path], tmp_path: Path
 ) -> None:
