@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from model.data import FileSet
-from scripts.bench import split_target
+from scripts import bench
+from scripts.bench import Settings, TaskFiles, split_target
 
 
 def _target(tmp_path: Path, n: int = 203) -> FileSet:
@@ -47,3 +48,23 @@ def test_protocol_2_shares_one_validation_tenth_that_no_seed_tests_or_trains_on(
     assert splits[0].train_dir != split_target("task", target, 0, tmp_path / "work").train_dir  # own folders
     with pytest.raises(ValueError, match="unknown split protocol 3"):
         split_target("task", target, 0, tmp_path / "work", 3)
+
+
+def test_the_given_mix_row_counts_the_seed_s_validation_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 203
+    labels = torch.tensor([i % 3 if i % 10 else 3 for i in range(n)])  # four classes, the last one rare
+    target = FileSet([tmp_path / "images" / f"{i:04d}.png" for i in range(n)], labels, ["a", "b", "c", "d"], [])
+    files = TaskFiles(tmp_path / "photo", target, target)
+    monkeypatch.setattr(bench, "_files", lambda *_: files)
+    settings = Settings(tmp_path / "work", tmp_path, tmp_path / "cache", None, "cpu", 1, 0, split_protocol=2)
+    validation = settings.split("photo-sketch", 4).validation
+    mix = bench.validation_mix("photo-sketch", 4, settings)
+    counts = labels[torch.from_numpy(validation)].bincount(minlength=4)
+    assert mix == {name: int(count) / len(validation) for name, count in zip("abcd", counts, strict=True)}
+    assert sum(mix.values()) == pytest.approx(1.0)
+    weights = bench.GRID["frozen"]["metah"][bench.product_choice("frozen")["frozen", "metah"]]
+    marker = (("target_class_mix", bench.VALIDATION_MIX),)
+    spec = bench.RunSpec("photo-sketch", "metah", 64, 4, "x", weights, "table", marker)
+    assert bench.run_config(spec, settings).target_class_mix == mix  # the marker, resolved per seed
+    plain = bench.RunSpec("photo-sketch", "metah", 64, 4, "y", weights, "table")
+    assert bench.run_config(plain, settings).target_class_mix is None

@@ -8,7 +8,7 @@ from typing import Any
 
 from model.config import TrainConfig
 from model.objective import method_weights
-from scripts.bench import TAH_REFERENCE, parse_args, plan, product_choice, whole_plan
+from scripts.bench import TAH_REFERENCE, VALIDATION_MIX, parse_args, plan, product_choice, whole_plan
 from scripts.bench import report as bench_report
 from scripts.bench_steps import LENGTHS, METHODS, plan_runs, reference_rows, report, specs
 
@@ -143,4 +143,11 @@ def test_more_64_bit_seeds_add_table_rows_at_64_bits_only() -> None:
     assert {spec.key for spec in five} < {spec.key for spec in twenty}
     added = [spec for spec in twenty if spec.key not in {s.key for s in five}]
     assert {spec.bits for spec in added} == {64} and {spec.seed for spec in added} == set(range(5, 20))
-    assert len(added) == 15 * 4  # three methods' chosen points and TAH's reference weighting
+    # three methods' chosen points, TAH's reference weighting and MeTAH given the validation queries' class mix
+    assert len(added) == 15 * 5
+    mixed = [spec for spec in twenty if spec.variant.endswith(f"+{VALIDATION_MIX}")]
+    assert len(mixed) == 20 and {spec.bits for spec in mixed} == {64}
+    assert all(dict(spec.config) == {"target_class_mix": VALIDATION_MIX} for spec in mixed)
+    assert all(spec.weights == method_weights("metah", "frozen") for spec in mixed)
+    digits = plan("table", parse_args(["--stage", "table", "--family", "digits"]), set(), product_choice("finetune"))
+    assert not any(VALIDATION_MIX in spec.variant for spec in digits)  # photo tasks only
