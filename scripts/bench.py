@@ -317,7 +317,7 @@ def _files(name: str, work: Path, pacs: Path) -> TaskFiles:
 
 
 @cache
-def _photo_features(
+def photo_features(
     name: str, work: Path, pacs: Path, cache_root: Path, backbone_name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen backbone's features of the plain source and target images (view 0), from the cache."""
@@ -364,7 +364,7 @@ def _codes(spec: RunSpec, run_dir: Path, settings: Settings) -> tuple[np.ndarray
             for file_set in (files.source, files.target)
         )
         return source_codes, target_codes, {}  # the artefact's own codes: nothing to check them against
-    source_features, target_features = _photo_features(
+    source_features, target_features = photo_features(
         spec.task, settings.work, settings.pacs, settings.cache, settings.photo_backbone
     )
     projection = restore_network(run_dir / "checkpoint.pt").net.heads.hash.projection().eval()
@@ -487,7 +487,7 @@ def cosine_reference(name: str, seed: int, settings: Settings, run_dir: Path | N
     files = _files(name, settings.work, settings.pacs)
     split = settings.split(name, seed)
     if TASKS[name].family == "photos":
-        source_features, target_features = _photo_features(
+        source_features, target_features = photo_features(
             name, settings.work, settings.pacs, settings.cache, settings.photo_backbone
         )
     else:

@@ -3,6 +3,7 @@ protocol 2 with one validation tenth for every seed, so that no test query was e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,45 @@ def test_the_given_mix_row_counts_the_seed_s_validation_labels(tmp_path: Path, m
     assert bench.run_config(spec, settings).target_class_mix == mix  # the marker, resolved per seed
     plain = bench.RunSpec("photo-sketch", "metah", 64, 4, "y", weights, "table")
     assert bench.run_config(plain, settings).target_class_mix is None
+
+
+def _run(method: str, variant: str, seed: int, split: str, value: float, stage: str = "table") -> dict[str, object]:
+    scores = {"map_all": value, "map_radius2": value, "precision_radius2": value}
+    return {
+        "key": f"photo-sketch/{method}/64/{seed}/{variant}",
+        "stage": stage,
+        "task": "photo-sketch",
+        "method": method,
+        "bits": 64,
+        "seed": seed,
+        "split": split,
+        "variant": variant,
+        "map_all": value,
+        "target_vs_source": scores,
+        "target_vs_target": scores,
+        "train_seconds": 40.0,
+        "split_protocol": 2,
+        "commit": "abc",
+        "command": "python -m scripts.bench",
+        "machine": "test",
+        "date": "2026-12-05 09:00 UTC",
+        "device": "cpu",
+        "threads": 1,
+        "backbone": "efficientnet_lite0",
+    }
+
+
+def test_the_report_shows_the_given_mix_row_apart_and_pairs_it_with_metah(tmp_path: Path) -> None:
+    chosen = bench.product_choice("frozen")["frozen", "metah"]
+    mixed = f"{chosen}+{bench.VALIDATION_MIX}"
+    tuned = ("photo-cartoon", "photo-sketch")  # validation lines on both tuned tasks make it MeTAH's choice
+    lines = [{**_run("metah", chosen, seed, "validation", 0.6), "task": task} for seed in (0, 1) for task in tuned]
+    lines += [_run("metah", chosen, seed, "test", 0.5 + 0.01 * seed) for seed in range(3)]
+    lines += [_run("metah", mixed, seed, "test", 0.6 + 0.02 * seed) for seed in range(3)]
+    lines += [_run("metah", "some-other-point+validation-mix", 0, "test", 0.99)]  # not the chosen point's: unread
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = bench.report(tmp_path, ["photo-sketch"], [0, 1])
+    assert f"| 64 | {bench.GIVEN_MIX_LABEL} | 0.6200 ± 0.0200 |" in text
+    assert "| 64 | metah | 0.5100 ± 0.0100 |" in text
+    assert f"| 64 | {bench.GIVEN_MIX_LABEL} − metah | +0.1100 |" in text
+    assert "0.99" not in text
