@@ -56,7 +56,9 @@ class LossWeights:
     neighbours: float = 0.0
     # The diversity term pulls the target's predicted class mix toward the mix estimated from the classifier's own
     # target probabilities (EM under label shift, model.clusters.estimate_class_mix; frozen mode, refreshed during
-    # the run) instead of toward equal shares: PACS's sketches are 2 % houses and 4 % persons.
+    # the run) instead of toward equal shares: PACS's sketches are 2 % houses and 4 % persons. Off: on PACS the
+    # estimate ran to one class and both tasks collapsed (benchmarks/retrieval-knobs-split2); a known mix is
+    # TrainConfig.target_class_mix.
     estimated_mix: bool = False
     # Label smoothing of the source classification loss.
     label_smoothing: float = 0.0
