@@ -95,7 +95,7 @@ def diversity_loss(class_logits: torch.Tensor, mix: torch.Tensor | None = None) 
     """Negative entropy of the batch's *mean* class distribution; minimising it spreads the predictions over the
     classes, the counterweight to :func:`min_entropy_loss` that keeps target codes from collapsing onto a few
     classes (the "diversity" half of information maximisation, SHOT, Liang et al. ICML 2020). With ``mix`` (the
-    target's estimated class shares, ``[C]``) it is the mean's KL divergence from ``mix`` minus ``log C``: the
+    target's class shares, given or estimated, ``[C]``) it is the mean's KL divergence from ``mix`` minus ``log C``: the
     same value and gradient as without it when ``mix`` is uniform, and a pull toward ``mix`` instead of toward
     equal shares when the target's classes are not balanced.
 

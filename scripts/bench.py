@@ -412,9 +412,14 @@ def run_config(spec: RunSpec, settings: Settings) -> TrainConfig:
 def validation_mix(task: str, seed: int, settings: Settings) -> dict[str, float]:
     """Each class's share of the seed's validation queries of ``task`` (their labels counted)."""
     target = _files(task, settings.work, settings.pacs).target
-    labels = target.labels[torch.from_numpy(settings.split(task, seed).validation)]
-    counts = labels.bincount(minlength=len(target.classes)).tolist()
-    return {name: count / len(labels) for name, count in zip(target.classes, counts, strict=True)}
+    return class_shares(target, settings.split(task, seed).validation)
+
+
+def class_shares(files: FileSet, rows: np.ndarray | None = None) -> dict[str, float]:
+    """Each class's share of ``files`` (of its ``rows`` when given), by their labels."""
+    labels = files.labels if rows is None else files.labels[torch.from_numpy(rows)]
+    counts = labels.bincount(minlength=len(files.classes)).tolist()
+    return {name: count / len(labels) for name, count in zip(files.classes, counts, strict=True)}
 
 
 def may_start(elapsed: float, longest: float, budget: float | None) -> bool:

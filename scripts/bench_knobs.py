@@ -8,7 +8,7 @@ benchmark's tables keep their own choice.
 
     .venv/bin/python -m scripts.bench_knobs --pacs ../shared/data/pacs --out benchmarks/retrieval-knobs
 
-The seed stability of the neighbours default and three changes around it, over six seeds that share their
+The seed stability of the neighbours default and four changes around it, over six seeds that share their
 validation queries (``benchmarks/retrieval-knobs-split2``)::
 
     .venv/bin/python -m scripts.bench_knobs --pacs ../shared/data/pacs --split-protocol 2 --work var/bench-split2 \\
@@ -36,6 +36,7 @@ from scripts.bench import (
     TASKS,
     RunSpec,
     Settings,
+    class_shares,
     execute,
     provenance,
     read_lines,
@@ -265,9 +266,7 @@ def report(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
 
 def _true_mix(task: str, settings: Settings) -> dict[str, float]:
     """Each class's share of the task's whole target domain (its labels counted)."""
-    target = task_files(task, settings.work, settings.pacs).target
-    counts = target.labels.bincount(minlength=len(target.classes)).tolist()
-    return {name: count / len(target) for name, count in zip(target.classes, counts, strict=True)}
+    return class_shares(task_files(task, settings.work, settings.pacs).target)
 
 
 def main() -> None:

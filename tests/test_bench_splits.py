@@ -63,6 +63,8 @@ def test_the_given_mix_row_counts_the_seed_s_validation_labels(tmp_path: Path, m
     counts = labels[torch.from_numpy(validation)].bincount(minlength=4)
     assert mix == {name: int(count) / len(validation) for name, count in zip("abcd", counts, strict=True)}
     assert sum(mix.values()) == pytest.approx(1.0)
+    whole = bench.class_shares(target)  # the whole domain (bench_knobs' oracle): 21 of the 203 are the rare class
+    assert whole["d"] == pytest.approx(21 / 203) and sum(whole.values()) == pytest.approx(1.0)
     weights = bench.GRID["frozen"]["metah"][bench.product_choice("frozen")["frozen", "metah"]]
     marker = (("target_class_mix", bench.VALIDATION_MIX),)
     spec = bench.RunSpec("photo-sketch", "metah", 64, 4, "x", weights, "table", marker)
