@@ -235,8 +235,14 @@ def prepare_data(
     target: FileSet | None,
     device: torch.device,
     show_progress: bool,
+    group: ProcessGroup | None = None,
 ) -> TrainingData:
-    """Choose where batches come from: cached features (frozen), memory, or a stream of files."""
+    """Choose where batches come from: cached features (frozen), memory, or a stream of files.
+
+    Under DDP (``group``) a frozen run's ranks first compute the missing features between them, each a share of
+    the files, and then every rank reads all of them from the cache.
+    """
+    group = group or ProcessGroup()
     workers = loader_workers(config)
     budget = config.memory_budget_mb * 2**20
     skipped = [*source.skipped, *(target.skipped if target is not None else [])]
@@ -250,6 +256,10 @@ def prepare_data(
             if files is None:
                 tables.append(None)
                 continue
+            if group.enabled:
+                share = files.take(np.arange(group.rank, len(files), group.world_size))
+                extract_features(share, backbone, cache, config.feature_views, device=device, workers=workers)
+                barrier(group)
             with tqdm(total=len(files), disable=not show_progress, desc=f"features ({name})", unit="img") as bar:
 
                 def advance(done: int, total: int, bar: tqdm[Any] = bar) -> None:
@@ -631,7 +641,7 @@ def train(
             for line in choices:
                 log.info("%s", line)
         visible = group.is_main and (sys.stderr.isatty() if show_progress is None else show_progress)
-        data = prepare_data(config, backbone, source, target, device, visible)
+        data = prepare_data(config, backbone, source, target, device, visible, group)
         if group.is_main:
             log.info("batches: %s (memory budget %d MB)", data.batches.replace("_", " "), config.memory_budget_mb)
         skipped = report_skipped(data.skipped) if group.is_main else []

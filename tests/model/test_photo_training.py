@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,7 @@ from model.objective import LossWeights
 from model.preprocess import decode_image
 from model.train import EvalSets, RunPaths, Trainer, prepare_data, train
 from tests.conftest import DigitFolders
+from workbench.processes import free_port
 
 PACS = Path(__file__).resolve().parents[2] / "data" / "pacs"
 CLASSES = ("dog", "giraffe", "house")
@@ -460,3 +465,34 @@ def test_the_neighbours_term_takes_fewer_neighbours_from_a_small_target_and_none
         config = FROZEN.override(feature_cache=str(tmp_path / "cache"), loss_weights=weights, iterations=6)
         result = train(config, photos["source"], target, tmp_path / f"run{count}")
         assert all(("neighbours" in row) == (count > 1) for row in result.history)
+
+
+def test_a_frozen_run_under_ddp_computes_each_feature_once_and_keeps_the_ranks_in_sync(
+    photos: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two CPU processes under torchrun (gloo), the frozen default on photos: the ranks share the feature work
+    (every image computed by exactly one of them), then train on all of it with identical parameters."""
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "service.cli",
+        "train",
+        *("--source", str(photos["source"]), "--target", str(photos["target"]), "--out", str(out)),
+        *("--iterations", "12", "--batch-size", "8", "--device", "cpu"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "METAH_FEATURE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=PACS.parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    computed = [int(n) for n in re.findall(r"features: (\d+) of \d+ image\(s\) computed", done.stderr)]
+    images = len(list(photos["source"].rglob("*.*"))) + len(list(photos["target"].iterdir()))
+    assert sum(computed) == images  # once each: not once per rank
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["mode"] == "frozen"
+    assert metrics["ddp_parameters_in_sync"] is True
+    assert load_encoder(out / "model.pt").bits == 64
