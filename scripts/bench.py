@@ -154,6 +154,8 @@ GRID: dict[str, dict[str, dict[str, LossWeights]]] = {
             # added with MeTAH's neighbours point below, so both keep the same number of points: a3 won at the
             # grid's edge
             "p10-q0.8-a10": _w(10, 0.8, a=10),
+            # added with MeTAH's weaker-entropy point below, again one each: a lighter quantisation at a3
+            "p10-q0.3-a3": _w(10, 0.3, a=3),
         },
         # MeTAH's frozen points have a class-conditional adversary (-cdan; the plain one matched classes wrongly, e.g.
         # cartoon dogs with photo persons): the previous grid's weights with it. The "unconditional" ablation and
@@ -166,6 +168,9 @@ GRID: dict[str, dict[str, dict[str, LossWeights]]] = {
             # the neighbours term (SCAN's consistency with the target's nearest rows) with a stronger diversity
             # term, found by a MeTAH-only validation sweep (scripts/bench_knobs.py, benchmarks/retrieval-knobs)
             "p10-q0.8-a3-c1-e0.3-d1-n0.3-cdan": _w(10, 0.8, a=3, c=1, e=0.3, d=1, k=True, n=0.3),
+            # the entropy term's weight around that point, from the seed-stability sweep (12 seeds on validation,
+            # benchmarks/retrieval-knobs-split2): 0.1 kept cartoons and lifted sketches, 1 cost cartoons
+            "p10-q0.8-a3-c1-e0.1-d1-n0.3-cdan": _w(10, 0.8, a=3, c=1, e=0.1, d=1, k=True, n=0.3),
         },
     },
 }
