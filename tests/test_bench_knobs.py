@@ -14,6 +14,7 @@ from scripts.bench import GRID
 from scripts.bench_knobs import DEFAULT, FROZEN_DEFAULT, KNOBS, SWEEP_WEIGHTS, TRUE_TARGET_MIX, report, specs
 
 TASKS = ["photo-cartoon", "photo-sketch"]
+NEIGHBOURS_POINT = "p10-q0.8-a3-c1-e0.3-d1-n0.3-cdan"  # the frozen MeTAH preset of 2026-12-05 morning
 
 
 def test_every_change_is_one_run_per_task_and_seed_next_to_the_default() -> None:
@@ -47,7 +48,7 @@ def test_only_the_named_changes_are_planned() -> None:
     assert len(planned) == 2 * len(TASKS) * 3
     assert {spec.variant.split("+", 1)[1] for spec in planned} == set(names)
     mixed = next(spec for spec in planned if spec.variant.endswith("estimated_mix"))
-    assert mixed.weights == replace(method_weights("metah", "frozen"), estimated_mix=True)
+    assert mixed.weights == replace(GRID["frozen"]["metah"][NEIGHBOURS_POINT], estimated_mix=True)
 
 
 def test_the_true_target_mix_is_each_task_s_own_and_must_be_supplied() -> None:
@@ -55,7 +56,7 @@ def test_the_true_target_mix_is_each_task_s_own_and_must_be_supplied() -> None:
     mixes = {"photo-cartoon": {"dog": 0.6, "cat": 0.4}, "photo-sketch": {"dog": 0.1, "cat": 0.9}}
     planned = specs(TASKS, [0], done=set(), names=[name], true_mix=mixes.__getitem__)
     assert {spec.task: dict(spec.config)["target_class_mix"] for spec in planned} == mixes
-    assert all(spec.weights == method_weights("metah", "frozen") for spec in planned)
+    assert all(spec.weights == GRID["frozen"]["metah"][NEIGHBOURS_POINT] for spec in planned)
     unresolved = specs(TASKS, [0], done=set(), names=[name])  # no mixes given: the marker, which no run accepts
     assert all(dict(spec.config)["target_class_mix"] == TRUE_TARGET_MIX for spec in unresolved)
     with pytest.raises(ConfigError, match="target_class_mix must map class names"):
@@ -99,7 +100,10 @@ def test_changes_around_today_s_frozen_default_are_measured_against_it() -> None
     assert today.weights == GRID["frozen"]["metah"]["p10-q0.8-a3-c1-e0.3-d0.3-cdan"]  # the preset of 2026-12-04
     assert dict(today.config) == {"iterations": 3600, "lr": 3e-3}  # and its schedule, still the product's
     neighbours = planned[f"{FROZEN_DEFAULT},neighbours=0.3,diversity=1"]
-    assert neighbours.weights == method_weights("metah", "frozen")  # the preset since 2026-12-05
+    assert neighbours.weights == GRID["frozen"]["metah"][NEIGHBOURS_POINT]  # the preset of 2026-12-05 morning
+    weaker = planned[f"{FROZEN_DEFAULT},neighbours=0.3,diversity=1,entropy=0.1"]
+    assert weaker.weights == method_weights("metah", "frozen")  # the preset since 2026-12-05 noon
+    assert dict(weaker.config) == {"iterations": 3600, "lr": 3e-3}
     assert dict(neighbours.config) == {"iterations": 3600, "lr": 3e-3}
     assert planned[f"{FROZEN_DEFAULT},entropy_weighted_adversary"].weights.entropy_weighted_adversary
     assert planned[f"{FROZEN_DEFAULT},finetune-weights"].weights == method_weights("metah", "finetune")
