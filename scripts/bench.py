@@ -128,6 +128,18 @@ TAH_REFERENCE = "p10-q0.8-a1"
 # own at 64 bits next to the unsupervised ones (it reads the validation labels' class counts; nothing else does).
 VALIDATION_MIX = "validation-mix"
 GIVEN_MIX_LABEL = "metah given the class mix"
+# Grid points that were a method's product default before the grid chose another (mode -> method -> point -> the
+# tables' label): their runs stay in the tables next to today's choice, paired with it, so that a reader sees what
+# each change of default did on the test queries.
+EARLIER_DEFAULTS: dict[str, dict[str, dict[str, str]]] = {
+    "frozen": {
+        "metah": {
+            "p10-q0.8-a3-c1-e0.3-d0.3-cdan": "metah, the default until 2026-12-05 (no neighbours term)",
+            "p10-q0.8-a3-c1-e0.3-d1-n0.3-cdan": "metah, the default on 2026-12-05 morning (entropy 0.3)",
+        },
+        "tah": {"p10-q0.8-a3": "tah, the default until 2026-12-05 noon (quantisation 0.8)"},
+    },
+}
 GRID: dict[str, dict[str, dict[str, LossWeights]]] = {
     "finetune": {
         "source_only": {"p1-q0.1": _w(1, 0.1), "p1-q0.3": _w(1, 0.3), "p10-q0.8": _w(10, 0.8)},
@@ -776,6 +788,8 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
             if run["task"] != task:
                 continue
             label = run["method"] if choice.get((mode, run["method"])) == run["variant"] else None
+            if label is None:
+                label = EARLIER_DEFAULTS.get(mode, {}).get(run["method"], {}).get(run["variant"])
             if run["method"] == "tah" and run["variant"] == TAH_REFERENCE:
                 label = "tah (reference weights)" if label is None else label
             if run["method"] == "metah" and run["variant"] == f"{choice.get((mode, 'metah'))}+{VALIDATION_MIX}":
@@ -808,7 +822,12 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
         ]
         lines += ["| bits | comparison | mean difference | 95 % CI | holds |", "|---:|---|---:|---|---|"]
         for bits in sorted({bits for bits, _ in cells}):
-            for first, rival in (*COMPARISONS, *(("metah", label) for label in ABLATION_LABELS.values())):
+            earlier = [
+                (method, label)
+                for method, points in EARLIER_DEFAULTS.get(mode, {}).items()
+                for label in points.values()
+            ]
+            for first, rival in (*COMPARISONS, *earlier, *(("metah", label) for label in ABLATION_LABELS.values())):
                 mine = {m["seed"]: m["map_all"] for m in cells.get((bits, first), [])}
                 theirs = {m["seed"]: m["map_all"] for m in cells.get((bits, rival), [])}
                 seeds = sorted(set(mine) & set(theirs))

@@ -47,7 +47,7 @@ from workbench.output import generated_by, write_results
 
 TASKS = ("photo-cartoon", "photo-sketch")
 SWEEP_DEFAULT = f"{SWEEP_WEIGHTS}+{FROZEN_DEFAULT},neighbours=0.3,diversity=1"
-TABLE_DEFAULT = "p10-q0.8-a3-c1-e0.3-d1-n0.3-cdan"  # the benchmark's chosen frozen MeTAH weights
+TABLE_DEFAULT = "p10-q0.8-a3-c1-e0.3-d1-n0.3-cdan"  # the frozen MeTAH default of 2026-12-05 morning, probed
 ESTIMATES = {
     "equal": "equal shares (the default's aim)",
     "classifier": "the run's classifier (argmax)",

@@ -113,3 +113,21 @@ def test_the_report_shows_the_given_mix_row_apart_and_pairs_it_with_metah(tmp_pa
     assert "| 64 | metah | 0.5100 ± 0.0100 |" in text
     assert f"| 64 | {bench.GIVEN_MIX_LABEL} − metah | +0.1100 |" in text
     assert "0.99" not in text
+
+
+def test_the_report_keeps_each_earlier_default_beside_today_s_choice_and_pairs_them(tmp_path: Path) -> None:
+    chosen = bench.product_choice("frozen")["frozen", "metah"]
+    earlier, label = next(
+        (point, name) for point, name in bench.EARLIER_DEFAULTS["frozen"]["metah"].items() if point != chosen
+    )
+    tuned = ("photo-cartoon", "photo-sketch")
+    lines = [{**_run("metah", chosen, seed, "validation", 0.6), "task": task} for seed in (0, 1) for task in tuned]
+    lines += [_run("metah", chosen, seed, "test", 0.5 + 0.01 * seed) for seed in range(3)]
+    lines += [_run("metah", earlier, seed, "test", 0.45 + 0.02 * seed) for seed in range(3)]
+    lines += [_run("metah", "a-point-never-the-default", 0, "test", 0.99)]  # neither chosen nor earlier: unread
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = bench.report(tmp_path, ["photo-sketch"], [0, 1])
+    assert "| 64 | metah | 0.5100 ± 0.0100 |" in text
+    assert f"| 64 | {label} | 0.4700 ± 0.0200 |" in text
+    assert f"| 64 | metah − {label} | +0.0400 |" in text
+    assert "0.99" not in text
