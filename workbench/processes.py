@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 
@@ -11,6 +12,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def torchrun_command(processes: int) -> list[str]:
+    """The start of a command that runs ``processes`` local processes under ``torchrun`` (one node, a free port);
+    the module and its arguments follow."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        f"--nproc_per_node={processes}",
+        f"--master_port={free_port()}",
+    ]
 
 
 def children_of(pid: int) -> list[int]:

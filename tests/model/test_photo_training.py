@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from model.objective import LossWeights
 from model.preprocess import decode_image
 from model.train import EvalSets, RunPaths, Trainer, prepare_data, train
 from tests.conftest import DigitFolders
-from workbench.processes import free_port
+from workbench.processes import torchrun_command
 
 PACS = Path(__file__).resolve().parents[2] / "data" / "pacs"
 CLASSES = ("dog", "giraffe", "house")
@@ -474,12 +473,7 @@ def test_a_frozen_run_under_ddp_computes_each_feature_once_and_keeps_the_ranks_i
     (every image computed by exactly one of them), then train on all of it with identical parameters."""
     out = tmp_path / "ddp"
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
+        *torchrun_command(2),
         "-m",
         "service.cli",
         "train",

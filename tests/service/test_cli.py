@@ -13,7 +13,7 @@ import pytest
 from model.export import load_encoder
 from service.cli import main
 from tests.conftest import DigitFolders
-from workbench.processes import free_port
+from workbench.processes import torchrun_command
 
 TINY = ["--iterations", "6", "--batch-size", "16", "--bits", "16"]
 
@@ -146,12 +146,7 @@ def test_two_process_ddp_on_gloo(digits: DigitFolders, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=1",
-            "--nproc_per_node=2",
-            f"--master_port={free_port()}",
+            *torchrun_command(2),
             "-m",
             "service.cli",
             "train",
