@@ -821,12 +821,10 @@ def report(out: Path, tasks: Sequence[str], tune_seeds: Sequence[int]) -> str:
             "",
         ]
         lines += ["| bits | comparison | mean difference | 95 % CI | holds |", "|---:|---|---:|---|---|"]
+        earlier = [
+            (method, label) for method, points in EARLIER_DEFAULTS.get(mode, {}).items() for label in points.values()
+        ]
         for bits in sorted({bits for bits, _ in cells}):
-            earlier = [
-                (method, label)
-                for method, points in EARLIER_DEFAULTS.get(mode, {}).items()
-                for label in points.values()
-            ]
             for first, rival in (*COMPARISONS, *earlier, *(("metah", label) for label in ABLATION_LABELS.values())):
                 mine = {m["seed"]: m["map_all"] for m in cells.get((bits, first), [])}
                 theirs = {m["seed"]: m["map_all"] for m in cells.get((bits, rival), [])}
