@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
     args = parser.parse_args()
     command = [sys.executable, "-m", "scripts.run_demo", "--demo", args.demo]
+    Path("var").mkdir(exist_ok=True)  # a fresh checkout has none until make run
     data_dir = Path(tempfile.mkdtemp(prefix=f"time-demo-{args.demo}-", dir="var"))
     env = {**os.environ, "METAH_DATA_DIR": str(data_dir), "METAH_PORT": str(args.port), "PYTHONUNBUFFERED": "1"}
     env.pop("METAH_API_KEY", None)
