@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from model.factory import restore_network
+from model.network import Heads
 from scripts.bench import Settings, photo_features, read_lines, task_files
 from scripts.bench_knobs import FROZEN_DEFAULT, SWEEP_WEIGHTS
 from workbench.machine import machine
@@ -42,13 +43,22 @@ CHANGES = {
 }
 
 
+def restore_heads(checkpoint: Path) -> Heads:
+    """A sweep run's heads (hash layer and classifier), in evaluation mode."""
+    return restore_network(checkpoint).net.eval().heads
+
+
+def classify(heads: Heads, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The codes (relaxed) and class logits of ``heads`` for frozen ``features``."""
+    assert heads.classifier is not None  # MeTAH's heads have one
+    with torch.no_grad():
+        codes = heads.hash(features.float())
+        return codes, heads.classifier(codes)
+
+
 def probe_run(checkpoint: Path, features: torch.Tensor, labels: np.ndarray, classes: int) -> dict[str, Any]:
     """Predicted class shares and per-class recall of one run's classifier on ``features`` (labels: ``labels``)."""
-    net = restore_network(checkpoint).net.eval()
-    classifier = net.heads.classifier
-    assert classifier is not None  # MeTAH's heads have one
-    with torch.no_grad():
-        predicted = classifier(net.heads.hash(features.float())).argmax(dim=1).numpy()
+    predicted = classify(restore_heads(checkpoint), features)[1].argmax(dim=1).numpy()
     return outcome(predicted, labels, classes)
 
 
@@ -63,8 +73,13 @@ def outcome(predicted: np.ndarray, labels: np.ndarray, classes: int) -> dict[str
     }
 
 
+def sweep_settings(args: argparse.Namespace) -> Settings:
+    """The benchmark's settings for reading the seed-stability sweep's runs (split protocol 2) and features."""
+    return Settings(args.work, args.pacs, args.cache, None, "auto", 1, 0, split_protocol=2)
+
+
 def collect(args: argparse.Namespace) -> dict[str, Any]:
-    settings = Settings(args.work, args.pacs, args.cache, None, "auto", 1, 0, split_protocol=2)
+    settings = sweep_settings(args)
     sweep = [r for r in read_lines(args.sweep / "runs.jsonl") if r["split"] == "validation"]
     tasks: dict[str, Any] = {}
     for task in TASKS:
@@ -75,7 +90,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {}
         for change in CHANGES:
             variant = f"{SWEEP_WEIGHTS}+{change}"
-            for line in sorted((r for r in sweep if r["task"] == task and r["variant"] == variant), key=_seed):
+            for line in sorted((r for r in sweep if r["task"] == task and r["variant"] == variant), key=seed_of):
                 train = settings.split(task, line["seed"]).train
                 found = probe_run(
                     settings.run_dir(line["key"]) / "checkpoint.pt",
@@ -90,7 +105,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return {"command": command, "machine": machine(), "tasks": tasks}
 
 
-def _seed(line: dict[str, Any]) -> int:
+def seed_of(line: dict[str, Any]) -> int:
     return int(line["seed"])
 
 
@@ -130,16 +145,29 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def probe_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a probe of the seed-stability sweep's runs: data, work folder, feature cache, the sweep's
+    raw lines; each probe adds its own after them."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pacs", type=Path, default=Path("../shared/data/pacs"))
     parser.add_argument("--work", type=Path, default=Path("var/bench-split2"))
     parser.add_argument("--cache", type=Path, default=Path("var/feature-cache"))
     parser.add_argument("--sweep", type=Path, default=Path("benchmarks/retrieval-knobs-split2"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/retrieval-knobs-split2/mix"))
+    return parser
+
+
+def parse_probe_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser``'s arguments, with the data, work and cache folders made absolute."""
     args = parser.parse_args(argv)
     for name in ("pacs", "work", "cache"):
         setattr(args, name, getattr(args, name).resolve())
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = probe_parser(__doc__)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/retrieval-knobs-split2/mix"))
+    args = parse_probe_args(parser, argv)
     results = collect(args)
     write_results(args.out, results, report(results))
 

@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from model.clusters import centroid_labels, nearest_rows
-from model.factory import restore_network
+from model.network import Heads
 from scripts.bench import Settings, photo_features, read_lines, task_files
 from scripts.bench_knobs import FROZEN_DEFAULT, SWEEP_WEIGHTS
+from scripts.probe_mix import classify, parse_probe_args, probe_parser, restore_heads, seed_of, sweep_settings
 from workbench.machine import machine
 from workbench.output import generated_by, write_results
 
@@ -128,13 +129,10 @@ def ensemble_accuracy(probabilities: dict[int, np.ndarray], labels: np.ndarray) 
     return found
 
 
-def _classifier(checkpoint: Path, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _classifier(heads: Heads, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A run's codes (relaxed) and class probabilities for ``features``."""
-    heads = restore_network(checkpoint).net.eval().heads
-    assert heads.classifier is not None  # MeTAH's heads have one
-    with torch.no_grad():
-        codes = heads.hash(features.float())
-        return codes, F.softmax(heads.classifier(codes), dim=1)
+    codes, logits = classify(heads, features)
+    return codes, F.softmax(logits, dim=1)
 
 
 def _task(task: str, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -143,7 +141,7 @@ def _task(task: str, args: argparse.Namespace, settings: Settings) -> dict[str, 
     labels = files.target.labels.numpy()
     classes = len(files.target.classes)
     sweep = [r for r in read_lines(args.sweep / "runs.jsonl") if r["split"] == "validation"]
-    sweep = sorted((r for r in sweep if r["task"] == task and r["variant"] == SWEEP_DEFAULT), key=_seed)
+    sweep = sorted((r for r in sweep if r["task"] == task and r["variant"] == SWEEP_DEFAULT), key=seed_of)
     estimates: dict[str, list[float]] = {name: [] for name in ESTIMATES}
     validation_probabilities: dict[int, np.ndarray] = {}
     shared = settings.split(task, sweep[0]["seed"]).validation  # protocol 2: one validation tenth for every seed
@@ -152,24 +150,24 @@ def _task(task: str, args: argparse.Namespace, settings: Settings) -> dict[str, 
         assert np.array_equal(split.validation, shared)
         train = torch.from_numpy(split.train)
         true = shares(labels[split.train], classes)
-        codes, probabilities = _classifier(settings.run_dir(line["key"]) / "checkpoint.pt", target[train])
+        heads = restore_heads(settings.run_dir(line["key"]) / "checkpoint.pt")
+        codes, probabilities = _classifier(heads, target[train])
         found = feature_labels(source, files.source.labels.numpy(), target[train], classes)
         found["classifier"] = probabilities.argmax(dim=1).numpy()
         found["codes_kmeans"] = centroid_labels(codes, probabilities.log(), rounds=20).numpy()
         for name in ESTIMATES:
             estimate = np.full(classes, 1 / classes) if name == "equal" else shares(found[name], classes)
             estimates[name].append(float(np.abs(estimate - true).sum()))
-        checkpoint = settings.run_dir(line["key"]) / "checkpoint.pt"
-        validation_probabilities[line["seed"]] = _classifier(checkpoint, target[torch.from_numpy(shared)])[1].numpy()
+        validation_probabilities[line["seed"]] = _classifier(heads, target[torch.from_numpy(shared)])[1].numpy()
     ensembles = ensemble_accuracy(validation_probabilities, labels[shared])
     table = [r for r in read_lines(args.table / "runs.jsonl") if r["split"] == "validation"]
     table = sorted(
-        (r for r in table if r["task"] == task and r["variant"] == TABLE_DEFAULT and r["bits"] == 64), key=_seed
+        (r for r in table if r["task"] == task and r["variant"] == TABLE_DEFAULT and r["bits"] == 64), key=seed_of
     )
     runs = []
     for line in table:
         train = torch.from_numpy(settings.split(task, line["seed"]).train)
-        _, probabilities = _classifier(settings.run_dir(line["key"]) / "checkpoint.pt", target[train])
+        _, probabilities = _classifier(restore_heads(settings.run_dir(line["key"]) / "checkpoint.pt"), target[train])
         scores = unsupervised_scores(probabilities, nearest_rows(target[train], 5))
         runs.append({"seed": line["seed"], "validation": line["map_all"], **scores})
     correlations = {name: spearman([r["validation"] for r in runs], [r[name] for r in runs]) for name in SCORES}
@@ -183,14 +181,10 @@ def _task(task: str, args: argparse.Namespace, settings: Settings) -> dict[str, 
 
 
 def collect(args: argparse.Namespace) -> dict[str, Any]:
-    settings = Settings(args.work, args.pacs, args.cache, None, "auto", 1, 0, split_protocol=2)
+    settings = sweep_settings(args)
     tasks = {task: _task(task, args, settings) for task in TASKS}
     command = "python -m scripts.probe_unlabelled " + " ".join(f"--{k} {v}" for k, v in vars(args).items())
     return {"command": command, "machine": machine(), "tasks": tasks}
-
-
-def _seed(line: dict[str, Any]) -> int:
-    return int(line["seed"])
 
 
 def _spread(values: Sequence[float]) -> str:
@@ -253,16 +247,10 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pacs", type=Path, default=Path("../shared/data/pacs"))
-    parser.add_argument("--work", type=Path, default=Path("var/bench-split2"))
-    parser.add_argument("--cache", type=Path, default=Path("var/feature-cache"))
-    parser.add_argument("--sweep", type=Path, default=Path("benchmarks/retrieval-knobs-split2"))
+    parser = probe_parser(__doc__)
     parser.add_argument("--table", type=Path, default=Path("benchmarks/retrieval-split2"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/retrieval-knobs-split2/unlabelled"))
-    args = parser.parse_args(argv)
-    for name in ("pacs", "work", "cache"):
-        setattr(args, name, getattr(args, name).resolve())
+    args = parse_probe_args(parser, argv)
     results = collect(args)
     write_results(args.out, results, report(results))
 
